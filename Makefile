@@ -1,0 +1,59 @@
+# Tandem: every target sets itself up. On a fresh machine `make run` and `make test` are all you need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+STAMP := $(VENV)/.synced
+PY := $(VENV)/bin/python
+TANDEM := $(VENV)/bin/tandem
+# Compile bytecode at install time: some environments set PYTHONDONTWRITEBYTECODE, and torch +
+# transformers then re-parse every import (≈30 s per process instead of ≈5 s).
+export UV_COMPILE_BYTECODE := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help setup run test test-all lint format typecheck bench index clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	@echo "uv not found: installing it with pip"
+	python3 -m pip install --user --quiet uv
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv from uv.lock (torch/torchvision from PyPI through uv)
+
+run: setup ## Run the main job on embedded defaults (index the demo catalogue, answer sample queries)
+	$(TANDEM) demo $(if $(LIMIT),--limit $(LIMIT),)
+
+index: setup ## Index the catalogue (TANDEM_CATALOGUE__PATH, default ../shared/data/fashion)
+	$(TANDEM) index
+
+test: setup ## Run the test suite (fast: slow and gpu tests deselected)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+test-all: setup ## Run every test, slow ones included (gpu ones skip without a GPU)
+	$(PY) -m pytest -m "slow or not slow"
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## Apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: setup ## mypy
+	$(VENV)/bin/mypy
+
+bench: setup ## Benchmarks: indexing throughput, query latency, Qdrant Edge vs NumPy (eval/reports/)
+	$(TANDEM) bench
+
+clean: ## Remove the virtual environment (keeps TANDEM_HOME data)
+	rm -rf $(VENV)

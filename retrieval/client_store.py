@@ -1,0 +1,189 @@
+"""A Qdrant server or cluster through ``qdrant-client`` (scale-out; chosen when ``TANDEM_QDRANT__URL`` is set).
+
+The manifest lives in the collection's own metadata, so every Tandem process that
+talks to the cluster sees the same record of what built the index.
+
+Example:
+    >>> from qdrant_client import QdrantClient
+    >>> store = ClientStore(QdrantClient(url="http://qdrant:6333"), "products")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
+
+from retrieval.edge_store import RRF_K
+from retrieval.errors import IndexNotFoundError, StoreError
+from retrieval.store import (
+    CATEGORY_FIELD,
+    IMAGE_VECTOR,
+    TEXT_VECTOR,
+    IndexManifest,
+    SearchFilter,
+    StoredHit,
+    VectorRecord,
+    hits_from_points,
+    level_field,
+    point_id,
+)
+
+__all__ = ["ClientStore"]
+
+_MANIFEST_KEY = "tandem_manifest"
+# What qdrant-client raises for transport and server errors; translated to StoreError at this boundary.
+_CLIENT_ERRORS = (
+    ApiException,
+    ResponseHandlingException,
+    UnexpectedResponse,
+    ConnectionError,
+    TimeoutError,
+    ValueError,
+)
+
+
+def _client_filter(flt: SearchFilter | None) -> qm.Filter | None:
+    if flt is None or flt.is_empty():
+        return None
+    must: list[qm.Condition] = []
+    if flt.category_paths:
+        must.append(qm.FieldCondition(key=CATEGORY_FIELD, match=qm.MatchAny(any=list(flt.category_paths))))
+    if flt.category_prefix:
+        prefix = " > ".join(flt.category_prefix)
+        must.append(qm.FieldCondition(key=level_field(len(flt.category_prefix) - 1), match=qm.MatchValue(value=prefix)))
+    for name, values in flt.attributes.items():
+        must.append(qm.FieldCondition(key=f"attributes.{name}", match=qm.MatchAny(any=list(values))))
+    return qm.Filter(must=must)
+
+
+class ClientStore:
+    """:class:`~retrieval.store.VectorStore` over one collection of a Qdrant server, through ``qdrant-client``."""
+
+    def __init__(self, client: QdrantClient, collection: str, *, hnsw_ef: int | None = None) -> None:
+        self._client = client
+        self._collection = collection
+        self._params = qm.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+        self._manifest: IndexManifest | None = None
+        try:
+            if client.collection_exists(collection):
+                meta = client.get_collection(collection).config.metadata or {}
+                if _MANIFEST_KEY in meta:
+                    self._manifest = IndexManifest.model_validate(meta[_MANIFEST_KEY])
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"cannot reach Qdrant collection {collection!r}: {exc}") from exc
+
+    def _require(self) -> None:
+        if self._manifest is None:
+            raise IndexNotFoundError(f"no Tandem index in Qdrant collection {self._collection!r}: run `tandem index`")
+
+    def manifest(self) -> IndexManifest | None:
+        return self._manifest
+
+    def create(self, manifest: IndexManifest, *, recreate: bool = False) -> None:
+        try:
+            if self._client.collection_exists(self._collection):
+                if not recreate and self._manifest is not None:
+                    raise StoreError(f"Qdrant collection {self._collection!r} already exists")
+                self._client.delete_collection(self._collection)
+            self._client.create_collection(
+                self._collection,
+                vectors_config={
+                    IMAGE_VECTOR: qm.VectorParams(size=manifest.image_dim, distance=qm.Distance.COSINE),
+                    TEXT_VECTOR: qm.VectorParams(size=manifest.text_dim, distance=qm.Distance.COSINE),
+                },
+                metadata={_MANIFEST_KEY: manifest.model_dump()},
+            )
+            fields = [CATEGORY_FIELD, "product_id"]
+            fields += [level_field(d) for d in range(len(manifest.category_levels))]
+            fields += [f"attributes.{name}" for name in manifest.attribute_fields]
+            for name in fields:
+                self._client.create_payload_index(self._collection, name, qm.PayloadSchemaType.KEYWORD)
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"cannot create Qdrant collection {self._collection!r}: {exc}") from exc
+        self._manifest = manifest
+
+    def existing(self, product_ids: Sequence[str]) -> set[str]:
+        self._require()
+        try:
+            records = self._client.retrieve(
+                self._collection, [point_id(p) for p in product_ids], with_payload=["product_id"], with_vectors=False
+            )
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"Qdrant retrieve failed: {exc}") from exc
+        return {str((r.payload or {})["product_id"]) for r in records}
+
+    def upsert(self, records: Sequence[VectorRecord]) -> None:
+        self._require()
+        points = [
+            qm.PointStruct(
+                id=point_id(r.product_id),
+                vector={name: np.asarray(v, dtype=np.float32).tolist() for name, v in r.vectors.items()},
+                payload=dict(r.payload),
+            )
+            for r in records
+        ]
+        try:
+            self._client.upsert(self._collection, points, wait=True)
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"Qdrant upsert failed: {exc}") from exc
+
+    def search(self, vector: np.ndarray, *, using: str, k: int, filter: SearchFilter | None = None) -> list[StoredHit]:
+        self._require()
+        try:
+            res = self._client.query_points(
+                self._collection,
+                query=np.asarray(vector, dtype=np.float32).tolist(),
+                using=using,
+                limit=k,
+                query_filter=_client_filter(filter),
+                search_params=self._params,
+                with_payload=True,
+            )
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"Qdrant query failed: {exc}") from exc
+        return hits_from_points(res.points)
+
+    def search_fused(
+        self, queries: Mapping[str, np.ndarray], *, k: int, filter: SearchFilter | None = None, prefetch: int = 100
+    ) -> list[StoredHit]:
+        self._require()
+        flt = _client_filter(filter)
+        prefetches = [
+            qm.Prefetch(
+                query=np.asarray(v, dtype=np.float32).tolist(),
+                using=name,
+                limit=max(prefetch, k),
+                filter=flt,
+                params=self._params,
+            )
+            for name, v in queries.items()
+        ]
+        try:
+            res = self._client.query_points(
+                self._collection,
+                prefetch=prefetches,
+                query=qm.RrfQuery(rrf=qm.Rrf(k=RRF_K)),
+                limit=k,
+                with_payload=True,
+            )
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"Qdrant fused query failed: {exc}") from exc
+        return hits_from_points(res.points)
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        self._require()
+        try:
+            return int(self._client.count(self._collection, count_filter=_client_filter(filter), exact=True).count)
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"Qdrant count failed: {exc}") from exc
+
+    def finalize(self) -> None:
+        # A Qdrant server optimises and builds HNSW in the background; nothing to do here.
+        return None
+
+    def close(self) -> None:
+        self._client.close()

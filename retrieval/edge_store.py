@@ -1,0 +1,192 @@
+"""Qdrant Edge: the real Qdrant engine in-process, persisted under ``TANDEM_HOME`` (the embedded default).
+
+Example:
+    >>> store = EdgeStore(Path("var/qdrant/products"))  # doctest: +SKIP
+    >>> store.create(manifest)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from retrieval.errors import IndexNotFoundError, StoreError
+from retrieval.store import (
+    CATEGORY_FIELD,
+    IMAGE_VECTOR,
+    TEXT_VECTOR,
+    IndexManifest,
+    SearchFilter,
+    StoredHit,
+    VectorRecord,
+    hits_from_points,
+    level_field,
+    manifest_path,
+    point_id,
+)
+
+__all__ = ["EdgeStore"]
+
+# RRF's k: 60 is the constant from the original paper and Qdrant's default.
+RRF_K = 60
+
+
+def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
+    if flt is None or flt.is_empty():
+        return None
+    must: list[Any] = []
+    if flt.category_paths:
+        must.append(qe.FieldCondition(key=CATEGORY_FIELD, match=qe.MatchAny(any=list(flt.category_paths))))
+    if flt.category_prefix:
+        prefix = " > ".join(flt.category_prefix)
+        must.append(qe.FieldCondition(key=level_field(len(flt.category_prefix) - 1), match=qe.MatchValue(value=prefix)))
+    for name, values in flt.attributes.items():
+        must.append(qe.FieldCondition(key=f"attributes.{name}", match=qe.MatchAny(any=list(values))))
+    return qe.Filter(must=must)
+
+
+class EdgeStore:
+    """:class:`~retrieval.store.VectorStore` over a Qdrant Edge shard in ``directory``.
+
+    Qdrant Edge runs no background optimiser, so :meth:`finalize` runs it in-process
+    (building HNSW once a segment passes the indexing threshold).
+    """
+
+    def __init__(self, directory: Path, *, hnsw_ef: int | None = None) -> None:
+        self._dir = Path(directory)
+        self._shard_dir = self._dir / "shard"
+        self._shard: qe.EdgeShard | None = None
+        self._manifest: IndexManifest | None = None
+        self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+        mpath = manifest_path(self._dir)
+        if mpath.is_file() and self._shard_dir.is_dir():
+            try:
+                self._manifest = IndexManifest.model_validate_json(mpath.read_text())
+                self._shard = qe.EdgeShard.load(str(self._shard_dir))
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise StoreError(f"cannot open the Qdrant Edge index in {self._dir}: {exc}") from exc
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    def _require(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise IndexNotFoundError(f"no index in {self._dir}: run `tandem index` first")
+        return self._shard
+
+    def manifest(self) -> IndexManifest | None:
+        return self._manifest
+
+    def create(self, manifest: IndexManifest, *, recreate: bool = False) -> None:
+        if self._shard is not None:
+            if not recreate:
+                raise StoreError(f"an index already exists in {self._dir}")
+            self._shard.close()
+            self._shard = None
+        if self._dir.exists():
+            shutil.rmtree(self._dir)
+        self._shard_dir.mkdir(parents=True)
+        config = qe.EdgeConfig(
+            vectors={
+                IMAGE_VECTOR: qe.EdgeVectorParams(size=manifest.image_dim, distance=qe.Distance.Cosine),
+                TEXT_VECTOR: qe.EdgeVectorParams(size=manifest.text_dim, distance=qe.Distance.Cosine),
+            }
+        )
+        try:
+            shard = qe.EdgeShard.create(str(self._shard_dir), config)
+            keyword = qe.PayloadSchemaType.Keyword
+            shard.update(qe.UpdateOperation.create_field_index(CATEGORY_FIELD, keyword))
+            shard.update(qe.UpdateOperation.create_field_index("product_id", keyword))
+            for depth in range(len(manifest.category_levels)):
+                shard.update(qe.UpdateOperation.create_field_index(level_field(depth), keyword))
+            for name in manifest.attribute_fields:
+                shard.update(qe.UpdateOperation.create_field_index(f"attributes.{name}", keyword))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StoreError(f"cannot create the Qdrant Edge index in {self._dir}: {exc}") from exc
+        # The manifest is written last: a crash before it leaves no half-recorded index.
+        manifest_path(self._dir).write_text(manifest.model_dump_json(indent=2))
+        self._shard, self._manifest = shard, manifest
+
+    def existing(self, product_ids: Sequence[str]) -> set[str]:
+        shard = self._require()
+        ids: list[qe.PointId] = [point_id(p) for p in product_ids]
+        records = shard.retrieve(ids, with_payload=["product_id"], with_vector=False)
+        return {str((r.payload or {})["product_id"]) for r in records}
+
+    def upsert(self, records: Sequence[VectorRecord]) -> None:
+        shard = self._require()
+        points = [
+            qe.Point(
+                id=point_id(r.product_id),
+                vector={name: np.asarray(v, dtype=np.float32).tolist() for name, v in r.vectors.items()},
+                payload=dict(r.payload),
+            )
+            for r in records
+        ]
+        try:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+        except (RuntimeError, ValueError) as exc:
+            raise StoreError(f"Qdrant Edge upsert failed: {exc}") from exc
+
+    def search(self, vector: np.ndarray, *, using: str, k: int, filter: SearchFilter | None = None) -> list[StoredHit]:
+        shard = self._require()
+        request = qe.QueryRequest(
+            limit=k,
+            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
+            filter=_edge_filter(filter),
+            with_payload=True,
+            params=self._params,
+        )
+        try:
+            return hits_from_points(shard.query(request))
+        except (RuntimeError, ValueError) as exc:
+            raise StoreError(f"Qdrant Edge query failed: {exc}") from exc
+
+    def search_fused(
+        self, queries: Mapping[str, np.ndarray], *, k: int, filter: SearchFilter | None = None, prefetch: int = 100
+    ) -> list[StoredHit]:
+        shard = self._require()
+        flt = _edge_filter(filter)
+        prefetches = [
+            qe.Prefetch(
+                limit=max(prefetch, k),
+                query=qe.Query.Nearest(np.asarray(v, dtype=np.float32).tolist(), using=name),
+                filter=flt,
+                params=self._params,
+            )
+            for name, v in queries.items()
+        ]
+        request = qe.QueryRequest(limit=k, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K), with_payload=True)
+        try:
+            return hits_from_points(shard.query(request))
+        except (RuntimeError, ValueError) as exc:
+            raise StoreError(f"Qdrant Edge fused query failed: {exc}") from exc
+
+    def count(self, filter: SearchFilter | None = None) -> int:
+        shard = self._require()
+        return int(shard.count(qe.CountRequest(filter=_edge_filter(filter), exact=True)))
+
+    def finalize(self) -> None:
+        shard = self._require()
+        try:
+            shard.flush()
+            shard.optimize()
+            shard.flush()
+        except (RuntimeError, OSError) as exc:
+            raise StoreError(f"Qdrant Edge flush/optimise failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
+
+    def info(self) -> dict[str, Any]:
+        shard = self._require()
+        i = shard.info()
+        return {"points": i.points_count, "indexed_vectors": i.indexed_vectors_count, "segments": i.segments_count}

@@ -1,0 +1,170 @@
+"""The vector store interface and the records that cross it.
+
+Two implementations sit behind :class:`VectorStore`: Qdrant Edge in-process (the
+embedded default, :mod:`retrieval.edge_store`) and a Qdrant server or cluster
+through ``qdrant-client`` (:mod:`retrieval.client_store`).
+
+Example:
+    >>> store = open_store(url=None, path=Path("var/qdrant"), collection="products")  # doctest: +SKIP
+    >>> store.search(vec, using="image", k=10)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval.errors import EncoderMismatchError
+
+__all__ = [
+    "CATEGORY_FIELD",
+    "IMAGE_VECTOR",
+    "TEXT_VECTOR",
+    "IndexManifest",
+    "SearchFilter",
+    "StoredHit",
+    "VectorRecord",
+    "VectorStore",
+    "hits_from_points",
+    "level_field",
+    "point_id",
+]
+
+IMAGE_VECTOR = "image"
+TEXT_VECTOR = "text"
+# Full category path ("A > B > C"): the key of a category, indexed as a keyword.
+CATEGORY_FIELD = "category_path"
+_NAMESPACE = uuid.UUID("6f1c9a52-8d7e-4f0b-9a63-3c2f5b7d1e20")
+
+
+def level_field(depth: int) -> str:
+    """Payload field holding the category prefix of length ``depth + 1`` (``cat_0`` is the top level)."""
+    return f"cat_{depth}"
+
+
+def point_id(product_id: str) -> str:
+    """Deterministic Qdrant point id for a product id, so re-indexing overwrites instead of duplicating."""
+    return str(uuid.uuid5(_NAMESPACE, product_id))
+
+
+class IndexManifest(BaseModel):
+    """What built an index: checked before every write and every query."""
+
+    text_encoder: str
+    text_dim: int
+    image_encoder: str
+    image_dim: int
+    category_levels: list[str] = Field(default_factory=list)
+    attribute_fields: list[str] = Field(default_factory=list)
+    catalogue: str = ""
+    schema_version: int = 1
+
+    def check_encoders(self, *, text_encoder: str | None = None, image_encoder: str | None = None) -> None:
+        """Raise :class:`EncoderMismatchError` if a query encoder differs from the one that built the index."""
+        if text_encoder is not None and text_encoder != self.text_encoder:
+            raise EncoderMismatchError(
+                f"the index was built with text encoder {self.text_encoder}, not {text_encoder}; "
+                "re-index with `tandem index --rebuild` or configure the original encoder"
+            )
+        if image_encoder is not None and image_encoder != self.image_encoder:
+            raise EncoderMismatchError(
+                f"the index was built with image encoder {self.image_encoder}, not {image_encoder}; "
+                "re-index with `tandem index --rebuild` or configure the original encoder"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRecord:
+    """One product as stored: its named vectors and payload."""
+
+    product_id: str
+    vectors: Mapping[str, np.ndarray]
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHit:
+    """A search result straight from the store."""
+
+    product_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class _ScoredPointLike(Protocol):
+    @property
+    def id(self) -> Any: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def payload(self) -> Mapping[str, Any] | None: ...
+
+
+def hits_from_points(points: Sequence[_ScoredPointLike]) -> list[StoredHit]:
+    """Qdrant scored points (Edge or client) to :class:`StoredHit`; the product id comes from the payload."""
+    out = []
+    for p in points:
+        payload = dict(p.payload or {})
+        out.append(StoredHit(product_id=str(payload.get("product_id", p.id)), score=float(p.score), payload=payload))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Restrict a search: to any of a set of full category paths, to a category prefix, to attribute values.
+
+    ``attributes`` maps a payload field to the accepted values (any of them matches).
+    """
+
+    category_paths: Sequence[str] | None = None
+    category_prefix: Sequence[str] | None = None
+    attributes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not self.category_paths and not self.category_prefix and not self.attributes
+
+
+class VectorStore(Protocol):
+    """The narrow interface every Qdrant deployment is used through."""
+
+    def manifest(self) -> IndexManifest | None:
+        """The manifest of the existing index, or None if there is no index yet."""
+        ...
+
+    def create(self, manifest: IndexManifest, *, recreate: bool = False) -> None:
+        """Create the collection (vectors, payload indexes) and record ``manifest``."""
+        ...
+
+    def existing(self, product_ids: Sequence[str]) -> set[str]:
+        """Which of ``product_ids`` are already stored."""
+        ...
+
+    def upsert(self, records: Sequence[VectorRecord]) -> None: ...
+
+    def search(
+        self, vector: np.ndarray, *, using: str, k: int, filter: SearchFilter | None = None
+    ) -> list[StoredHit]: ...
+
+    def search_fused(
+        self, queries: Mapping[str, np.ndarray], *, k: int, filter: SearchFilter | None = None, prefetch: int = 100
+    ) -> list[StoredHit]:
+        """Search several named vectors and fuse their rankings (reciprocal rank fusion)."""
+        ...
+
+    def count(self, filter: SearchFilter | None = None) -> int: ...
+
+    def finalize(self) -> None:
+        """Make written data durable and searchable at full speed (flush, build HNSW)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def manifest_path(directory: Path) -> Path:
+    return directory / "tandem_manifest.json"

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from api.cli_eval import eval_app
+from api.cli_train import train_app
+from api.console import CliError, err, out, progress_bar
 from api.settings import Settings, get_settings
+from retrieval.hierarchical import SearchMode
 
 app = typer.Typer(
     name="tandem",
@@ -28,25 +30,8 @@ app = typer.Typer(
 )
 catalogue_app = typer.Typer(help="Inspect a product catalogue.", no_args_is_help=True)
 app.add_typer(catalogue_app, name="catalogue")
-
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-class CliError(Exception):
-    """A user-facing error of the CLI itself (bad option combination)."""
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def _catalogue_dir(settings: Settings, catalog: Path | None) -> Path:
@@ -92,9 +77,13 @@ def catalogue_stats(
         err.print(f"skipped: {issue}", markup=False, highlight=False)
 
 
-def run_index(settings: Settings, catalog: Path, limit: int | None, rebuild: bool) -> None:
+def run_index(
+    settings: Settings, catalog: Path, limit: int | None, rebuild: bool, *, rebuild_if_stale: bool = False
+) -> None:
+    """Index ``catalog``; an index made by other encoders is refused, or rebuilt with ``rebuild_if_stale``."""
     from api.components import build_image_encoder, build_store, build_text_encoder
     from retrieval.catalogue import load_catalogue
+    from retrieval.errors import EncoderMismatchError
     from retrieval.indexer import build_index
 
     cat = load_catalogue(catalog, settings.catalogue.columns, limit=limit)
@@ -105,6 +94,16 @@ def run_index(settings: Settings, catalog: Path, limit: int | None, rebuild: boo
     text_encoder = build_text_encoder(settings)
     image_encoder = build_image_encoder(settings)
     store = build_store(settings)
+    existing = store.manifest()
+    if existing is not None and not rebuild and rebuild_if_stale:
+        try:
+            existing.check_encoders(text_encoder=text_encoder.model_id, image_encoder=image_encoder.model_id)
+        except EncoderMismatchError:
+            out.print(
+                f"the index was built with {existing.image_encoder} / {existing.text_encoder}; "
+                f"rebuilding it with {image_encoder.model_id} / {text_encoder.model_id}"
+            )
+            rebuild = True
     try:
         with progress_bar() as bar:
             task = bar.add_task("indexing", total=len(cat))
@@ -143,30 +142,43 @@ def index(
 
 
 def run_search(
-    settings: Settings, text: str | None, image: str | None, k: int, as_json: bool, *, title: str | None = None
+    settings: Settings,
+    text: str | None,
+    image: str | None,
+    k: int,
+    as_json: bool,
+    *,
+    mode: SearchMode = "hierarchical",
+    title: str | None = None,
 ) -> None:
-    from api.components import build_image_encoder, build_store, build_text_encoder
+    from api.components import build_retriever, build_store
     from api.image_source import open_image_source
-    from retrieval.search import Retriever, SearchQuery
+    from retrieval.search import SearchQuery
 
     if not text and not image:
         raise CliError("give --text, --image, or both")
     pil = open_image_source(image, settings.images) if image else None
     store = build_store(settings)
     try:
-        retriever = Retriever(store, build_text_encoder(settings), build_image_encoder(settings))
-        hits = retriever.search(SearchQuery(text=text, image=pil), k=k)
+        result = build_retriever(settings, store).search(SearchQuery(text=text, image=pil), k=k, mode=mode)
     finally:
         store.close()
     if as_json:
-        sys.stdout.write(json.dumps({"items": [h.as_dict() for h in hits]}, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps({"items": [h.as_dict() for h in result.hits]}, ensure_ascii=False) + "\n")
         return
-    table = Table(title=title or f"top {k} for " + " + ".join(x for x in (repr(text) if text else "", image) if x))
+    what = " + ".join(x for x in (repr(text) if text else "", image or "") if x)
+    table = Table(title=title or f"top {k} for {what}")
     for col in ("#", "product_id", "title", "category", "score", "image"):
         table.add_column(col, overflow="fold")
-    for rank, h in enumerate(hits, 1):
+    for rank, h in enumerate(result.hits, 1):
         table.add_row(str(rank), h.product_id, h.title, " > ".join(h.category), f"{h.score:.4f}", h.image or "")
     out.print(table)
+    if result.level1 is not None:
+        kept = ", ".join(result.level1.kept[:5]) + (" ..." if len(result.level1.kept) > 5 else "")
+        out.print(
+            f"{mode}: searched {result.level1.searched_fraction:.1%} of the catalogue in "
+            f"{len(result.level1.kept)} categories ({kept})"
+        )
 
 
 @app.command("search")
@@ -175,19 +187,25 @@ def search(
     image: Annotated[str | None, typer.Option("--image", help="A photo: local path or http(s) URL.")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=1000, help="How many products.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: {items: [...]}.")] = False,
-    mode: Annotated[str, typer.Option("--mode", help="Search mode: flat (whole catalogue).")] = "flat",
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="hierarchical (category-pruned) or flat (whole catalogue).")
+    ] = None,
 ) -> None:
     """Search the indexed catalogue by text, photo, or both."""
-    if mode != "flat":
-        raise CliError(f"unknown --mode {mode!r}; available: flat")
-    run_search(get_settings(), text, image, k, as_json)
+    settings = get_settings()
+    chosen = mode or settings.retrieval.mode
+    if chosen not in ("hierarchical", "flat"):
+        raise CliError(f"unknown --mode {chosen!r}; choose hierarchical or flat")
+    run_search(settings, text, image, k, as_json, mode=chosen)  # type: ignore[arg-type]
 
 
 @app.command("demo")
 def demo(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Index only the first N products.")] = None,
 ) -> None:
-    """The main job on embedded defaults: index the demo catalogue, then answer a text and a photo query."""
+    """The main job on embedded defaults: train the image tower if missing, index, answer a text and a photo query."""
+    from api.cli_train import run_train_clip
+    from api.components import tower_is_trained
     from retrieval.catalogue import load_catalogue
 
     settings = get_settings()
@@ -197,8 +215,13 @@ def demo(
         f"catalogue: {catalog.resolve()}   data: {settings.home.resolve()}   store: "
         f"{settings.qdrant.url or 'Qdrant Edge (embedded)'}"
     )
-    run_index(settings, catalog, limit, rebuild=False)
-    run_search(settings, "red kurta for women", None, 5, False, title="text query: 'red kurta for women'")
+    uses_own_tower = settings.encoders.image_checkpoint is None and settings.encoders.image_model is None
+    if uses_own_tower and not tower_is_trained(settings):
+        out.print("no domain image tower yet: training it on the catalogue first (once; cached in TANDEM_HOME)")
+        run_train_clip(settings, limit=limit)
+    run_index(settings, catalog, limit, rebuild=False, rebuild_if_stale=True)
+    mode = settings.retrieval.mode
+    run_search(settings, "red kurta for women", None, 5, False, mode=mode, title="text query: 'red kurta for women'")
     sample = load_catalogue(catalog, settings.catalogue.columns, limit=3).products[2]
     run_search(
         settings,
@@ -206,6 +229,7 @@ def demo(
         str(sample.image_path),
         5,
         False,
+        mode=mode,
         title=f"photo query: {sample.image_path} ({sample.title})",
     )
 

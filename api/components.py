@@ -10,19 +10,41 @@ from pathlib import Path
 
 from api.settings import Settings
 from finetune.image_tower import ensure_untrained_tower
+from retrieval.categories import CategoryIndex
 from retrieval.client_store import ClientStore
 from retrieval.edge_store import EdgeStore
-from retrieval.encoders import OpenClipImageEncoder, SentenceTransformerTextEncoder, set_offline
+from retrieval.encoders import (
+    ImageEncoder,
+    OpenClipImageEncoder,
+    SentenceTransformerTextEncoder,
+    TextEncoder,
+    set_offline,
+)
+from retrieval.hierarchical import HierarchicalRetriever
+from retrieval.search import Retriever
 from retrieval.store import VectorStore
 
-__all__ = ["build_image_encoder", "build_store", "build_text_encoder", "image_tower_dir"]
+__all__ = [
+    "build_image_encoder",
+    "build_retriever",
+    "build_store",
+    "build_text_encoder",
+    "image_tower_dir",
+    "tower_is_trained",
+]
 
 
 def image_tower_dir(settings: Settings) -> Path:
-    """The checkpoint folder of the default image encoder."""
+    """The checkpoint folder of the image encoder: configured, else the trained domain tower, else untrained."""
     if settings.encoders.image_checkpoint is not None:
         return settings.encoders.image_checkpoint
+    if (settings.tower_dir / "open_clip_config.json").is_file():
+        return settings.tower_dir
     return ensure_untrained_tower(settings.models_dir)
+
+
+def tower_is_trained(settings: Settings) -> bool:
+    return (settings.tower_dir / "open_clip_config.json").is_file()
 
 
 def build_text_encoder(settings: Settings) -> SentenceTransformerTextEncoder:
@@ -39,6 +61,22 @@ def build_image_encoder(settings: Settings) -> OpenClipImageEncoder:
             enc.image_model, enc.image_pretrained, device=enc.device, batch_size=enc.batch_size
         )
     return OpenClipImageEncoder.from_checkpoint(image_tower_dir(settings), device=enc.device, batch_size=enc.batch_size)
+
+
+def build_retriever(
+    settings: Settings,
+    store: VectorStore,
+    text_encoder: TextEncoder | None = None,
+    image_encoder: ImageEncoder | None = None,
+) -> HierarchicalRetriever:
+    """Flat and hierarchical retrieval over ``store`` (level-1 categories cached under ``TANDEM_HOME``)."""
+    text_encoder = text_encoder or build_text_encoder(settings)
+    image_encoder = image_encoder or build_image_encoder(settings)
+    retriever = Retriever(store, text_encoder, image_encoder)
+    categories = CategoryIndex.load_or_build(
+        store, text_encoder, cache_dir=settings.cache_dir, depth=settings.retrieval.category_depth
+    )
+    return HierarchicalRetriever(retriever, categories, settings.retrieval.level1)
 
 
 def build_store(settings: Settings) -> VectorStore:

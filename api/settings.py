@@ -18,9 +18,17 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.catalogue import ColumnMapping
+from retrieval.hierarchical import Level1Config, SearchMode
 from retrieval.images import ImageLimits
 
-__all__ = ["CatalogueSettings", "EncoderSettings", "QdrantSettings", "Settings", "get_settings"]
+__all__ = [
+    "CatalogueSettings",
+    "EncoderSettings",
+    "QdrantSettings",
+    "RetrievalSettings",
+    "Settings",
+    "get_settings",
+]
 
 
 class CatalogueSettings(BaseModel):
@@ -58,6 +66,14 @@ class QdrantSettings(BaseModel):
     timeout_s: float = 10.0
 
 
+class RetrievalSettings(BaseModel):
+    """Search mode and level-1 (category) settings of hierarchical retrieval."""
+
+    mode: SearchMode = "hierarchical"
+    category_depth: int | None = Field(default=None, ge=0, description="Level-1 category depth; None = full path.")
+    level1: Level1Config = Field(default_factory=Level1Config)
+
+
 class Settings(BaseSettings):
     """All of Tandem's configuration."""
 
@@ -74,10 +90,20 @@ class Settings(BaseSettings):
     encoders: EncoderSettings = Field(default_factory=EncoderSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     images: ImageLimits = Field(default_factory=ImageLimits)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
 
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def tower_dir(self) -> Path:
+        """Where ``tandem train clip`` writes the domain image tower (the default image encoder once there)."""
+        return self.models_dir / "image-tower"
 
     @property
     def qdrant_dir(self) -> Path:

@@ -10,7 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient
@@ -49,14 +50,9 @@ _CLIENT_ERRORS = (
 def _client_filter(flt: SearchFilter | None) -> qm.Filter | None:
     if flt is None or flt.is_empty():
         return None
-    must: list[qm.Condition] = []
-    if flt.category_paths:
-        must.append(qm.FieldCondition(key=CATEGORY_FIELD, match=qm.MatchAny(any=list(flt.category_paths))))
-    if flt.category_prefix:
-        prefix = " > ".join(flt.category_prefix)
-        must.append(qm.FieldCondition(key=level_field(len(flt.category_prefix) - 1), match=qm.MatchValue(value=prefix)))
-    for name, values in flt.attributes.items():
-        must.append(qm.FieldCondition(key=f"attributes.{name}", match=qm.MatchAny(any=list(values))))
+    must: list[qm.Condition] = [
+        qm.FieldCondition(key=key, match=qm.MatchAny(any=values)) for key, values in flt.conditions()
+    ]
     return qm.Filter(must=must)
 
 
@@ -180,6 +176,24 @@ class ClientStore:
             return int(self._client.count(self._collection, count_filter=_client_filter(filter), exact=True).count)
         except _CLIENT_ERRORS as exc:
             raise StoreError(f"Qdrant count failed: {exc}") from exc
+
+    def scroll(
+        self, *, vectors: Sequence[str], batch: int = 2048
+    ) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        self._require()
+        offset: Any = None
+        while True:
+            try:
+                records, offset = self._client.scroll(
+                    self._collection, limit=batch, offset=offset, with_payload=True, with_vectors=list(vectors)
+                )
+            except _CLIENT_ERRORS as exc:
+                raise StoreError(f"Qdrant scroll failed: {exc}") from exc
+            for r in records:
+                vec = r.vector if isinstance(r.vector, dict) else {}
+                yield dict(r.payload or {}), {n: np.asarray(vec[n], dtype=np.float32) for n in vectors if n in vec}
+            if offset is None or not records:
+                return
 
     def finalize(self) -> None:
         # A Qdrant server optimises and builds HNSW in the background; nothing to do here.

@@ -8,7 +8,7 @@ Example:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,7 @@ RRF_K = 60
 def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
     if flt is None or flt.is_empty():
         return None
-    must: list[Any] = []
-    if flt.category_paths:
-        must.append(qe.FieldCondition(key=CATEGORY_FIELD, match=qe.MatchAny(any=list(flt.category_paths))))
-    if flt.category_prefix:
-        prefix = " > ".join(flt.category_prefix)
-        must.append(qe.FieldCondition(key=level_field(len(flt.category_prefix) - 1), match=qe.MatchValue(value=prefix)))
-    for name, values in flt.attributes.items():
-        must.append(qe.FieldCondition(key=f"attributes.{name}", match=qe.MatchAny(any=list(values))))
+    must: list[Any] = [qe.FieldCondition(key=key, match=qe.MatchAny(any=values)) for key, values in flt.conditions()]
     return qe.Filter(must=must)
 
 
@@ -171,6 +164,21 @@ class EdgeStore:
     def count(self, filter: SearchFilter | None = None) -> int:
         shard = self._require()
         return int(shard.count(qe.CountRequest(filter=_edge_filter(filter), exact=True)))
+
+    def scroll(
+        self, *, vectors: Sequence[str], batch: int = 2048
+    ) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        shard = self._require()
+        offset: qe.PointId | None = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=list(vectors))
+            )
+            for r in records:
+                vec = r.vector if isinstance(r.vector, dict) else {}
+                yield dict(r.payload or {}), {n: np.asarray(vec[n], dtype=np.float32) for n in vectors if n in vec}
+            if offset is None or not records:
+                return
 
     def finalize(self) -> None:
         shard = self._require()

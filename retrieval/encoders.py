@@ -136,6 +136,9 @@ def checkpoint_fingerprint(directory: Path) -> str:
 class OpenClipImageEncoder:
     """Image tower of an open_clip model, from a local checkpoint folder or a pretrained tag.
 
+    ``aligned_text_encoder`` names the text encoder whose space the tower was trained into
+    (Tandem's domain tower), so photos and texts are directly comparable.
+
     A checkpoint folder holds ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``)
     and ``open_clip_model.safetensors`` and is loaded with open_clip's ``local-dir:`` schema,
     exactly as a hub model would be.
@@ -154,7 +157,9 @@ class OpenClipImageEncoder:
         model_id: str,
         device: str = "cpu",
         batch_size: int = 64,
+        aligned_text_encoder: str | None = None,
     ) -> None:
+        self.aligned_text_encoder = aligned_text_encoder
         self._model = model.to(device).eval()
         self._preprocess = preprocess
         self._device = device
@@ -180,7 +185,15 @@ class OpenClipImageEncoder:
         meta = _read_meta(directory)
         name = meta.get("name", directory.name)
         model_id = f"open_clip:{name}@{checkpoint_fingerprint(directory)}"
-        return cls(model, preprocess, model_id=model_id, device=device, batch_size=batch_size)
+        aligned = meta.get("text_encoder") if meta.get("trained") else None
+        return cls(
+            model,
+            preprocess,
+            model_id=model_id,
+            device=device,
+            batch_size=batch_size,
+            aligned_text_encoder=aligned if isinstance(aligned, str) else None,
+        )
 
     @classmethod
     def from_pretrained(

@@ -60,6 +60,7 @@ def manifest_for(catalogue: Catalogue, text_encoder: TextEncoder, image_encoder:
         category_levels=list(catalogue.level_names),
         attribute_fields=attrs,
         catalogue=str(catalogue.root.resolve()),
+        image_text_aligned=getattr(image_encoder, "aligned_text_encoder", None) == text_encoder.model_id,
     )
 
 

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +63,9 @@ class IndexManifest(BaseModel):
     category_levels: list[str] = Field(default_factory=list)
     attribute_fields: list[str] = Field(default_factory=list)
     catalogue: str = ""
+    image_text_aligned: bool = Field(
+        default=False, description="The image tower was trained into the text encoder's space (cross-modal scores)."
+    )
     schema_version: int = 1
 
     def check_encoders(self, *, text_encoder: str | None = None, image_encoder: str | None = None) -> None:
@@ -117,17 +120,31 @@ def hits_from_points(points: Sequence[_ScoredPointLike]) -> list[StoredHit]:
 
 @dataclass(frozen=True, slots=True)
 class SearchFilter:
-    """Restrict a search: to any of a set of full category paths, to a category prefix, to attribute values.
+    """Restrict a search: to any of a set of categories, to a category prefix, to attribute values.
 
-    ``attributes`` maps a payload field to the accepted values (any of them matches).
+    ``categories`` are category keys (``"A > B"``) at depth ``category_depth`` (0-based; ``None`` =
+    the full path). ``attributes`` maps an attribute name to the accepted values (any matches).
     """
 
-    category_paths: Sequence[str] | None = None
+    categories: Sequence[str] | None = None
+    category_depth: int | None = None
     category_prefix: Sequence[str] | None = None
     attributes: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not self.category_paths and not self.category_prefix and not self.attributes
+        return not self.categories and not self.category_prefix and not self.attributes
+
+    def conditions(self) -> list[tuple[str, list[str]]]:
+        """The filter as (payload key, accepted values) pairs, all of which must match."""
+        out: list[tuple[str, list[str]]] = []
+        if self.categories:
+            key = CATEGORY_FIELD if self.category_depth is None else level_field(self.category_depth)
+            out.append((key, list(self.categories)))
+        if self.category_prefix:
+            out.append((level_field(len(self.category_prefix) - 1), [" > ".join(self.category_prefix)]))
+        for name, values in self.attributes.items():
+            out.append((f"attributes.{name}", list(values)))
+        return out
 
 
 class VectorStore(Protocol):
@@ -158,6 +175,12 @@ class VectorStore(Protocol):
         ...
 
     def count(self, filter: SearchFilter | None = None) -> int: ...
+
+    def scroll(
+        self, *, vectors: Sequence[str], batch: int = 2048
+    ) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        """Every stored point as (payload, named vectors), in pages of ``batch``."""
+        ...
 
     def finalize(self) -> None:
         """Make written data durable and searchable at full speed (flush, build HNSW)."""

@@ -123,7 +123,7 @@ def test_filters_match_brute_force(filled: VectorStore, data: dict[str, object])
     colours = np.array(data["colour"])
     q = data["queries"][0]  # type: ignore[index]
     cases = [
-        (SearchFilter(category_paths=["Apparel > Topwear > Kurtas"]), cats == "Apparel > Topwear > Kurtas"),
+        (SearchFilter(categories=["Apparel > Topwear > Kurtas"]), cats == "Apparel > Topwear > Kurtas"),
         (SearchFilter(category_prefix=["Apparel"]), np.char.startswith(cats, "Apparel >")),
         (
             SearchFilter(category_prefix=["Apparel", "Topwear"], attributes={"base_colour": ["Red", "Blue"]}),
@@ -135,6 +135,17 @@ def test_filters_match_brute_force(filled: VectorStore, data: dict[str, object])
         assert [h.product_id for h in hits] == oracle(data, q, IMAGE_VECTOR, 15, mask)
         assert filled.count(flt) == int(mask.sum())
     assert filled.count() == N
+    by_depth = SearchFilter(categories=["Apparel > Topwear", "Footwear > Shoes"], category_depth=1)
+    assert filled.count(by_depth) == N
+
+
+def test_scroll_returns_every_point_with_vectors(filled: VectorStore, data: dict[str, object]) -> None:
+    seen = {}
+    for payload, vectors in filled.scroll(vectors=[IMAGE_VECTOR], batch=64):
+        seen[payload["product_id"]] = vectors[IMAGE_VECTOR]
+    ids: list[str] = data["ids"]  # type: ignore[assignment]
+    assert sorted(seen) == sorted(ids)
+    np.testing.assert_allclose(seen["p9"], data[IMAGE_VECTOR][9], atol=1e-5)  # type: ignore[index]
 
 
 def test_fused_search_is_reciprocal_rank_fusion(filled: VectorStore, data: dict[str, object]) -> None:

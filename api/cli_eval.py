@@ -1,0 +1,97 @@
+"""``tandem eval ...``: measure retrieval the way the reference paper does, hierarchical against flat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from api.console import CliError, err, out, progress_bar
+from api.settings import Settings, get_settings
+
+eval_app = typer.Typer(help="Evaluate retrieval quality and speed.", no_args_is_help=True)
+
+
+def holdout_products(settings: Settings, n: int, seed: int = 0) -> list:  # type: ignore[type-arg]
+    """Products the image tower never trained on (its recorded held-out split), sampled deterministically."""
+    import random
+
+    from finetune.train_tower import holdout_ids
+    from retrieval.catalogue import load_catalogue
+
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    recorded = settings.tower_dir / "holdout_ids.json"
+    held = (
+        set(json.loads(recorded.read_text()))
+        if recorded.is_file()
+        else holdout_ids([p.product_id for p in cat.products], 0.05)
+    )
+    pool = [p for p in cat.products if p.product_id in held]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+@eval_app.command("make-queries")
+def make_queries(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write products.csv + images/ into.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="How many query photos.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Write buyer-style photo queries (resized, cropped, re-compressed) of held-out catalogue products."""
+    from eval.queries import make_photo_queries
+
+    settings = get_settings()
+    products = holdout_products(settings, n, seed)
+    if not products:
+        raise CliError("no held-out products to make queries from")
+    with progress_bar() as bar:
+        task = bar.add_task("making photo queries", total=len(products))
+        csv_path = make_photo_queries(
+            products, out_dir, mapping=settings.catalogue.columns, seed=seed, progress=lambda i: bar.advance(task, i)
+        )
+    out.print(f"wrote {len(products)} queries: {csv_path} and {out_dir / 'images'}")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    queries: Annotated[Path, typer.Option("--queries", help="CSV with the columns of products.csv.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder of query photos named <product_id>.jpg.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Cut-off K of the metrics.")] = 10,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+) -> None:
+    """Run photo queries in hierarchical and flat mode; print the metrics side by side."""
+    from api.components import build_retriever, build_store
+    from eval.retrieval_eval import evaluate, load_queries
+
+    settings = get_settings()
+    if not queries.is_file():
+        raise CliError(f"query CSV {queries} does not exist")
+    if not images.is_dir():
+        raise CliError(f"query image folder {images} does not exist")
+    q = load_queries(queries, images, settings.catalogue.columns)
+    for issue in q.issues[:20]:
+        err.print(f"skipped query: {issue}", markup=False, highlight=False)
+    store = build_store(settings)
+    try:
+        hier = build_retriever(settings, store)
+        with progress_bar() as bar:
+            task = bar.add_task("evaluating", total=len(q.products))
+            report = evaluate(hier, q, k=k, limits=settings.images, progress=lambda i: bar.advance(task, i))
+    finally:
+        store.close()
+    table = Table(title=f"retrieval on {report['queries']} photo queries (K={k})")
+    table.add_column("metric")
+    table.add_column("hierarchical", justify="right")
+    table.add_column("flat", justify="right")
+    for key in report["flat"]:
+        table.add_row(key, f"{report['hierarchical'][key]:.4f}", f"{report['flat'][key]:.4f}")
+    out.print(table)
+    if report["skipped"]:
+        out.print(f"{len(report['skipped'])} query(ies) skipped (missing or unreadable photo)")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        out.print(f"wrote {json_out}")

@@ -1,0 +1,62 @@
+"""``tandem train ...``: build Tandem's own models on this machine."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from api.console import err, out, staged_progress
+from api.settings import Settings, get_settings
+
+train_app = typer.Typer(help="Train Tandem's own models (cached under TANDEM_HOME).", no_args_is_help=True)
+
+
+def run_train_clip(
+    settings: Settings, *, epochs: int | None = None, limit: int | None = None, small: bool = False, force: bool = False
+) -> None:
+    from api.components import build_text_encoder
+    from finetune.image_tower import TowerConfig
+    from finetune.train_tower import ClipTrainConfig, train_image_tower
+    from retrieval.catalogue import load_catalogue
+
+    target = settings.tower_dir
+    if (target / "open_clip_config.json").is_file() and not force:
+        out.print(f"image tower already trained in {target} (use --force to train again)")
+        return
+    config = ClipTrainConfig()
+    if small:
+        # The test-sized configuration: a one-layer tower, trained in well under a minute.
+        config = ClipTrainConfig(
+            tower=TowerConfig(name="tandem-vit-small-test", image_size=32, width=64, layers=1, head_width=32),
+            epochs=1,
+            batch_size=64,
+        )
+    if epochs is not None:
+        config = config.model_copy(update={"epochs": epochs})
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, limit=limit, check_images=False)
+    out.print(f"training the image tower on {len(cat)} products from {cat.root} ({config.epochs} epoch(s))")
+    with staged_progress() as progress:
+        report = train_image_tower(
+            cat, build_text_encoder(settings), config, target, cache_dir=settings.cache_dir, progress=progress
+        )
+    h = report.holdout
+    out.print(
+        f"trained in {report.total_seconds:.0f}s ({report.train_seconds:.0f}s of training) -> {target}\n"
+        f"held-out {report.holdout_products} products: category acc@1 {h.get('category_acc@1_clean', 0):.3f} "
+        f"(buyer-like photos {h.get('category_acc@1_buyer_photo', 0):.3f}), "
+        f"image->title R@10 {h.get('image_to_title_r@10_clean', 0):.3f}"
+    )
+    err.print(json.dumps(report.as_dict()), markup=False, highlight=False)
+
+
+@train_app.command("clip")
+def train_clip(
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (default 6).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=2, help="Train on the first N products only.")] = None,
+    small: Annotated[bool, typer.Option("--small", help="Tiny test configuration (< 1 minute).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train again even if a tower exists.")] = False,
+) -> None:
+    """Train the domain image tower (LiT-style against the frozen text encoder, plus a category objective)."""
+    run_train_clip(get_settings(), epochs=epochs, limit=limit, small=small, force=force)

@@ -1,0 +1,318 @@
+"""Train the domain image tower LiT-style: photos learn to land on the frozen text encoder's vectors.
+
+Two objectives share one embedding space:
+
+* **contrastive** (CLIP/LiT loss) between a photo and its product's text
+  (title + category path) embedded by the frozen sentence encoder;
+* **category**: the photo classified against the frozen text embeddings of all
+  category paths, so level 1 of hierarchical search can compare a photo with
+  category names directly and with calibrated scores.
+
+Photos are augmented to look like buyers' uploads (:mod:`finetune.augment`). A
+deterministic held-out split never trains and is used for the report.
+
+Example:
+    >>> out = Path("var/models/image-tower")
+    >>> report = train_image_tower(catalogue, text_encoder, ClipTrainConfig(), out)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from finetune.augment import BuyerPhotoAugment, resize_batch
+from finetune.image_tower import OPENAI_MEAN, OPENAI_STD, TowerConfig, build_tower, save_tower
+from retrieval.catalogue import Catalogue, Product
+from retrieval.categories import category_key, category_text
+from retrieval.encoders import TextEncoder
+from retrieval.errors import ImageError
+from retrieval.images import ImageLimits, read_image_file
+
+__all__ = [
+    "ClipTrainConfig",
+    "ProgressFn",
+    "TowerReport",
+    "encode_texts_cached",
+    "holdout_ids",
+    "load_image_array",
+    "train_image_tower",
+]
+
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(stage, completed, total)``: called as work advances."""
+
+SOURCE_HW = (80, 60)  # the catalogue's thumbnail size (H, W); other sizes are resized to it once
+
+
+class ClipTrainConfig(BaseModel):
+    """Everything that decides a training run; saved beside the checkpoint."""
+
+    tower: TowerConfig = Field(default_factory=TowerConfig)
+    epochs: int = Field(default=6, ge=1)
+    batch_size: int = Field(default=256, ge=8)
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    category_weight: float = 1.0
+    holdout_fraction: float = Field(default=0.05, ge=0.0, lt=0.5)
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class TowerReport:
+    """What a training run produced, with held-out quality figures."""
+
+    checkpoint: str
+    train_products: int
+    holdout_products: int
+    categories: int
+    epochs: int
+    steps: int
+    train_seconds: float
+    total_seconds: float
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    holdout: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def holdout_ids(product_ids: Sequence[str], fraction: float, seed: int = 0) -> set[str]:
+    """A deterministic held-out split: the same ids whatever order or subset the catalogue is read in."""
+    if fraction <= 0:
+        return set()
+    cut = int(fraction * 10_000)
+    out = set()
+    for pid in product_ids:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:4], "big") % 10_000
+        if h < cut:
+            out.add(pid)
+    return out
+
+
+def encode_texts_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+    """Encode ``texts``, caching the array on disk keyed by encoder and content (MiniLM is the slow part)."""
+    key = hashlib.sha256(encoder.model_id.encode() + b"\0" + "\n".join(texts).encode()).hexdigest()[:16]
+    path = cache_dir / f"text-{key}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    vecs = encoder.encode(list(texts))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, vecs)
+    return vecs
+
+
+def load_image_array(products: Sequence[Product], limits: ImageLimits | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Decode every product photo to a uint8 (N,3,80,60) tensor; returns it and the indices that failed."""
+    limits = limits or ImageLimits()
+    h, w = SOURCE_HW
+    out = torch.zeros((len(products), 3, h, w), dtype=torch.uint8)
+    failed: list[int] = []
+
+    def one(i: int) -> None:
+        p = products[i]
+        try:
+            if p.image_path is None:
+                raise ImageError("no image")
+            img = read_image_file(p.image_path, limits)
+        except ImageError:
+            failed.append(i)
+            return
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+        out[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(one, range(len(products))))
+    return out, sorted(failed)
+
+
+def _normalise_pixels(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _embed(model: Any, pixels: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(pixels), batch):
+            outs.append(model.encode_image(_normalise_pixels(pixels[s : s + batch]), normalize=True))
+    return torch.cat(outs) if outs else torch.zeros((0, 1))
+
+
+def _holdout_metrics(
+    model: Any,
+    images: torch.Tensor,
+    cat_idx: torch.Tensor,
+    cat_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    size: int,
+    seed: int,
+) -> dict[str, float]:
+    """Zero-shot category accuracy (clean and buyer-like photos) and image→title retrieval on held-out products."""
+    if len(images) == 0:
+        return {}
+    clean = _embed(model, resize_batch(images, size))
+    aug = BuyerPhotoAugment(size)
+    g = torch.Generator().manual_seed(seed + 1)
+    noisy = _embed(model, torch.cat([aug(images[s : s + 512], g) for s in range(0, len(images), 512)]))
+    out: dict[str, float] = {"n": float(len(images))}
+    for name, emb in (("clean", clean), ("buyer_photo", noisy)):
+        scores = emb @ cat_emb.T
+        top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+        out[f"category_acc@1_{name}"] = float((top5[:, 0] == cat_idx).float().mean())
+        out[f"category_acc@5_{name}"] = float((top5 == cat_idx[:, None]).any(dim=1).float().mean())
+        sim = emb @ text_emb.T
+        rank = (sim > sim.diag()[:, None]).sum(dim=1)  # 0 = its own title ranks first
+        out[f"image_to_title_r@1_{name}"] = float((rank < 1).float().mean())
+        out[f"image_to_title_r@10_{name}"] = float((rank < 10).float().mean())
+    return out
+
+
+def train_image_tower(
+    catalogue: Catalogue,
+    text_encoder: TextEncoder,
+    config: ClipTrainConfig,
+    out_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> TowerReport:
+    """Train the tower on ``catalogue`` and save it as an open_clip checkpoint in ``out_dir``."""
+    started = time.perf_counter()
+    report_progress = progress or (lambda stage, done, total: None)
+    if config.tower.embed_dim != text_encoder.dim:
+        config = config.model_copy(update={"tower": config.tower.model_copy(update={"embed_dim": text_encoder.dim})})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    products = catalogue.products
+    held = holdout_ids([p.product_id for p in products], config.holdout_fraction, config.seed)
+
+    report_progress("decoding photos", 0, 1)
+    images, failed = load_image_array(products)
+    report_progress("decoding photos", 1, 1)
+    keep = [i for i in range(len(products)) if i not in set(failed)]
+
+    categories = sorted({p.category for p in products})
+    cat_index = {c: i for i, c in enumerate(categories)}
+    report_progress("embedding texts (frozen teacher)", 0, 1)
+    text_emb = torch.from_numpy(encode_texts_cached(text_encoder, [p.text() for p in products], cache_dir))
+    cat_emb = torch.from_numpy(
+        encode_texts_cached(text_encoder, [category_text(category_key(c)) for c in categories], cache_dir)
+    )
+    report_progress("embedding texts (frozen teacher)", 1, 1)
+    labels = torch.tensor([cat_index[p.category] for p in products])
+
+    train_idx = torch.tensor([i for i in keep if products[i].product_id not in held])
+    hold_idx = torch.tensor([i for i in keep if products[i].product_id in held], dtype=torch.long)
+    if len(train_idx) < 2:
+        raise ValueError("need at least two trainable products")
+
+    model: Any = build_tower(config.tower)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.visual.parameters():
+        p.requires_grad_(True)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    cat_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    params = [*model.visual.parameters(), logit_scale, cat_scale]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    bs = min(config.batch_size, len(train_idx))
+    steps_per_epoch = max(1, len(train_idx) // bs)
+    total_steps = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
+    aug = BuyerPhotoAugment(config.tower.image_size)
+    g = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    losses: list[float] = []
+    t_train = time.perf_counter()
+    step = 0
+    report_progress("training", 0, total_steps)
+    for _epoch in range(config.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=g)]
+        running = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * bs : (b + 1) * bs]
+            x = _normalise_pixels(aug(images[idx], g))
+            img = F.normalize(model.encode_image(x), dim=-1)
+            t = text_emb[idx]
+            logits = logit_scale.clamp(max=math.log(100)).exp() * img @ t.T
+            target = torch.arange(len(idx))
+            loss_con = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            cat_logits = cat_scale.clamp(max=math.log(100)).exp() * img @ cat_emb.T
+            loss_cat = F.cross_entropy(cat_logits, labels[idx])
+            loss = loss_con + config.category_weight * loss_cat
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.detach().item()
+            step += 1
+            report_progress("training", step, total_steps)
+        losses.append(running / steps_per_epoch)
+    train_seconds = time.perf_counter() - t_train
+
+    report_progress("evaluating held-out photos", 0, 1)
+    holdout = _holdout_metrics(
+        model,
+        images[hold_idx],
+        labels[hold_idx],
+        cat_emb,
+        text_emb[hold_idx],
+        config.tower.image_size,
+        config.seed,
+    )
+    report_progress("evaluating held-out photos", 1, 1)
+    report = TowerReport(
+        checkpoint=str(out_dir),
+        train_products=len(train_idx),
+        holdout_products=len(hold_idx),
+        categories=len(categories),
+        epochs=config.epochs,
+        steps=total_steps,
+        train_seconds=round(train_seconds, 1),
+        total_seconds=round(time.perf_counter() - started, 1),
+        final_loss=losses[-1],
+        losses=losses,
+        holdout=holdout,
+    )
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    save_tower(
+        model,
+        config.tower,
+        tmp,
+        {
+            "trained": True,
+            "text_encoder": text_encoder.model_id,
+            "train_config": config.model_dump(),
+            "report": report.as_dict(),
+        },
+    )
+    (tmp / "holdout_ids.json").write_text(json.dumps(sorted(held)))
+    # Swap in atomically: a crash mid-save never leaves a half-written default encoder.
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return report

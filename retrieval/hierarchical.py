@@ -1,0 +1,185 @@
+"""Hierarchical retrieval: level 1 keeps the few categories that matter, level 2 searches only inside them.
+
+Level 1 scores the query against every category (category-name text embeddings,
+prototypes of the products' own vectors, or both), turns the scores into calibrated
+probabilities, and keeps categories by a policy. Level 2 is a Qdrant search with a
+payload-index filter on the kept categories.
+
+Example:
+    >>> h = HierarchicalRetriever(retriever, categories, Level1Config())  # doctest: +SKIP
+    >>> result = h.search(SearchQuery(image=photo), k=10)  # doctest: +SKIP
+    >>> result.searched_fraction  # doctest: +SKIP
+    0.031
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from retrieval.categories import CategoryIndex
+from retrieval.search import Retriever, SearchHit, SearchQuery
+from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
+
+__all__ = ["HierarchicalRetriever", "Level1Config", "Level1Result", "SearchMode", "SearchResult"]
+
+SearchMode = Literal["hierarchical", "flat"]
+
+
+class Level1Config(BaseModel):
+    """How level 1 scores categories and which it keeps.
+
+    Policies: ``top_m`` keeps the m best; ``fraction`` keeps best-first until the kept
+    categories hold ``target_fraction`` of the catalogue; ``mass`` keeps best-first until
+    the calibrated probability mass reaches ``mass`` (never more than ``max_fraction`` of
+    the catalogue); ``margin`` keeps every category within ``margin`` of the best score
+    (same cap). The best category is always kept, however large.
+    """
+
+    representation: Literal["text", "prototype", "both"] = "both"
+    policy: Literal["top_m", "fraction", "mass", "margin"] = "mass"
+    top_m: int = Field(default=3, ge=1)
+    target_fraction: float = Field(default=0.025, gt=0, le=1)
+    mass: float = Field(default=0.95, gt=0, le=1)
+    margin: float = Field(default=0.05, ge=0)
+    max_fraction: float = Field(default=0.1, gt=0, le=1)
+    temperature: float = Field(default=0.02, gt=0, description="Softmax temperature that calibrates scores.")
+    text_weight: float = Field(default=0.5, ge=0, le=1, description="Weight of name embeddings vs prototypes.")
+
+
+@dataclass(frozen=True, slots=True)
+class Level1Result:
+    """The categories level 1 kept, with their probabilities and the share of the catalogue they hold."""
+
+    kept: list[str]
+    probabilities: list[float]
+    searched: int
+    total: int
+
+    @property
+    def searched_fraction(self) -> float:
+        return self.searched / self.total if self.total else 0.0
+
+
+@dataclass(slots=True)
+class SearchResult:
+    """Hits plus how they were found."""
+
+    hits: list[SearchHit]
+    mode: SearchMode
+    level1: Level1Result | None = None
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def searched_fraction(self) -> float:
+        return self.level1.searched_fraction if self.level1 else 1.0
+
+
+def score_categories(
+    vectors: dict[str, np.ndarray], categories: CategoryIndex, config: Level1Config, *, image_aligned: bool
+) -> np.ndarray:
+    """Cosine score of the query against every category, averaged over the query's modalities.
+
+    Category-name embeddings live in the text encoder's space: a photo is compared with
+    them only when the image tower was trained into that space (``image_aligned``).
+    """
+    per_modality = []
+    for name, vec in vectors.items():
+        proto = categories.proto_image if name == IMAGE_VECTOR else categories.proto_text
+        s_proto = proto @ vec
+        can_use_names = name == TEXT_VECTOR or image_aligned
+        if config.representation == "prototype" or not can_use_names:
+            per_modality.append(s_proto)
+            continue
+        s_text = categories.text @ vec
+        if config.representation == "text":
+            per_modality.append(s_text)
+        else:
+            per_modality.append(config.text_weight * s_text + (1 - config.text_weight) * s_proto)
+    scores: np.ndarray = np.mean(per_modality, axis=0)
+    return scores
+
+
+def select_categories(scores: np.ndarray, categories: CategoryIndex, config: Level1Config) -> Level1Result:
+    """Keep categories best-first under ``config``'s policy; scores are calibrated with a softmax."""
+    order = np.argsort(-scores, kind="stable")
+    z = (scores - scores.max()) / config.temperature
+    probs = np.exp(z) / np.exp(z).sum()
+    total = categories.total
+    kept: list[int] = []
+    size = 0
+    cum = 0.0
+    for rank, i in enumerate(order):
+        if rank > 0:
+            if config.policy == "top_m" and rank >= config.top_m:
+                break
+            if config.policy == "fraction" and size >= config.target_fraction * total:
+                break
+            if config.policy == "mass" and cum >= config.mass:
+                break
+            if config.policy == "margin" and scores[i] < scores[order[0]] - config.margin:
+                break
+            if config.policy in ("mass", "margin") and size + categories.sizes[i] > config.max_fraction * total:
+                break
+        kept.append(int(i))
+        size += int(categories.sizes[i])
+        cum += float(probs[i])
+    return Level1Result(
+        kept=[categories.keys[i] for i in kept],
+        probabilities=[float(probs[i]) for i in kept],
+        searched=size,
+        total=total,
+    )
+
+
+class HierarchicalRetriever:
+    """Two-level search on top of a :class:`~retrieval.search.Retriever`; ``mode="flat"`` is the baseline."""
+
+    def __init__(self, retriever: Retriever, categories: CategoryIndex, config: Level1Config | None = None) -> None:
+        self.retriever = retriever
+        self.categories = categories
+        self.config = config or Level1Config()
+        # Category-name embeddings are in the text encoder's space; photos are comparable with
+        # them only when the image tower was trained into that space.
+        self.image_aligned = retriever.manifest.image_text_aligned
+
+    def level1(self, vectors: dict[str, np.ndarray]) -> Level1Result:
+        scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
+        return select_categories(scores, self.categories, self.config)
+
+    def search(self, query: SearchQuery, *, k: int = 10, mode: SearchMode = "hierarchical") -> SearchResult:
+        t0 = time.perf_counter()
+        vectors = self.retriever.encode(query)
+        t1 = time.perf_counter()
+        result = self.search_vectors(vectors, k=k, mode=mode, filter=query.filter)
+        result.timing_ms = {"encode": (t1 - t0) * 1000, **result.timing_ms}
+        return result
+
+    def search_vectors(
+        self,
+        vectors: dict[str, np.ndarray],
+        *,
+        k: int = 10,
+        mode: SearchMode = "hierarchical",
+        filter: SearchFilter | None = None,
+    ) -> SearchResult:
+        t0 = time.perf_counter()
+        if mode == "flat":
+            hits = self.retriever.search_vectors(vectors, k=k, filter=filter)
+            return SearchResult(hits, "flat", None, {"search": (time.perf_counter() - t0) * 1000})
+        l1 = self.level1(vectors)
+        t1 = time.perf_counter()
+        base = filter or SearchFilter()
+        scoped = SearchFilter(
+            categories=l1.kept,
+            category_depth=self.categories.depth,
+            category_prefix=base.category_prefix,
+            attributes=base.attributes,
+        )
+        hits = self.retriever.search_vectors(vectors, k=k, filter=scoped)
+        t2 = time.perf_counter()
+        return SearchResult(hits, "hierarchical", l1, {"level1": (t1 - t0) * 1000, "search": (t2 - t0) * 1000})

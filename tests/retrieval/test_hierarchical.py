@@ -1,0 +1,191 @@
+"""Hierarchical retrieval: level-1 policies on hand-made categories, level 2 against a NumPy oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.categories import CategoryIndex
+from retrieval.edge_store import EdgeStore
+from retrieval.hierarchical import HierarchicalRetriever, Level1Config, score_categories, select_categories
+from retrieval.search import Retriever
+from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, IndexManifest, VectorRecord
+
+DIM = 16
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class FixedTextEncoder:
+    """Category names map to fixed vectors: a stand-in text encoder with known outputs."""
+
+    model_id = "fixed-text"
+    dim = DIM
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = table
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, DIM), np.float32)
+
+
+class NoImages:
+    model_id = "no-images"
+    dim = DIM
+
+    def encode(self, images: list[object]) -> np.ndarray:
+        raise AssertionError("not used: these tests pass vectors directly")
+
+
+def cats(sizes: list[int]) -> CategoryIndex:
+    n = len(sizes)
+    eye = np.eye(n, DIM, dtype=np.float32)
+    return CategoryIndex(None, [f"c{i}" for i in range(n)], np.array(sizes), eye, eye, eye)
+
+
+def keep(categories: CategoryIndex, vectors: dict[str, np.ndarray], **config: object) -> list[str]:
+    cfg = Level1Config(**config)  # type: ignore[arg-type]
+    return select_categories(score_categories(vectors, categories, cfg, image_aligned=True), categories, cfg).kept
+
+
+def test_policies_on_hand_made_scores() -> None:
+    c = cats([10, 20, 30, 40])  # 100 products
+    scores = np.array([0.9, 0.8, 0.5, 0.1])
+    pick = lambda **kw: select_categories(scores, c, Level1Config(**kw))  # noqa: E731
+    assert pick(policy="top_m", top_m=2).kept == ["c0", "c1"]
+    # fraction: keep until >= 25 % of the catalogue is covered: c0 (10) + c1 (20) = 30.
+    assert pick(policy="fraction", target_fraction=0.25).kept == ["c0", "c1"]
+    assert pick(policy="margin", margin=0.15, max_fraction=1.0).kept == ["c0", "c1"]
+    assert pick(policy="margin", margin=0.15, max_fraction=0.2).kept == ["c0"]  # c1 would pass the cap
+    # mass: softmax(s / 0.1) = [.73, .27, .01, .0002]: two categories reach 0.95.
+    r = pick(policy="mass", mass=0.95, temperature=0.1, max_fraction=1.0)
+    assert r.kept == ["c0", "c1"]
+    assert r.probabilities[0] == pytest.approx(np.exp(9) / np.exp(np.array([9, 8, 5, 1])).sum())
+    assert r.searched == 30 and r.searched_fraction == pytest.approx(0.3)
+
+
+def test_best_category_is_kept_even_above_the_cap() -> None:
+    c = cats([90, 5, 5])
+    r = select_categories(np.array([0.9, 0.2, 0.1]), c, Level1Config(policy="mass", max_fraction=0.05))
+    assert r.kept == ["c0"]
+
+
+def test_long_tail_category_is_reachable() -> None:
+    # One big category and a singleton: scores have no size prior, so the singleton wins on its own vector.
+    c = cats([10_000, 1])
+    assert keep(c, {IMAGE_VECTOR: c.proto_image[1]}, representation="prototype", policy="top_m", top_m=1) == ["c1"]
+    assert keep(c, {TEXT_VECTOR: c.text[1]}, representation="text", policy="top_m", top_m=1) == ["c1"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[HierarchicalRetriever, dict[str, object]]:
+    """SYNTHETIC: 6 categories of clustered random vectors (one a singleton) in a real Qdrant Edge index."""
+    rng = np.random.default_rng(3)
+    centres = unit(rng.standard_normal((6, DIM)))
+    sizes = [60, 40, 30, 20, 10, 1]
+    keys = [f"Top > Mid{i} > Leaf{i}" for i in range(6)]
+    ids, vecs, labels = [], [], []
+    for c, n in enumerate(sizes):
+        for j in range(n):
+            ids.append(f"s{c}-{j}")
+            vecs.append(unit(centres[c] + 0.35 * rng.standard_normal(DIM)))
+            labels.append(c)
+    x = np.stack(vecs)
+    store = EdgeStore(tmp_path_factory.mktemp("h") / "p")
+    store.create(
+        IndexManifest(
+            text_encoder="fixed-text",
+            text_dim=DIM,
+            image_encoder="no-images",
+            image_dim=DIM,
+            category_levels=["a", "b", "c"],
+            image_text_aligned=True,
+        )
+    )
+    records = []
+    for pid, v, c in zip(ids, x, labels, strict=True):
+        parts = keys[c].split(" > ")
+        payload = {
+            "product_id": pid,
+            "title": pid,
+            "category": parts,
+            "category_path": keys[c],
+            "cat_0": parts[0],
+            "cat_1": " > ".join(parts[:2]),
+            "cat_2": keys[c],
+            "attributes": {},
+        }
+        records.append(VectorRecord(pid, {IMAGE_VECTOR: v, TEXT_VECTOR: v}, payload))
+    store.upsert(records)
+    store.finalize()
+    text = FixedTextEncoder({k: centres[i] for i, k in enumerate(keys)})
+    categories = CategoryIndex.build(store, text)
+    h = HierarchicalRetriever(Retriever(store, text, NoImages()), categories, Level1Config(policy="top_m", top_m=2))
+    return h, {"ids": np.array(ids), "x": x, "labels": np.array(labels), "keys": keys, "centres": centres}
+
+
+def test_category_index_from_store(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
+    h, d = synthetic
+    c = h.categories
+    assert c.keys == sorted(d["keys"])  # type: ignore[call-overload]
+    assert int(c.sizes.sum()) == len(d["ids"])  # type: ignore[arg-type]
+    singleton = c.keys.index("Top > Mid5 > Leaf5")
+    assert c.sizes[singleton] == 1
+    np.testing.assert_allclose(c.proto_image[singleton], d["x"][-1], atol=1e-5)  # type: ignore[index]
+    assert c.proto_image.shape == (6, DIM)
+    np.testing.assert_allclose(np.linalg.norm(c.proto_text, axis=1), 1.0, atol=1e-5)
+
+
+def test_level2_equals_brute_force_inside_kept_categories(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]],
+) -> None:
+    h, d = synthetic
+    x, ids, labels, keys = d["x"], d["ids"], d["labels"], d["keys"]
+    rng = np.random.default_rng(11)
+    for q in unit(rng.standard_normal((5, DIM))):
+        res = h.search_vectors({IMAGE_VECTOR: q}, k=7)
+        assert res.level1 is not None and len(res.level1.kept) == 2
+        inside = np.isin(np.array(keys)[labels], res.level1.kept)  # type: ignore[index]
+        scores = np.where(inside, x @ q, -np.inf)  # type: ignore[operator]
+        expected = [ids[i] for i in np.argsort(-scores)[:7] if np.isfinite(scores[i])]  # type: ignore[index]
+        assert [hit.product_id for hit in res.hits] == expected
+        flat = h.search_vectors({IMAGE_VECTOR: q}, k=7, mode="flat")
+        assert [hit.product_id for hit in flat.hits] == [ids[i] for i in np.argsort(-(x @ q))[:7]]  # type: ignore[index,operator]
+        assert flat.searched_fraction == 1.0
+        assert 0 < res.searched_fraction < 1
+
+
+def test_singleton_category_found_from_its_product(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
+    h, d = synthetic
+    res = h.search_vectors({IMAGE_VECTOR: d["x"][-1]}, k=1)  # type: ignore[index]
+    assert res.level1 is not None and res.level1.kept[0] == "Top > Mid5 > Leaf5"
+    assert res.hits[0].product_id == "s5-0"
+
+
+def test_category_index_cache_round_trip(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]], tmp_path: Path
+) -> None:
+    h, _ = synthetic
+    text = h.retriever.text_encoder
+    first = CategoryIndex.load_or_build(h.retriever.store, text, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("level1-*.npz"))) == 1
+    again = CategoryIndex.load_or_build(h.retriever.store, text, cache_dir=tmp_path)
+    assert again.keys == first.keys
+    np.testing.assert_array_equal(again.sizes, first.sizes)
+    np.testing.assert_allclose(again.proto_image, first.proto_image)
+
+
+def test_coarser_level_depth(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
+    h, d = synthetic
+    mid = CategoryIndex.build(
+        h.retriever.store, FixedTextEncoder({f"Top > Mid{i}": d["centres"][i] for i in range(6)}), depth=1
+    )  # type: ignore[index]
+    assert mid.keys == [f"Top > Mid{i}" for i in range(6)]
+    hm = HierarchicalRetriever(h.retriever, mid, Level1Config(policy="top_m", top_m=1))
+    res = hm.search_vectors({IMAGE_VECTOR: d["x"][0]}, k=5)  # type: ignore[index]
+    assert res.level1 is not None and res.level1.kept == ["Top > Mid0"]
+    assert all(hit.category[:2] == ["Top", "Mid0"] for hit in res.hits)

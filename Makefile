@@ -34,8 +34,9 @@ run: setup ## Run the main job on embedded defaults (index the demo catalogue, a
 index: setup ## Index the catalogue (TANDEM_CATALOGUE__PATH, default ../shared/data/fashion)
 	$(TANDEM) index
 
-test: setup ## Run the test suite (fast: slow and gpu tests deselected)
+test: setup ## Lint, type-check and run the test suite (slow and gpu tests deselected)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 test-all: setup ## Run every test, slow ones included (gpu ones skip without a GPU)

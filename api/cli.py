@@ -83,15 +83,21 @@ def run_index(
     """Index ``catalog``; an index made by other encoders is refused, or rebuilt with ``rebuild_if_stale``."""
     from api.components import build_image_encoder, build_store, build_text_encoder
     from retrieval.catalogue import load_catalogue
+    from retrieval.encoders import TextEncoder
     from retrieval.errors import EncoderMismatchError
     from retrieval.indexer import build_index
+    from retrieval.text_cache import PrecomputedTextEncoder, cached_text_vectors
 
     cat = load_catalogue(catalog, settings.catalogue.columns, limit=limit)
     for issue in cat.issues[:20]:
         err.print(f"skipped: {issue}", markup=False, highlight=False)
     if len(cat.issues) > 20:
         err.print(f"... and {len(cat.issues) - 20} more skipped row(s)")
-    text_encoder = build_text_encoder(settings)
+    text_encoder: TextEncoder = build_text_encoder(settings)
+    texts = [p.text() for p in cat.products]
+    cached = cached_text_vectors(text_encoder, texts, settings.cache_dir)
+    if cached is not None:  # the image tower's training already embedded these texts
+        text_encoder = PrecomputedTextEncoder(text_encoder, texts, cached)
     image_encoder = build_image_encoder(settings)
     store = build_store(settings)
     existing = store.manifest()

@@ -6,7 +6,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 __all__ = ["CliError", "err", "out", "progress_bar", "staged_progress"]
 
@@ -33,7 +41,7 @@ def progress_bar() -> Progress:
 def staged_progress() -> Iterator[Callable[[str, int, int], None]]:
     """A ``progress(stage, completed, total)`` callback drawing one bar per stage."""
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def update(stage: str, completed: int, total: int) -> None:
             if stage not in tasks:

@@ -99,7 +99,7 @@ def _version(dist: str) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the benchmark ran on: CPU, cores, RAM, the versions that matter, and the GPU (``"none"`` without CUDA).
+    """What the benchmark ran on: CPU, cores, RAM, versions, GPU (``"none"`` without CUDA), and the load average.
 
     Importing torch to ask for CUDA costs a few seconds the first time in a process.
     """
@@ -121,6 +121,8 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "gpu": gpu,
+        # Other work on the machine skews every timing: the load when the benchmark started.
+        "load_average_1_5_15m": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -204,6 +206,27 @@ def _numpy_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------- #
 
 
+def _recall(found: Sequence[set[int]], exact: Sequence[set[int]]) -> float:
+    return float(np.mean([len(f & e) / len(e) for f, e in zip(found, exact, strict=True)]))
+
+
+def _edge_queries(shard: Any, qs: np.ndarray, k: int, params: Any, task: _Task) -> tuple[list[float], list[set[int]]]:
+    """Time each query of ``qs`` through a Qdrant Edge shard (after a short warm-up); also return the ids found."""
+    import qdrant_edge as qe
+
+    for q in qs[:_WARMUP]:
+        shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist()), params=params))
+    times: list[float] = []
+    ids: list[set[int]] = []
+    for q in qs:
+        t0 = time.perf_counter()
+        hits = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist()), params=params))
+        times.append((time.perf_counter() - t0) * 1e3)
+        ids.append({int(h.id) for h in hits})
+        task.advance()
+    return times, ids
+
+
 def bench_vector_search(
     sizes: Sequence[int] = DEFAULT_SIZES,
     dim: int = 384,
@@ -216,92 +239,69 @@ def bench_vector_search(
     clusters: int = 1000,
     m: int | None = 16,
     ef_construct: int | None = 64,
+    quantization: bool = True,
     hnsw_ef: int | None = None,
+    ef_sweep: Sequence[int] = (64, 128, 256),
     upsert_batch: int = 5000,
 ) -> list[dict[str, Any]]:
     """Qdrant Edge (HNSW) against NumPy brute force on **synthetic** unit vectors, one row per size.
 
     For each size N: N seeded random unit vectors (float32; ``clusters`` random centres
-    plus noise, or uniform on the sphere with ``clusters=0``) are upserted with integer
-    ids into a fresh Qdrant Edge shard under ``work_dir`` (one Cosine vector), which is
-    then flushed and optimised so the HNSW graph is built at every size (the indexing
-    threshold is lowered to 1 KB). ``queries`` perturbed copies of stored vectors are
-    then searched one at a time with ``limit=k`` through Edge, and again through NumPy
-    (``X @ q`` + ``argpartition``) on the same matrix; recall@k is Edge's overlap with
-    the exact NumPy top-k.
+    plus noise, or uniform on the sphere with ``clusters=0``) are generated in chunks.
+    ``queries`` perturbed copies of stored vectors are searched one at a time through
+    NumPy (``X @ q`` + ``argpartition``: the exact top-k), then the vectors are upserted
+    with integer ids into a fresh Qdrant Edge shard under ``work_dir`` (one Cosine
+    vector), which is flushed and optimised so the HNSW graph is built at every size
+    (the indexing threshold is lowered to 1 KB), and the same queries are searched
+    through Edge. recall@k is Edge's overlap with the exact top-k.
 
-    ``m`` and ``ef_construct`` set the HNSW build (None keeps Qdrant's defaults, 16 and
-    100); the defaults here, 16 and 64, keep a 1M build on a 2-core machine to minutes.
-    ``hnsw_ef`` sets the search beam (None: Qdrant's default). The Edge timing includes
-    converting the query to a Python list, which every Edge call from Python pays.
+    Build settings: ``m`` and ``ef_construct`` (None: Qdrant's defaults, 16 and 100) and
+    ``quantization`` (int8 scalar quantization, searched with rescoring on the float32
+    vectors and oversampling 2). Qdrant Edge builds HNSW on one thread, so the defaults
+    here (16, 64, int8) keep a 1M x 384 build on a 2-core machine to a few minutes; with
+    Qdrant's defaults it takes well over ten. ``hnsw_ef`` is the search beam of the main
+    measurement (None: Qdrant's default, ``ef_construct``); ``ef_sweep`` repeats the
+    queries at other beams (latency and recall). The Edge timing includes converting the
+    query to a Python list, which every Edge call from Python pays.
 
     Each row: ``n, dim, edge_p50_ms, edge_p95_ms, numpy_p50_ms, numpy_p95_ms,
     speedup_p50`` (NumPy p50 / Edge p50), ``edge_recall@{k}``, ``edge_build_s``
-    (flush + optimise: the HNSW build), ``edge_insert_s``, and ``synthetic: True``.
+    (flush + optimise: the HNSW build), ``edge_insert_s``, ``ef_sweep`` (a list of
+    ``{hnsw_ef, p50_ms, p95_ms, recall@k}``), the configuration, and ``synthetic: True``.
     """
     import qdrant_edge as qe
 
     if dim <= 0 or queries <= 0 or k <= 0:
         raise ValueError("dim, queries and k must be positive")
+    for n in sizes:
+        if n <= k:
+            raise ValueError(f"every size must exceed k={k}, got {n}")
     own_dir = work_dir is None
     root = Path(tempfile.mkdtemp(prefix="tandem-vector-bench-")) if work_dir is None else Path(work_dir)
     root.mkdir(parents=True, exist_ok=True)
     hnsw = None
     if m is not None or ef_construct is not None:
         hnsw = qe.HnswIndexConfig(m=m or 16, ef_construct=ef_construct or 100, full_scan_threshold=10_000)
-    params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+    quant_config = (
+        qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True) if quantization else None
+    )
+    quant_search = qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if quantization else None
+
+    def search_params(ef: int | None) -> qe.SearchParams | None:
+        if ef is None and quant_search is None:
+            return None
+        return qe.SearchParams(hnsw_ef=ef, quantization=quant_search)
+
     rows: list[dict[str, Any]] = []
     try:
         for n in sizes:
-            if n <= k:
-                raise ValueError(f"every size must exceed k={k}, got {n}")
             task = _Task(progress, f"vectors N={n:,}: generating")
             rng = np.random.default_rng([seed, n])
             x = _synthetic_matrix(n, dim, clusters, rng)
             qs = _perturbed_queries(x, queries, rng)
+            sweep = [ef for ef in ef_sweep if ef != hnsw_ef]
 
-            shard_dir = root / f"edge-{n}"
-            if shard_dir.exists():
-                shutil.rmtree(shard_dir)
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-                hnsw_config=hnsw,
-                # Build HNSW at every size, even below Qdrant's default 10 MB indexing threshold.
-                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
-                wal_enabled=False,
-            )
-            shard = qe.EdgeShard.create(str(shard_dir), config)
-            try:
-                task.phase(f"vectors N={n:,}: inserting into Qdrant Edge", total=n)
-                t0 = time.perf_counter()
-                for start in range(0, n, upsert_batch):
-                    block = x[start : start + upsert_batch].tolist()
-                    points = [qe.Point(id=start + i, vector=v) for i, v in enumerate(block)]
-                    shard.update(qe.UpdateOperation.upsert_points(points))
-                    task.advance(len(points))
-                insert_s = time.perf_counter() - t0
-                task.phase(f"vectors N={n:,}: building HNSW")
-                t0 = time.perf_counter()
-                shard.flush()
-                shard.optimize()
-                build_s = time.perf_counter() - t0
-                task.advance()
-                info = shard.info()
-
-                task.phase(f"vectors N={n:,}: querying (Edge, then NumPy)", total=2 * len(qs))
-                for q in qs[:_WARMUP]:
-                    shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist()), params=params))
-                edge_ms: list[float] = []
-                edge_ids: list[set[int]] = []
-                for q in qs:
-                    t0 = time.perf_counter()
-                    hits = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist()), params=params))
-                    edge_ms.append((time.perf_counter() - t0) * 1e3)
-                    edge_ids.append({int(h.id) for h in hits})
-                    task.advance()
-            finally:
-                shard.close()
-
+            task.phase(f"vectors N={n:,}: NumPy brute force", total=len(qs))
             for q in qs[:_WARMUP]:
                 _numpy_topk(x, q, k)
             numpy_ms: list[float] = []
@@ -313,7 +313,53 @@ def bench_vector_search(
                 exact_ids.append({int(i) for i in top})
                 task.advance()
 
-            recall = float(np.mean([len(e & t) / len(t) for e, t in zip(edge_ids, exact_ids, strict=True)]))
+            shard_dir = root / f"edge-{n}"
+            if shard_dir.exists():
+                shutil.rmtree(shard_dir)
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                hnsw_config=hnsw,
+                quantization_config=quant_config,
+                # Build HNSW at every size, even below Qdrant's default 10 MB indexing threshold.
+                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+                wal_enabled=False,
+            )
+            shard = qe.EdgeShard.create(str(shard_dir), config)
+
+            try:
+                task.phase(f"vectors N={n:,}: inserting into Qdrant Edge", total=n)
+                t0 = time.perf_counter()
+                for start in range(0, n, upsert_batch):
+                    block = x[start : start + upsert_batch].tolist()
+                    points = [qe.Point(id=start + i, vector=v) for i, v in enumerate(block)]
+                    shard.update(qe.UpdateOperation.upsert_points(points))
+                    task.advance(len(points))
+                insert_s = time.perf_counter() - t0
+                task.phase(f"vectors N={n:,}: building HNSW (one thread)")
+                t0 = time.perf_counter()
+                shard.flush()
+                shard.optimize()
+                build_s = time.perf_counter() - t0
+                task.advance()
+                info = shard.info()
+
+                task.phase(f"vectors N={n:,}: querying Qdrant Edge", total=len(qs) * (1 + len(sweep)))
+                edge_ms, edge_ids = _edge_queries(shard, qs, k, search_params(hnsw_ef), task)
+                sweep_rows = []
+                for ef in sweep:
+                    times, ids = _edge_queries(shard, qs, k, search_params(ef), task)
+                    stats = latency_stats(times)
+                    sweep_rows.append(
+                        {
+                            "hnsw_ef": ef,
+                            "p50_ms": stats["p50_ms"],
+                            "p95_ms": stats["p95_ms"],
+                            f"recall@{k}": round(_recall(ids, exact_ids), 4),
+                        }
+                    )
+            finally:
+                shard.close()
+
             edge = latency_stats(edge_ms)
             brute = latency_stats(numpy_ms)
             rows.append(
@@ -329,14 +375,16 @@ def bench_vector_search(
                     "numpy_p95_ms": brute["p95_ms"],
                     "numpy_mean_ms": brute["mean_ms"],
                     "speedup_p50": round(brute["p50_ms"] / edge["p50_ms"], 2) if edge["p50_ms"] > 0 else None,
-                    f"edge_recall@{k}": round(recall, 4),
+                    f"edge_recall@{k}": round(_recall(edge_ids, exact_ids), 4),
                     "edge_build_s": round(build_s, 2),
                     "edge_insert_s": round(insert_s, 2),
                     "edge_segments": int(info.segments_count),
                     "edge_indexed_vectors": int(info.indexed_vectors_count),
-                    "hnsw_m": m if m is not None else "default",
-                    "hnsw_ef_construct": ef_construct if ef_construct is not None else "default",
-                    "hnsw_ef": hnsw_ef if hnsw_ef is not None else "default",
+                    "hnsw_m": m if m is not None else "default (16)",
+                    "hnsw_ef_construct": ef_construct if ef_construct is not None else "default (100)",
+                    "hnsw_ef": hnsw_ef if hnsw_ef is not None else "default (= ef_construct)",
+                    "quantization": "int8, rescored, oversampling 2" if quantization else "none",
+                    "ef_sweep": sweep_rows,
                     "data": f"{clusters} clusters" if clusters > 0 else "uniform",
                     "synthetic": True,
                 }
@@ -545,9 +593,10 @@ def _markdown(results: dict[str, Any]) -> str:
         lines += [f"**{SYNTHETIC_NOTE}**", ""]
         first = rows[0]
         lines += [
-            f"HNSW m={first.get('hnsw_m', '?')}, ef_construct={first.get('hnsw_ef_construct', '?')}, "
-            f"search ef={first.get('hnsw_ef', '?')}; {first.get('queries', '?')} single-vector queries per size, "
-            f"top {first.get('k', 10)}. Build = flush + optimise (HNSW construction). "
+            f"Qdrant Edge: HNSW m={first.get('hnsw_m', '?')}, ef_construct={first.get('hnsw_ef_construct', '?')}, "
+            f"search ef={first.get('hnsw_ef', '?')}, quantization: {first.get('quantization', '?')}. "
+            f"{first.get('queries', '?')} single-vector queries per size, top {first.get('k', 10)}, one at a time. "
+            "Build = flush + optimise (HNSW construction; Qdrant Edge builds on one thread). "
             "Recall is HNSW's overlap with the exact NumPy result.",
             "",
         ]
@@ -563,6 +612,7 @@ def _markdown(results: dict[str, Any]) -> str:
                 "NumPy p95 ms",
                 "speed-up p50",
                 recall.replace("edge_", "Edge "),
+                "insert s",
                 "build s",
                 "synthetic",
             ],
@@ -577,12 +627,23 @@ def _markdown(results: dict[str, Any]) -> str:
                     r.get("numpy_p95_ms"),
                     r.get("speedup_p50"),
                     r.get(_recall_key(r)),
+                    r.get("edge_insert_s"),
                     r.get("edge_build_s"),
                     "synthetic" if r.get("synthetic", True) else "real",
                 ]
                 for r in rows
             ],
         )
+        sweep = [(r, s) for r in rows for s in r.get("ef_sweep") or []]
+        if sweep:
+            lines += ["Search beam sweep (same index, same queries, synthetic):", ""]
+            lines += _table(
+                ["N", "search ef", "Edge p50 ms", "Edge p95 ms", recall.replace("edge_", "")],
+                [
+                    [r.get("n"), s.get("hnsw_ef"), s.get("p50_ms"), s.get("p95_ms"), s.get(recall.replace("edge_", ""))]
+                    for r, s in sweep
+                ],
+            )
     notes = results.get("notes") or []
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]

@@ -41,12 +41,12 @@ from retrieval.categories import category_key, category_text
 from retrieval.encoders import TextEncoder
 from retrieval.errors import ImageError
 from retrieval.images import ImageLimits, read_image_file
+from retrieval.text_cache import encode_texts_cached
 
 __all__ = [
     "ClipTrainConfig",
     "ProgressFn",
     "TowerReport",
-    "encode_texts_cached",
     "holdout_ids",
     "load_image_array",
     "train_image_tower",
@@ -103,19 +103,6 @@ def holdout_ids(product_ids: Sequence[str], fraction: float, seed: int = 0) -> s
         if h < cut:
             out.add(pid)
     return out
-
-
-def encode_texts_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
-    """Encode ``texts``, caching the array on disk keyed by encoder and content (MiniLM is the slow part)."""
-    key = hashlib.sha256(encoder.model_id.encode() + b"\0" + "\n".join(texts).encode()).hexdigest()[:16]
-    path = cache_dir / f"text-{key}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        return np.load(path)
-    vecs = encoder.encode(list(texts))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, vecs)
-    return vecs
 
 
 def load_image_array(products: Sequence[Product], limits: ImageLimits | None = None) -> tuple[torch.Tensor, list[int]]:

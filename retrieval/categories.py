@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.encoders import TextEncoder
+from retrieval.encoders import TextEncoder, l2_normalise
 from retrieval.errors import IndexNotFoundError, StoreError
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, VectorStore, level_field
 
@@ -33,10 +33,6 @@ def category_key(category: list[str] | tuple[str, ...], depth: int | None = None
 def category_text(key: str) -> str:
     """The text a category key is embedded from (the image tower's category objective uses the same)."""
     return key
-
-
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -76,8 +72,8 @@ class CategoryIndex:
         if not counts:
             raise IndexNotFoundError("the index is empty: nothing to build level-1 categories from")
         keys = sorted(counts)
-        proto_image = _normalise_rows(np.stack([sums_img[k] for k in keys]).astype(np.float32))
-        proto_text = _normalise_rows(np.stack([sums_txt[k] for k in keys]).astype(np.float32))
+        proto_image = l2_normalise(np.stack([sums_img[k] for k in keys]).astype(np.float32))
+        proto_text = l2_normalise(np.stack([sums_txt[k] for k in keys]).astype(np.float32))
         text = text_encoder.encode([category_text(k) for k in keys])
         sizes = np.array([counts[k] for k in keys], dtype=np.int64)
         return cls(depth, keys, sizes, text, proto_image, proto_text)

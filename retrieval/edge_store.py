@@ -155,7 +155,8 @@ class EdgeStore:
             )
             for name, v in queries.items()
         ]
-        request = qe.QueryRequest(limit=k, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K), with_payload=True)
+        fusion: Any = qe.Fusion.Rrf(k=RRF_K)  # the stubs type Fusion's nested classes too narrowly
+        request = qe.QueryRequest(limit=k, prefetches=prefetches, query=fusion, with_payload=True)
         try:
             return hits_from_points(shard.query(request))
         except (RuntimeError, ValueError) as exc:

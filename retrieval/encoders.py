@@ -32,6 +32,7 @@ __all__ = [
     "SentenceTransformerTextEncoder",
     "TextEncoder",
     "checkpoint_fingerprint",
+    "l2_normalise",
 ]
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -57,10 +58,12 @@ class ImageEncoder(Protocol):
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows (or a single vector) scaled to unit length, as float32; zero rows stay zero."""
+    arr = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
+    out: np.ndarray = arr / np.maximum(norms, 1e-12)
+    return out
 
 
 def _resolve_text_model(name: str) -> str:
@@ -118,7 +121,7 @@ class SentenceTransformerTextEncoder:
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
-        return _normalise(out)
+        return l2_normalise(out)
 
 
 def checkpoint_fingerprint(directory: Path) -> str:
@@ -217,7 +220,8 @@ class OpenClipImageEncoder:
 
     def _encode_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         model: Any = self._model
-        return model.encode_image(batch, normalize=True)
+        out: torch.Tensor = model.encode_image(batch, normalize=True)
+        return out
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         if len(images) == 0:
@@ -227,7 +231,7 @@ class OpenClipImageEncoder:
             for start in range(0, len(images), self.batch_size):
                 batch = torch.stack([self._preprocess(im) for im in images[start : start + self.batch_size]])
                 chunks.append(self._encode_tensor(batch.to(self._device)).float().cpu().numpy())
-        return _normalise(np.concatenate(chunks))
+        return l2_normalise(np.concatenate(chunks))
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:

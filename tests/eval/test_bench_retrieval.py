@@ -40,6 +40,10 @@ def test_bench_vector_search_small(tmp_path: Path) -> None:
     assert row["edge_build_s"] >= 0
     # HNSW really was built (the indexing threshold is lowered for small sizes).
     assert row["edge_indexed_vectors"] == 2000
+    assert [s["hnsw_ef"] for s in row["ef_sweep"]] == [64, 128, 256]
+    for s in row["ef_sweep"]:
+        assert 0.0 <= s["recall@10"] <= 1.0
+        assert s["p50_ms"] > 0
     # The shard is removed once measured.
     assert not (tmp_path / "edge-2000").exists()
 

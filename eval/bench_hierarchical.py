@@ -1,0 +1,151 @@
+"""Hierarchical against flat search as the catalogue grows: SYNTHETIC catalogues with the real category structure.
+
+Each synthetic catalogue keeps the real catalogue's categories and their relative
+sizes (the long tail included, every category at least one product), scaled to N
+products. A product vector is its category's centre plus noise, so level 1 has real
+work to do. Both modes run in a real Qdrant Edge shard (HNSW, keyword payload index):
+
+* flat: one HNSW search over all N products;
+* hierarchical: level 1 (query against every category prototype, policy from
+  :class:`~retrieval.hierarchical.Level1Config`) then a filtered HNSW search inside the
+  kept categories.
+
+Example:
+    >>> rows = bench_scaling(real_sizes, sizes=(44_072,), queries=50)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from eval.metrics import latency_percentiles
+from retrieval.categories import CategoryIndex
+from retrieval.encoders import l2_normalise
+from retrieval.hierarchical import Level1Config, select_categories
+
+__all__ = ["SYNTHETIC_LABEL", "bench_scaling", "scaled_sizes"]
+
+SYNTHETIC_LABEL = "SYNTHETIC vectors (real category structure, scaled)"
+_VEC = "v"
+_KEY = "category_path"
+
+
+def scaled_sizes(real: Mapping[str, int], n: int) -> dict[str, int]:
+    """Category sizes proportional to ``real``, summing to ``n``, each at least 1 (largest remainder)."""
+    keys = sorted(real)
+    weights = np.array([real[k] for k in keys], dtype=np.float64)
+    if n < len(keys):
+        raise ValueError(f"need at least one product per category: n={n} < {len(keys)} categories")
+    spare = n - len(keys)
+    raw = weights / weights.sum() * spare
+    base = np.floor(raw).astype(np.int64)
+    rest = spare - int(base.sum())
+    base[np.argsort(-(raw - base))[:rest]] += 1
+    return {k: int(b) + 1 for k, b in zip(keys, base, strict=True)}
+
+
+def bench_scaling(
+    real_sizes: Mapping[str, int],
+    *,
+    sizes: Sequence[int] = (44_072, 200_000, 1_000_000),
+    dim: int = 384,
+    queries: int = 200,
+    k: int = 10,
+    noise: float = 0.06,
+    level1: Level1Config | None = None,
+    seed: int = 0,
+    work_dir: Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Search-stage latency of both modes at each catalogue size, on SYNTHETIC vectors."""
+    level1 = level1 or Level1Config(policy="mass", representation="prototype")
+    report = progress or (lambda stage, done, total: None)
+    rows = []
+    for n in sizes:
+        rng = np.random.default_rng(seed)
+        cat_sizes = scaled_sizes(real_sizes, n)
+        keys = sorted(cat_sizes)
+        centres = l2_normalise(rng.standard_normal((len(keys), dim)))
+        labels = np.repeat(np.arange(len(keys)), [cat_sizes[c] for c in keys])
+        rng.shuffle(labels)
+        tmp = Path(tempfile.mkdtemp(prefix=f"tandem-hier-{n}-", dir=work_dir))
+        try:
+            shard = qe.EdgeShard.create(
+                str(tmp), qe.EdgeConfig(vectors={_VEC: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)})
+            )
+            shard.update(qe.UpdateOperation.create_field_index(_KEY, qe.PayloadSchemaType.Keyword))
+            t0 = time.perf_counter()
+            sums = np.zeros((len(keys), dim), dtype=np.float64)
+            chunk = 5000
+            for start in range(0, n, chunk):
+                lab = labels[start : start + chunk]
+                x = l2_normalise(centres[lab] + noise * rng.standard_normal((len(lab), dim)).astype(np.float32))
+                np.add.at(sums, lab, x)
+                shard.update(
+                    qe.UpdateOperation.upsert_points(
+                        [
+                            qe.Point(id=start + i, vector={_VEC: x[i].tolist()}, payload={_KEY: keys[lab[i]]})
+                            for i in range(len(lab))
+                        ]
+                    )
+                )
+                report(f"synthetic {n:,}: inserting", min(start + chunk, n), n)
+            shard.flush()
+            report(f"synthetic {n:,}: building HNSW", 0, 1)
+            shard.optimize()
+            report(f"synthetic {n:,}: building HNSW", 1, 1)
+            build_s = time.perf_counter() - t0
+            protos = l2_normalise(sums.astype(np.float32))
+            cats = CategoryIndex(None, keys, np.array([cat_sizes[c] for c in keys]), protos, protos, protos)
+            # Queries: fresh samples of the categories, chosen in proportion to their size.
+            q_lab = labels[rng.integers(0, n, size=queries)]
+            qs = l2_normalise(centres[q_lab] + noise * rng.standard_normal((queries, dim)).astype(np.float32))
+            flat_ms, hier_ms, l1_ms, fractions, overlap, cat_hit = [], [], [], [], [], []
+            for i, q in enumerate(qs):
+                ql = q.tolist()
+                t = time.perf_counter()
+                flat = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC)))
+                flat_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                chosen = select_categories(protos @ q, cats, level1)
+                t_l1 = time.perf_counter()
+                flt = qe.Filter(must=[qe.FieldCondition(key=_KEY, match=qe.MatchAny(any=chosen.kept))])
+                hier = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC), filter=flt))
+                hier_ms.append((time.perf_counter() - t) * 1000)
+                l1_ms.append((t_l1 - t) * 1000)
+                fractions.append(chosen.searched_fraction)
+                cat_hit.append(keys[q_lab[i]] in chosen.kept)
+                overlap.append(len({p.id for p in flat} & {p.id for p in hier}) / k)
+                report(f"synthetic {n:,}: queries", i + 1, queries)
+            f, h = latency_percentiles(flat_ms), latency_percentiles(hier_ms)
+            rows.append(
+                {
+                    "n": n,
+                    "categories": len(keys),
+                    "flat_p50_ms": round(f["latency_ms_p50"], 3),
+                    "flat_p95_ms": round(f["latency_ms_p95"], 3),
+                    "hier_p50_ms": round(h["latency_ms_p50"], 3),
+                    "hier_p95_ms": round(h["latency_ms_p95"], 3),
+                    "level1_p50_ms": round(float(np.median(l1_ms)), 3),
+                    "speedup_p50": round(f["latency_ms_p50"] / h["latency_ms_p50"], 2),
+                    "searched_fraction": round(float(np.mean(fractions)), 4),
+                    "category_recall": round(float(np.mean(cat_hit)), 4),
+                    "top10_overlap_with_flat": round(float(np.mean(overlap)), 4),
+                    "build_s": round(build_s, 1),
+                    "synthetic": True,
+                }
+            )
+            shard.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            gc.collect()
+    return rows

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from api.cli_bench import bench
 from api.cli_eval import eval_app
 from api.cli_train import train_app
 from api.console import CliError, err, out, progress_bar
@@ -32,6 +33,7 @@ catalogue_app = typer.Typer(help="Inspect a product catalogue.", no_args_is_help
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.command("bench")(bench)
 
 
 def _catalogue_dir(settings: Settings, catalog: Path | None) -> Path:

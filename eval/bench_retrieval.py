@@ -66,7 +66,11 @@ _CLUSTER_NOISE = 0.7
 # Relative size of a query's perturbation of its source vector: cosine(query, source) ~ 0.95.
 _QUERY_NOISE = 0.33
 _GEN_CHUNK = 50_000
+# Untimed queries before each timed pass (the catalogue warm-up reuses its first queries).
 _WARMUP = 5
+# The synthetic benchmark warms up with its own queries, distinct from the timed ones, so a
+# timed query never finds its own graph path already in cache.
+_VECTOR_WARMUP = 20
 
 SYNTHETIC_NOTE = (
     "Synthetic data: seeded random unit vectors, not catalogue embeddings. By default a mixture of "
@@ -210,11 +214,13 @@ def _recall(found: Sequence[set[int]], exact: Sequence[set[int]]) -> float:
     return float(np.mean([len(f & e) / len(e) for f, e in zip(found, exact, strict=True)]))
 
 
-def _edge_queries(shard: Any, qs: np.ndarray, k: int, params: Any, task: _Task) -> tuple[list[float], list[set[int]]]:
-    """Time each query of ``qs`` through a Qdrant Edge shard (after a short warm-up); also return the ids found."""
+def _edge_queries(
+    shard: Any, qs: np.ndarray, warm: np.ndarray, k: int, params: Any, task: _Task
+) -> tuple[list[float], list[set[int]]]:
+    """Time each query of ``qs`` through a Qdrant Edge shard after running ``warm``; also return the ids found."""
     import qdrant_edge as qe
 
-    for q in qs[:_WARMUP]:
+    for q in warm:
         shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist()), params=params))
     times: list[float] = []
     ids: list[set[int]] = []
@@ -298,11 +304,12 @@ def bench_vector_search(
             task = _Task(progress, f"vectors N={n:,}: generating")
             rng = np.random.default_rng([seed, n])
             x = _synthetic_matrix(n, dim, clusters, rng)
-            qs = _perturbed_queries(x, queries, rng)
+            all_queries = _perturbed_queries(x, queries + _VECTOR_WARMUP, rng)
+            warm, qs = all_queries[:_VECTOR_WARMUP], all_queries[_VECTOR_WARMUP:]
             sweep = [ef for ef in ef_sweep if ef != hnsw_ef]
 
             task.phase(f"vectors N={n:,}: NumPy brute force", total=len(qs))
-            for q in qs[:_WARMUP]:
+            for q in warm:
                 _numpy_topk(x, q, k)
             numpy_ms: list[float] = []
             exact_ids: list[set[int]] = []
@@ -344,10 +351,10 @@ def bench_vector_search(
                 info = shard.info()
 
                 task.phase(f"vectors N={n:,}: querying Qdrant Edge", total=len(qs) * (1 + len(sweep)))
-                edge_ms, edge_ids = _edge_queries(shard, qs, k, search_params(hnsw_ef), task)
+                edge_ms, edge_ids = _edge_queries(shard, qs, warm, k, search_params(hnsw_ef), task)
                 sweep_rows = []
                 for ef in sweep:
-                    times, ids = _edge_queries(shard, qs, k, search_params(ef), task)
+                    times, ids = _edge_queries(shard, qs, warm, k, search_params(ef), task)
                     stats = latency_stats(times)
                     sweep_rows.append(
                         {
@@ -386,11 +393,13 @@ def bench_vector_search(
                     "quantization": "int8, rescored, oversampling 2" if quantization else "none",
                     "ef_sweep": sweep_rows,
                     "data": f"{clusters} clusters" if clusters > 0 else "uniform",
+                    # Load average over the last minute when this size finished: other work skews timings.
+                    "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                     "synthetic": True,
                 }
             )
             task.done(f"vectors N={n:,}: done")
-            del x, qs, shard
+            del x, qs, warm, all_queries, shard
             gc.collect()
             shutil.rmtree(shard_dir, ignore_errors=True)
     finally:

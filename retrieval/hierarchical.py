@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,15 +42,22 @@ class Level1Config(BaseModel):
     (same cap). The best category is always kept, however large.
     """
 
+    # Defaults come from the sweep in eval/reports/hierarchical_eval.md (1000 buyer-style photo queries).
     representation: Literal["text", "prototype", "both"] = "both"
     policy: Literal["top_m", "fraction", "mass", "margin"] = "mass"
     top_m: int = Field(default=3, ge=1)
     target_fraction: float = Field(default=0.025, gt=0, le=1)
-    mass: float = Field(default=0.95, gt=0, le=1)
+    mass: float = Field(default=0.99, gt=0, le=1)
     margin: float = Field(default=0.05, ge=0)
-    max_fraction: float = Field(default=0.1, gt=0, le=1)
-    temperature: float = Field(default=0.02, gt=0, description="Softmax temperature that calibrates scores.")
-    text_weight: float = Field(default=0.5, ge=0, le=1, description="Weight of name embeddings vs prototypes.")
+    max_fraction: float = Field(default=0.3, gt=0, le=1)
+    temperature: float = Field(default=0.03, gt=0, description="Softmax temperature that calibrates scores.")
+    text_weight: float = Field(default=0.85, ge=0, le=1, description="Weight of name embeddings vs prototypes.")
+    prior_weight: float = Field(
+        default=0.01,
+        ge=0,
+        description="Level 2 re-scores hits by similarity + prior_weight * log P(category | query).",
+    )
+    candidates: int = Field(default=3, ge=1, description="Level 2 fetches candidates * k hits before re-scoring.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,10 @@ def select_categories(scores: np.ndarray, categories: CategoryIndex, config: Lev
     )
 
 
+def _category_of(hit: SearchHit, depth: int | None) -> str:
+    return " > ".join(hit.category if depth is None else hit.category[: depth + 1])
+
+
 class HierarchicalRetriever:
     """Two-level search on top of a :class:`~retrieval.search.Retriever`; ``mode="flat"`` is the baseline."""
 
@@ -146,6 +159,16 @@ class HierarchicalRetriever:
         # Category-name embeddings are in the text encoder's space; photos are comparable with
         # them only when the image tower was trained into that space.
         self.image_aligned = retriever.manifest.image_text_aligned
+
+    def _rescore(self, hits: list[SearchHit], l1: Level1Result) -> list[SearchHit]:
+        """Fold level 1's calibrated category probability into each hit's score (a log prior)."""
+        prob = dict(zip(l1.kept, l1.probabilities, strict=True))
+        beta, depth = self.config.prior_weight, self.categories.depth
+        rescored = [
+            dataclasses.replace(h, score=h.score + beta * math.log(max(prob.get(_category_of(h, depth), 0.0), 1e-6)))
+            for h in hits
+        ]
+        return sorted(rescored, key=lambda h: -h.score)
 
     def level1(self, vectors: dict[str, np.ndarray]) -> Level1Result:
         scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
@@ -180,6 +203,12 @@ class HierarchicalRetriever:
             category_prefix=base.category_prefix,
             attributes=base.attributes,
         )
-        hits = self.retriever.search_vectors(vectors, k=k, filter=scoped)
+        if self.config.prior_weight > 0:
+            hits = self._rescore(
+                self.retriever.search_vectors(vectors, k=k * self.config.candidates, filter=scoped), l1
+            )
+            hits = hits[:k]
+        else:
+            hits = self.retriever.search_vectors(vectors, k=k, filter=scoped)
         t2 = time.perf_counter()
         return SearchResult(hits, "hierarchical", l1, {"level1": (t1 - t0) * 1000, "search": (t2 - t0) * 1000})

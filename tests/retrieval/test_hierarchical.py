@@ -124,7 +124,9 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[HierarchicalRet
     store.finalize()
     text = FixedTextEncoder({k: centres[i] for i, k in enumerate(keys)})
     categories = CategoryIndex.build(store, text)
-    h = HierarchicalRetriever(Retriever(store, text, NoImages()), categories, Level1Config(policy="top_m", top_m=2))
+    h = HierarchicalRetriever(
+        Retriever(store, text, NoImages()), categories, Level1Config(policy="top_m", top_m=2, prior_weight=0.0)
+    )
     return h, {"ids": np.array(ids), "x": x, "labels": np.array(labels), "keys": keys, "centres": centres}
 
 
@@ -189,3 +191,19 @@ def test_coarser_level_depth(synthetic: tuple[HierarchicalRetriever, dict[str, o
     res = hm.search_vectors({IMAGE_VECTOR: d["x"][0]}, k=5)  # type: ignore[index]
     assert res.level1 is not None and res.level1.kept == ["Top > Mid0"]
     assert all(hit.category[:2] == ["Top", "Mid0"] for hit in res.hits)
+
+
+def test_category_prior_reorders_level2(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
+    h, d = synthetic
+    centres = d["centres"]
+    q = (centres[0] + centres[1]) / np.linalg.norm(centres[0] + centres[1])  # type: ignore[index]
+    strong = HierarchicalRetriever(
+        h.retriever, h.categories, Level1Config(policy="top_m", top_m=2, prior_weight=5.0, temperature=0.05)
+    )
+    res = strong.search_vectors({IMAGE_VECTOR: q.astype(np.float32)}, k=10)
+    assert res.level1 is not None
+    best = res.level1.kept[0]
+    in_best = [" > ".join(hit.category) == best for hit in res.hits]
+    # A heavy prior puts every hit of the more probable category first, each group by similarity.
+    assert in_best == sorted(in_best, reverse=True)
+    assert any(in_best)

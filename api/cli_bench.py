@@ -39,10 +39,11 @@ def bench(
     settings = get_settings()
     if only not in (None, "retrieval", "hierarchical"):
         raise CliError(f"--only takes retrieval or hierarchical, not {only!r}")
+    vector_ns, hier_ns = _sizes(vector_sizes), _sizes(hier_sizes)
     if only in (None, "retrieval"):
         with progress_bar() as bar:
             res = bench_retrieval.run(
-                settings, limit=limit, sizes=_sizes(vector_sizes), queries=queries, reports_dir=reports, progress=bar
+                settings, limit=limit, sizes=vector_ns, queries=queries, reports_dir=reports, progress=bar
             )
         out.print(f"wrote {res['report']['markdown']}")
     if only in (None, "hierarchical"):
@@ -58,7 +59,7 @@ def bench(
         with staged_progress() as progress:
             results["scaling"] = bench_hierarchical.bench_scaling(
                 real_sizes,
-                sizes=_sizes(hier_sizes),
+                sizes=hier_ns,
                 queries=queries,
                 level1=settings.retrieval.level1.model_copy(update={"representation": "prototype"}),
                 work_dir=settings.home,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,11 +15,18 @@ train_app = typer.Typer(help="Train Tandem's own models (cached under TANDEM_HOM
 
 
 def run_train_clip(
-    settings: Settings, *, epochs: int | None = None, limit: int | None = None, small: bool = False, force: bool = False
+    settings: Settings,
+    *,
+    epochs: int | None = None,
+    limit: int | None = None,
+    small: bool = False,
+    force: bool = False,
+    report_dir: Path | None = None,
 ) -> None:
     from api.components import build_text_encoder
+    from eval.bench_retrieval import machine_info
     from finetune.image_tower import TowerConfig
-    from finetune.train_tower import ClipTrainConfig, train_image_tower
+    from finetune.train_tower import ClipTrainConfig, train_image_tower, write_tower_report
     from retrieval.catalogue import load_catalogue
 
     target = settings.tower_dir
@@ -48,6 +56,10 @@ def run_train_clip(
         f"(buyer-like photos {h.get('category_acc@1_buyer_photo', 0):.3f}), "
         f"image->title R@10 {h.get('image_to_title_r@10_clean', 0):.3f}"
     )
+    if report_dir is not None:
+        m = machine_info()
+        where = f"{m.get('cpu_model', '?')}, {m.get('logical_cores', '?')} cores, {m.get('ram_gb', '?')} GB RAM"
+        out.print(f"report: {write_tower_report(report, config, report_dir, where)}")
     err.print(json.dumps(report.as_dict()), markup=False, highlight=False)
 
 
@@ -57,6 +69,9 @@ def train_clip(
     limit: Annotated[int | None, typer.Option("--limit", min=2, help="Train on the first N products only.")] = None,
     small: Annotated[bool, typer.Option("--small", help="Tiny test configuration (< 1 minute).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train again even if a tower exists.")] = False,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write image_tower.md/json here (e.g. eval/reports).")
+    ] = None,
 ) -> None:
     """Train the domain image tower (LiT-style against the frozen text encoder, plus a category objective)."""
-    run_train_clip(get_settings(), epochs=epochs, limit=limit, small=small, force=force)
+    run_train_clip(get_settings(), epochs=epochs, limit=limit, small=small, force=force, report_dir=report_dir)

@@ -50,6 +50,7 @@ __all__ = [
     "holdout_ids",
     "load_image_array",
     "train_image_tower",
+    "write_tower_report",
 ]
 
 ProgressFn = Callable[[str, int, int], None]
@@ -303,3 +304,39 @@ def train_image_tower(
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return report
+
+
+def write_tower_report(report: TowerReport, config: ClipTrainConfig, reports_dir: Path, machine: str = "") -> Path:
+    """``image_tower.json`` + ``image_tower.md`` in ``reports_dir``: training time and held-out quality."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    body = {"report": report.as_dict(), "config": config.model_dump(), "machine": machine}
+    (reports_dir / "image_tower.json").write_text(json.dumps(body, indent=2) + "\n")
+    h = report.holdout
+    lines = [
+        "# Domain image tower",
+        "",
+        f"`tandem train clip`: {config.tower.name} (ViT, {config.tower.layers} layers, width {config.tower.width},"
+        f" {config.tower.image_size}px, patch {config.tower.patch_size}) trained LiT-style against the frozen"
+        f" text encoder, plus a category objective over {report.categories} category paths;"
+        f" {config.epochs} epochs, batch {config.batch_size}, on {report.train_products} products.",
+        f"Machine: {machine or 'this machine'}.",
+        "",
+        f"- total {report.total_seconds:.0f} s, of which training {report.train_seconds:.0f} s"
+        " (the rest: decoding photos and embedding product texts with the frozen encoder, cached for next time)",
+        f"- loss per epoch: {', '.join(f'{x:.3f}' for x in report.losses)}",
+        "",
+        f"Held-out split: {report.holdout_products} products never trained on.",
+        "",
+        "| metric | clean thumbnail | buyer-like photo |",
+        "| --- | ---: | ---: |",
+    ]
+    for metric in ("category_acc@1", "category_acc@5", "image_to_title_r@1", "image_to_title_r@10"):
+        lines.append(f"| {metric} | {h.get(metric + '_clean', 0):.3f} | {h.get(metric + '_buyer_photo', 0):.3f} |")
+    lines += [
+        "",
+        "Zero-shot category accuracy: the photo's embedding against the text embeddings of all category paths."
+        " Image→title: the photo against the held-out products' title texts (R@k = own title in the top k).",
+    ]
+    md = reports_dir / "image_tower.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

@@ -42,7 +42,7 @@ class Level1Config(BaseModel):
     (same cap). The best category is always kept, however large.
     """
 
-    # Defaults come from the sweep in eval/reports/hierarchical_eval.md (1000 buyer-style photo queries).
+    # Defaults come from the sweep in eval/reports/level1_sweep.md (1000 buyer-style photo queries).
     representation: Literal["text", "prototype", "both"] = "both"
     policy: Literal["top_m", "fraction", "mass", "margin"] = "mass"
     top_m: int = Field(default=3, ge=1)

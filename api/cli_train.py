@@ -22,6 +22,8 @@ def run_train_clip(
     small: bool = False,
     force: bool = False,
     report_dir: Path | None = None,
+    base: str | None = None,
+    pretrained: str | None = None,
 ) -> None:
     from api.components import build_text_encoder
     from eval.bench_retrieval import machine_info
@@ -43,6 +45,8 @@ def run_train_clip(
         )
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
+    if base is not None:
+        config = config.model_copy(update={"base_model": base, "base_pretrained": pretrained})
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, limit=limit, check_images=False)
     out.print(f"training the image tower on {len(cat)} products from {cat.root} ({config.epochs} epoch(s))")
     with staged_progress() as progress:
@@ -72,6 +76,21 @@ def train_clip(
     report_dir: Annotated[
         Path | None, typer.Option("--report-dir", help="Write image_tower.md/json here (e.g. eval/reports).")
     ] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="Fine-tune an open_clip model instead (e.g. ViT-B-32, local-dir:PATH).")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option("--pretrained", help="open_clip pretrained tag for --base (needs internet).")
+    ] = None,
 ) -> None:
     """Train the domain image tower (LiT-style against the frozen text encoder, plus a category objective)."""
-    run_train_clip(get_settings(), epochs=epochs, limit=limit, small=small, force=force, report_dir=report_dir)
+    run_train_clip(
+        get_settings(),
+        epochs=epochs,
+        limit=limit,
+        small=small,
+        force=force,
+        report_dir=report_dir,
+        base=base,
+        pretrained=pretrained,
+    )

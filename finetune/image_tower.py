@@ -13,13 +13,23 @@ Example:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
 
-__all__ = ["TowerConfig", "build_tower", "ensure_untrained_tower", "save_tower", "untrained_tower_dir"]
+__all__ = [
+    "TowerConfig",
+    "TowerSpec",
+    "build_tower",
+    "ensure_untrained_tower",
+    "load_base_tower",
+    "save_tower",
+    "tower_spec",
+    "untrained_tower_dir",
+]
 
 # CLIP's normalisation constants: kept so a pretrained open_clip tower can be fine-tuned with the same code.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -56,6 +66,39 @@ class TowerConfig(BaseModel):
         }
 
 
+@dataclass(frozen=True)
+class TowerSpec:
+    """What a saved checkpoint records: open_clip's model and preprocessing configs, and a name."""
+
+    name: str
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        size = self.preprocess_cfg.get("size", self.model_cfg["vision_cfg"].get("image_size", 224))
+        return int(size if isinstance(size, int) else size[0])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.preprocess_cfg.get("mean", OPENAI_MEAN))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.preprocess_cfg.get("std", OPENAI_STD))
+
+
+def tower_spec(config: TowerConfig) -> TowerSpec:
+    preprocess = {
+        "size": config.image_size,
+        "mean": list(OPENAI_MEAN),
+        "std": list(OPENAI_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "squash",
+    }
+    return TowerSpec(config.name, config.open_clip_config(), preprocess)
+
+
 def build_tower(config: TowerConfig) -> torch.nn.Module:
     """A freshly initialised open_clip model for ``config`` (seeded, so builds are reproducible)."""
     import open_clip
@@ -69,27 +112,49 @@ def build_tower(config: TowerConfig) -> torch.nn.Module:
     return model
 
 
+def load_base_tower(base: str, pretrained: str | None, embed_dim: int) -> tuple[torch.nn.Module, TowerSpec]:
+    """A pretrained open_clip model to fine-tune, its output projected to ``embed_dim`` (the text encoder's).
+
+    ``base`` is an open_clip model name with a ``pretrained`` tag or file (needs internet for a tag), or
+    ``local-dir:PATH``. The image tower's weights are kept; a projection of another size starts afresh.
+    """
+    import open_clip
+
+    try:
+        source = open_clip.create_model(base, pretrained=pretrained)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"cannot load base model {base!r} (pretrained={pretrained!r}): {exc}") from exc
+    if base.startswith("local-dir:"):
+        saved = json.loads((Path(base.removeprefix("local-dir:")) / "open_clip_config.json").read_text())
+        model_cfg, preprocess_cfg = saved["model_cfg"], saved.get("preprocess_cfg", {})
+    else:
+        model_cfg = open_clip.get_model_config(base)
+        if model_cfg is None:
+            raise ValueError(f"open_clip has no model config {base!r}")
+        preprocess_cfg = dict(getattr(source.visual, "preprocess_cfg", {}) or {})
+    model_cfg = {**model_cfg, "embed_dim": embed_dim}
+    model: torch.nn.Module = open_clip.CLIP(**model_cfg)
+    own = model.visual.state_dict()  # type: ignore[union-attr]
+    keep = {k: v for k, v in source.visual.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.visual.load_state_dict(keep, strict=False)  # type: ignore[union-attr]
+    name = base.removeprefix("local-dir:").rstrip("/").split("/")[-1] + "-tandem"
+    return model, TowerSpec(name, model_cfg, preprocess_cfg)
+
+
 def save_tower(
-    model: torch.nn.Module, config: TowerConfig, directory: Path, meta: dict[str, Any] | None = None
+    model: torch.nn.Module, spec: TowerSpec | TowerConfig, directory: Path, meta: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model`` as an open_clip ``local-dir:`` checkpoint folder; returns the folder."""
     from safetensors.torch import save_file
 
+    if isinstance(spec, TowerConfig):
+        spec = tower_spec(spec)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "model_cfg": config.open_clip_config(),
-        "preprocess_cfg": {
-            "size": config.image_size,
-            "mean": list(OPENAI_MEAN),
-            "std": list(OPENAI_STD),
-            "interpolation": "bicubic",
-            "resize_mode": "squash",
-        },
-    }
+    cfg = {"model_cfg": spec.model_cfg, "preprocess_cfg": spec.preprocess_cfg}
     (directory / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "open_clip_model.safetensors"))
-    info = {"name": config.name, "tower": config.model_dump(), **(meta or {})}
+    info = {"name": spec.name, **(meta or {})}
     (directory / "tandem_meta.json").write_text(json.dumps(info, indent=2))
     return directory
 

@@ -35,7 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from finetune.augment import BuyerPhotoAugment, resize_batch
-from finetune.image_tower import OPENAI_MEAN, OPENAI_STD, TowerConfig, build_tower, save_tower
+from finetune.image_tower import TowerConfig, TowerSpec, build_tower, load_base_tower, save_tower, tower_spec
 from retrieval.catalogue import Catalogue, Product
 from retrieval.categories import category_key, category_text
 from retrieval.encoders import TextEncoder
@@ -63,6 +63,11 @@ class ClipTrainConfig(BaseModel):
     """Everything that decides a training run; saved beside the checkpoint."""
 
     tower: TowerConfig = Field(default_factory=TowerConfig)
+    base_model: str | None = Field(
+        default=None,
+        description="Fine-tune this open_clip model (name or local-dir:PATH) instead of Tandem's own small tower.",
+    )
+    base_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or file for base_model.")
     epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=256, ge=8)
     lr: float = 2e-3
@@ -131,18 +136,23 @@ def load_image_array(products: Sequence[Product], limits: ImageLimits | None = N
     return out, sorted(failed)
 
 
-def _normalise_pixels(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+class _Pixels:
+    """Normalises [0,1] pixels with the tower's own mean and std."""
+
+    def __init__(self, spec: TowerSpec) -> None:
+        self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
-def _embed(model: Any, pixels: torch.Tensor, batch: int = 512) -> torch.Tensor:
+def _embed(model: Any, pixels: torch.Tensor, norm: _Pixels, batch: int = 512) -> torch.Tensor:
     model.eval()
     outs = []
     with torch.inference_mode():
         for s in range(0, len(pixels), batch):
-            outs.append(model.encode_image(_normalise_pixels(pixels[s : s + batch]), normalize=True))
+            outs.append(model.encode_image(norm(pixels[s : s + batch]), normalize=True))
     return torch.cat(outs) if outs else torch.zeros((0, 1))
 
 
@@ -154,14 +164,15 @@ def _holdout_metrics(
     text_emb: torch.Tensor,
     size: int,
     seed: int,
+    norm: _Pixels,
 ) -> dict[str, float]:
     """Zero-shot category accuracy (clean and buyer-like photos) and image→title retrieval on held-out products."""
     if len(images) == 0:
         return {}
-    clean = _embed(model, resize_batch(images, size))
+    clean = _embed(model, resize_batch(images, size), norm)
     aug = BuyerPhotoAugment(size)
     g = torch.Generator().manual_seed(seed + 1)
-    noisy = _embed(model, torch.cat([aug(images[s : s + 512], g) for s in range(0, len(images), 512)]))
+    noisy = _embed(model, torch.cat([aug(images[s : s + 512], g) for s in range(0, len(images), 512)]), norm)
     out: dict[str, float] = {"n": float(len(images))}
     for name, emb in (("clean", clean), ("buyer_photo", noisy)):
         scores = emb @ cat_emb.T
@@ -214,7 +225,12 @@ def train_image_tower(
     if len(train_idx) < 2:
         raise ValueError("need at least two trainable products")
 
-    model: Any = build_tower(config.tower)
+    model: Any
+    if config.base_model:
+        model, spec = load_base_tower(config.base_model, config.base_pretrained, text_encoder.dim)
+    else:
+        model, spec = build_tower(config.tower), tower_spec(config.tower)
+    norm = _Pixels(spec)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.visual.parameters():
@@ -227,7 +243,7 @@ def train_image_tower(
     steps_per_epoch = max(1, len(train_idx) // bs)
     total_steps = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
-    aug = BuyerPhotoAugment(config.tower.image_size)
+    aug = BuyerPhotoAugment(spec.image_size)
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
 
@@ -241,7 +257,7 @@ def train_image_tower(
         running = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
-            x = _normalise_pixels(aug(images[idx], g))
+            x = norm(aug(images[idx], g))
             img = F.normalize(model.encode_image(x), dim=-1)
             t = text_emb[idx]
             logits = logit_scale.clamp(max=math.log(100)).exp() * img @ t.T
@@ -267,8 +283,9 @@ def train_image_tower(
         labels[hold_idx],
         cat_emb,
         text_emb[hold_idx],
-        config.tower.image_size,
+        spec.image_size,
         config.seed,
+        norm,
     )
     report_progress("evaluating held-out photos", 1, 1)
     report = TowerReport(
@@ -287,7 +304,7 @@ def train_image_tower(
     tmp = out_dir.with_name(out_dir.name + ".partial")
     save_tower(
         model,
-        config.tower,
+        spec,
         tmp,
         {
             "trained": True,
@@ -312,11 +329,16 @@ def write_tower_report(report: TowerReport, config: ClipTrainConfig, reports_dir
     body = {"report": report.as_dict(), "config": config.model_dump(), "machine": machine}
     (reports_dir / "image_tower.json").write_text(json.dumps(body, indent=2) + "\n")
     h = report.holdout
+    arch = (
+        f"fine-tuned from {config.base_model} ({config.base_pretrained})"
+        if config.base_model
+        else f"{config.tower.name} (ViT, {config.tower.layers} layers, width {config.tower.width},"
+        f" {config.tower.image_size}px, patch {config.tower.patch_size})"
+    )
     lines = [
         "# Domain image tower",
         "",
-        f"`tandem train clip`: {config.tower.name} (ViT, {config.tower.layers} layers, width {config.tower.width},"
-        f" {config.tower.image_size}px, patch {config.tower.patch_size}) trained LiT-style against the frozen"
+        f"`tandem train clip`: {arch} trained LiT-style against the frozen"
         f" text encoder, plus a category objective over {report.categories} category paths;"
         f" {config.epochs} epochs, batch {config.batch_size}, on {report.train_products} products.",
         f"Machine: {machine or 'this machine'}.",

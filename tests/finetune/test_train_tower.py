@@ -81,3 +81,25 @@ def test_checkpoint_loads_as_open_clip_and_is_aligned(trained: tuple[TowerReport
     assert not out.with_name(out.name + ".partial").exists()
     vec = enc.encode([Image.new("RGB", (60, 80), (200, 0, 0))])
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
+
+
+def test_fine_tunes_an_open_clip_base_with_another_output_size(
+    small_catalogue_dir: Path, text_encoder: SentenceTransformerTextEncoder, tmp_path: Path
+) -> None:
+    """A pretrained open_clip model (a local-dir: checkpoint of size 64) is fine-tuned into the 384-d text space."""
+    from finetune.image_tower import build_tower, load_base_tower, save_tower
+
+    base_cfg = TowerConfig(name="base", embed_dim=64, image_size=32, width=32, layers=1, head_width=16, seed=5)
+    base_model = build_tower(base_cfg)
+    base_dir = save_tower(base_model, base_cfg, tmp_path / "base")
+    loaded, spec = load_base_tower(f"local-dir:{base_dir}", None, 384)
+    assert spec.model_cfg["embed_dim"] == 384 and spec.image_size == 32
+    # The tower's weights come from the base; the projection to the new size starts afresh.
+    torch.testing.assert_close(loaded.visual.conv1.weight, base_model.visual.conv1.weight)  # type: ignore[union-attr]
+    assert loaded.visual.proj.shape == (32, 384)  # type: ignore[union-attr]
+    cat = load_catalogue(small_catalogue_dir, limit=40)
+    config = ClipTrainConfig(base_model=f"local-dir:{base_dir}", epochs=1, batch_size=16, holdout_fraction=0.1)
+    report = train_image_tower(cat, text_encoder, config, tmp_path / "tuned")
+    enc = OpenClipImageEncoder.from_checkpoint(tmp_path / "tuned")
+    assert enc.dim == 384 and enc.aligned_text_encoder == text_encoder.model_id
+    assert report.steps >= 1

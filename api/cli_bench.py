@@ -31,14 +31,14 @@ def bench(
     ),
     queries: Annotated[int, typer.Option("--queries", min=1, help="Queries per measurement.")] = 200,
     eval_queries: Annotated[int, typer.Option("--eval-queries", min=1, help="Photo queries for the eval.")] = 1000,
-    only: Annotated[str | None, typer.Option("--only", help="retrieval or hierarchical")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="retrieval, eval or scaling")] = None,
 ) -> None:
     """Indexing throughput, query latency, Qdrant Edge vs NumPy, hierarchical vs flat (real and synthetic)."""
     from eval import bench_hierarchical, bench_retrieval
 
     settings = get_settings()
-    if only not in (None, "retrieval", "hierarchical"):
-        raise CliError(f"--only takes retrieval or hierarchical, not {only!r}")
+    if only not in (None, "retrieval", "eval", "scaling"):
+        raise CliError(f"--only takes retrieval, eval or scaling, not {only!r}")
     vector_ns, hier_ns = _sizes(vector_sizes), _sizes(hier_sizes)
     if only in (None, "retrieval"):
         with progress_bar() as bar:
@@ -46,18 +46,22 @@ def bench(
                 settings, limit=limit, sizes=vector_ns, queries=queries, reports_dir=reports, progress=bar
             )
         out.print(f"wrote {res['report']['markdown']}")
-    if only in (None, "hierarchical"):
-        results: dict[str, object] = {
-            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": bench_retrieval.machine_info(),
-            "eval": _real_eval(settings, eval_queries),
-        }
+    machine = bench_retrieval.machine_info()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    if only in (None, "eval"):
+        report = _real_eval(settings, eval_queries)
+        if report is not None:
+            _, md, _ = bench_hierarchical.write_report(
+                {"generated_at": stamp, "machine": machine, "eval": report}, reports, "hierarchical_eval"
+            )
+            out.print(f"wrote {md}")
+    if only in (None, "scaling"):
         from retrieval.catalogue import load_catalogue
 
         cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
         real_sizes = dict(cat.counts_per_level()[-1])
         with staged_progress() as progress:
-            results["scaling"] = bench_hierarchical.bench_scaling(
+            rows = bench_hierarchical.bench_scaling(
                 real_sizes,
                 sizes=hier_ns,
                 queries=queries,
@@ -65,11 +69,12 @@ def bench(
                 work_dir=settings.home,
                 progress=progress,
             )
-        results["notes"] = [
-            "Synthetic rows: level 1 uses prototypes (the synthetic categories have no names); the real-catalogue"
-            " table uses the configured level 1 (category-name embeddings and prototypes).",
+        notes = [
+            "Level 1 uses prototypes here (synthetic categories have no names); the real-catalogue evaluation"
+            " (hierarchical_eval.md) uses the configured level 1: category-name embeddings and prototypes.",
         ]
-        _, md, _ = bench_hierarchical.write_report(results, reports)
+        results = {"generated_at": stamp, "machine": machine, "scaling": rows, "notes": notes}
+        _, md, _ = bench_hierarchical.write_report(results, reports, "hierarchical_bench")
         out.print(f"wrote {md}")
 
 

@@ -113,8 +113,14 @@ def score_categories(
     return scores
 
 
-def select_categories(scores: np.ndarray, categories: CategoryIndex, config: Level1Config) -> Level1Result:
-    """Keep categories best-first under ``config``'s policy; scores are calibrated with a softmax."""
+def select_categories(
+    scores: np.ndarray, categories: CategoryIndex, config: Level1Config, *, min_products: int = 0
+) -> Level1Result:
+    """Keep categories best-first under ``config``'s policy; scores are calibrated with a softmax.
+
+    Whatever the policy, categories keep being added until they hold ``min_products`` products,
+    so a search for k results is never starved by a small category.
+    """
     order = np.argsort(-scores, kind="stable")
     z = (scores - scores.max()) / config.temperature
     probs = np.exp(z) / np.exp(z).sum()
@@ -123,7 +129,7 @@ def select_categories(scores: np.ndarray, categories: CategoryIndex, config: Lev
     size = 0
     cum = 0.0
     for rank, i in enumerate(order):
-        if rank > 0:
+        if rank > 0 and size >= min_products:
             if config.policy == "top_m" and rank >= config.top_m:
                 break
             if config.policy == "fraction" and size >= config.target_fraction * total:
@@ -170,9 +176,9 @@ class HierarchicalRetriever:
         ]
         return sorted(rescored, key=lambda h: -h.score)
 
-    def level1(self, vectors: dict[str, np.ndarray]) -> Level1Result:
+    def level1(self, vectors: dict[str, np.ndarray], *, min_products: int = 0) -> Level1Result:
         scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
-        return select_categories(scores, self.categories, self.config)
+        return select_categories(scores, self.categories, self.config, min_products=min_products)
 
     def search(self, query: SearchQuery, *, k: int = 10, mode: SearchMode = "hierarchical") -> SearchResult:
         t0 = time.perf_counter()
@@ -194,7 +200,7 @@ class HierarchicalRetriever:
         if mode == "flat":
             hits = self.retriever.search_vectors(vectors, k=k, filter=filter)
             return SearchResult(hits, "flat", None, {"search": (time.perf_counter() - t0) * 1000})
-        l1 = self.level1(vectors)
+        l1 = self.level1(vectors, min_products=k)
         t1 = time.perf_counter()
         base = filter or SearchFilter()
         scoped = SearchFilter(
@@ -210,5 +216,10 @@ class HierarchicalRetriever:
             hits = hits[:k]
         else:
             hits = self.retriever.search_vectors(vectors, k=k, filter=scoped)
+        if len(hits) < k:
+            # The kept categories ran dry (an attribute filter can thin them out): fill from the rest.
+            seen = {h.product_id for h in hits}
+            more = self.retriever.search_vectors(vectors, k=k + len(hits), filter=filter)
+            hits += [h for h in more if h.product_id not in seen][: k - len(hits)]
         t2 = time.perf_counter()
         return SearchResult(hits, "hierarchical", l1, {"level1": (t1 - t0) * 1000, "search": (t2 - t0) * 1000})

@@ -68,6 +68,12 @@ def test_policies_on_hand_made_scores() -> None:
     assert r.searched == 30 and r.searched_fraction == pytest.approx(0.3)
 
 
+def test_min_products_overrides_the_policy() -> None:
+    c = cats([3, 4, 50, 40])
+    r = select_categories(np.array([0.9, 0.8, 0.5, 0.1]), c, Level1Config(policy="top_m", top_m=1), min_products=10)
+    assert r.kept == ["c0", "c1", "c2"] and r.searched == 57
+
+
 def test_best_category_is_kept_even_above_the_cap() -> None:
     c = cats([90, 5, 5])
     r = select_categories(np.array([0.9, 0.2, 0.1]), c, Level1Config(policy="mass", max_fraction=0.05))
@@ -207,3 +213,14 @@ def test_category_prior_reorders_level2(synthetic: tuple[HierarchicalRetriever, 
     # A heavy prior puts every hit of the more probable category first, each group by similarity.
     assert in_best == sorted(in_best, reverse=True)
     assert any(in_best)
+
+
+def test_always_k_results_when_the_catalogue_has_them(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]],
+) -> None:
+    h, d = synthetic
+    # The singleton category is the best match, yet 25 results come back: level 1 keeps enough products.
+    res = h.search_vectors({IMAGE_VECTOR: d["x"][-1]}, k=25)  # type: ignore[index]
+    assert len(res.hits) == 25
+    assert len({hit.product_id for hit in res.hits}) == 25
+    assert res.hits[0].product_id == "s5-0"

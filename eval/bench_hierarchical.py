@@ -53,6 +53,12 @@ def scaled_sizes(real: Mapping[str, int], n: int) -> dict[str, int]:
     return {k: int(b) + 1 for k, b in zip(keys, base, strict=True)}
 
 
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, len(scores))
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part])]
+
+
 def bench_scaling(
     real_sizes: Mapping[str, int],
     *,
@@ -63,6 +69,7 @@ def bench_scaling(
     noise: float = 0.06,
     level1: Level1Config | None = None,
     seed: int = 0,
+    payload_m: int | None = None,
     work_dir: Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -75,8 +82,11 @@ def bench_scaling(
         cat_sizes = scaled_sizes(real_sizes, n)
         keys = sorted(cat_sizes)
         centres = l2_normalise(rng.standard_normal((len(keys), dim)))
+        # Products are stored category by category, so each category is one contiguous slice of the
+        # matrix: exact search inside the kept categories reads only their rows (no gather, no copy).
         labels = np.repeat(np.arange(len(keys)), [cat_sizes[c] for c in keys])
-        rng.shuffle(labels)
+        bounds = np.concatenate([[0], np.cumsum([cat_sizes[c] for c in keys])])
+        matrix = np.empty((n, dim), dtype=np.float32)
         tmp = Path(tempfile.mkdtemp(prefix=f"tandem-hier-{n}-", dir=work_dir))
         try:
             # The same engine settings as the vector benchmark (eval/bench_retrieval.py): int8 scalar
@@ -85,7 +95,9 @@ def bench_scaling(
                 str(tmp),
                 qe.EdgeConfig(
                     vectors={_VEC: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
-                    hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=10_000),
+                    hnsw_config=qe.HnswIndexConfig(
+                        m=16, ef_construct=64, full_scan_threshold=10_000, payload_m=payload_m
+                    ),
                     quantization_config=qe.ScalarQuantizationConfig(
                         type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
                     ),
@@ -93,7 +105,10 @@ def bench_scaling(
                     wal_enabled=False,
                 ),
             )
-            shard.update(qe.UpdateOperation.create_field_index(_KEY, qe.PayloadSchemaType.Keyword))
+            # payload_m builds extra HNSW links inside each category, so a search filtered to a few
+            # categories walks their own sub-graphs instead of skipping through the global one.
+            keyword = qe.KeywordIndexParams(is_tenant=True) if payload_m else qe.PayloadSchemaType.Keyword
+            shard.update(qe.UpdateOperation.create_field_index(_KEY, keyword))
             t0 = time.perf_counter()
             sums = np.zeros((len(keys), dim), dtype=np.float64)
             chunk = 5000
@@ -101,6 +116,7 @@ def bench_scaling(
                 lab = labels[start : start + chunk]
                 x = l2_normalise(centres[lab] + noise * rng.standard_normal((len(lab), dim)).astype(np.float32))
                 np.add.at(sums, lab, x)
+                matrix[start : start + len(lab)] = x
                 shard.update(
                     qe.UpdateOperation.upsert_points(
                         [
@@ -124,13 +140,14 @@ def bench_scaling(
             for q in qs[:10]:  # warm-up: first touches of the index pages are not what a server sees
                 shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist(), using=_VEC), params=params))
             flat_ms, hier_ms, l1_ms, fractions, overlap, cat_hit = [], [], [], [], [], []
+            exact_flat_ms, exact_hier_ms = [], []
             for i, q in enumerate(qs):
                 ql = q.tolist()
                 t = time.perf_counter()
                 flat = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC), params=params))
                 flat_ms.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                chosen = select_categories(protos @ q, cats, level1)
+                t = t_l1_start = time.perf_counter()
+                chosen = select_categories(protos @ q, cats, level1, min_products=k)
                 t_l1 = time.perf_counter()
                 flt = qe.Filter(must=[qe.FieldCondition(key=_KEY, match=qe.MatchAny(any=chosen.kept))])
                 hier = shard.query(
@@ -141,6 +158,15 @@ def bench_scaling(
                 fractions.append(chosen.searched_fraction)
                 cat_hit.append(keys[q_lab[i]] in chosen.kept)
                 overlap.append(len({p.id for p in flat} & {p.id for p in hier}) / k)
+                # Exact (brute-force) search, the single-stage baseline of the reference paper.
+                t = time.perf_counter()
+                _top_k(matrix @ q, k)
+                exact_flat_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                kept_idx = [keys.index(c) for c in chosen.kept]
+                scores = np.concatenate([matrix[bounds[c] : bounds[c + 1]] @ q for c in kept_idx])
+                _top_k(scores, k)
+                exact_hier_ms.append((time.perf_counter() - t) * 1000 + (t_l1 - t_l1_start) * 1000)
                 report(f"synthetic {n:,}: queries", i + 1, queries)
             f, h = latency_percentiles(flat_ms), latency_percentiles(hier_ms)
             rows.append(
@@ -153,6 +179,9 @@ def bench_scaling(
                     "hier_p95_ms": round(h["latency_ms_p95"], 3),
                     "level1_p50_ms": round(float(np.median(l1_ms)), 3),
                     "speedup_p50": round(f["latency_ms_p50"] / h["latency_ms_p50"], 2),
+                    "exact_flat_p50_ms": round(float(np.median(exact_flat_ms)), 3),
+                    "exact_hier_p50_ms": round(float(np.median(exact_hier_ms)), 3),
+                    "exact_speedup_p50": round(float(np.median(exact_flat_ms) / np.median(exact_hier_ms)), 2),
                     "searched_fraction": round(float(np.mean(fractions)), 4),
                     "category_recall": round(float(np.mean(cat_hit)), 4),
                     "top10_overlap_with_flat": round(float(np.mean(overlap)), 4),
@@ -161,6 +190,7 @@ def bench_scaling(
                 }
             )
             shard.close()
+            del matrix
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             gc.collect()
@@ -211,14 +241,21 @@ def write_report(
         lines += [
             f"## Search stage against catalogue size ({SYNTHETIC_LABEL})",
             "",
-            "| N | flat p50 ms | flat p95 ms | hier p50 ms | hier p95 ms | level 1 p50 ms | speed-up p50 |"
-            " searched | category recall | top-10 overlap with flat | build s |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "HNSW columns: Qdrant Edge with and without the category filter. Exact columns: brute-force search"
+            " over all N (the single-stage baseline of the reference paper) against brute force over the kept"
+            " categories only (level 1 included).",
+            "",
+            "| N | HNSW flat p50 ms | HNSW flat p95 ms | HNSW hier p50 ms | HNSW hier p95 ms | level 1 p50 ms |"
+            " HNSW speed-up | exact flat p50 ms | exact hier p50 ms | exact speed-up | searched | category recall |"
+            " top-10 overlap with flat | build s |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in rows:
             lines.append(
                 f"| {r['n']:,} | {r['flat_p50_ms']} | {r['flat_p95_ms']} | {r['hier_p50_ms']} | {r['hier_p95_ms']} |"
-                f" {r['level1_p50_ms']} | {r['speedup_p50']}× | {r['searched_fraction']:.1%} |"
+                f" {r['level1_p50_ms']} | {r['speedup_p50']}× | {r.get('exact_flat_p50_ms', '')} |"
+                f" {r.get('exact_hier_p50_ms', '')} | {r.get('exact_speedup_p50', '')}× |"
+                f" {r['searched_fraction']:.1%} |"
                 f" {r['category_recall']:.3f} | {r['top10_overlap_with_flat']:.3f} | {r['build_s']} |"
             )
         png_path = reports_dir / f"{name}.png"
@@ -239,9 +276,12 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     n = [r["n"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for mode, colour in (("flat", "tab:gray"), ("hier", "tab:blue")):
-        ax.plot(n, [r[f"{mode}_p50_ms"] for r in rows], "o-", color=colour, label=f"{mode} p50")
-        ax.plot(n, [r[f"{mode}_p95_ms"] for r in rows], "o--", color=colour, alpha=0.6, label=f"{mode} p95")
+        ax.plot(n, [r[f"{mode}_p50_ms"] for r in rows], "o-", color=colour, label=f"HNSW {mode} p50")
+        ax.plot(n, [r[f"{mode}_p95_ms"] for r in rows], "o--", color=colour, alpha=0.6, label=f"HNSW {mode} p95")
+        if f"exact_{mode}_p50_ms" in rows[0]:
+            ax.plot(n, [r[f"exact_{mode}_p50_ms"] for r in rows], "s:", color=colour, label=f"exact {mode} p50")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("catalogue size (products)")
     ax.set_ylabel("search-stage latency (ms)")
     ax.set_title("Hierarchical vs flat search in Qdrant Edge\n" + SYNTHETIC_LABEL, fontsize=10)

@@ -55,6 +55,7 @@ def test_bench_scaling_small(tmp_path: Path) -> None:
     assert 0 < row["searched_fraction"] <= 1
     assert 0 <= row["category_recall"] <= 1 and 0 <= row["top10_overlap_with_flat"] <= 1
     assert row["flat_p50_ms"] > 0 and row["hier_p50_ms"] > 0
+    assert row["exact_flat_p50_ms"] > 0 and row["exact_hier_p50_ms"] > 0 and row["exact_speedup_p50"] > 0
 
 
 def test_buyer_photo_differs_from_the_thumbnail() -> None:

@@ -62,7 +62,7 @@ def run_train_clip(
     )
     if report_dir is not None:
         m = machine_info()
-        where = f"{m.get('cpu_model', '?')}, {m.get('logical_cores', '?')} cores, {m.get('ram_gb', '?')} GB RAM"
+        where = f"{m.get('cpu', '?')}, {m.get('logical_cores', '?')} cores, {m.get('ram_gb', '?')} GB RAM"
         out.print(f"report: {write_tower_report(report, config, report_dir, where)}")
     err.print(json.dumps(report.as_dict()), markup=False, highlight=False)
 

@@ -214,7 +214,7 @@ def write_report(
     m = results.get("machine", {})
     if m:
         lines += [
-            f"Machine: {m.get('cpu_model', '?')}, {m.get('logical_cores', '?')} logical cores, "
+            f"Machine: {m.get('cpu') or m.get('cpu_model', '?')}, {m.get('logical_cores', '?')} logical cores, "
             f"{m.get('ram_gb', '?')} GB RAM, GPU: {m.get('gpu', 'none')}; generated {results.get('generated_at', '')}.",
             "",
         ]

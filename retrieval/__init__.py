@@ -4,6 +4,7 @@ The public API is re-exported here; submodules hold one concept each.
 """
 
 from retrieval.catalogue import Catalogue, ColumnMapping, LoadIssue, Product, load_catalogue
+from retrieval.categories import CategoryIndex
 from retrieval.encoders import ImageEncoder, OpenClipImageEncoder, SentenceTransformerTextEncoder, TextEncoder
 from retrieval.errors import (
     CatalogueError,
@@ -17,6 +18,7 @@ from retrieval.errors import (
     StoreError,
     UnsupportedImageError,
 )
+from retrieval.hierarchical import HierarchicalRetriever, Level1Config, SearchMode, SearchResult
 from retrieval.images import ImageLimits, decode_image, read_image_file
 from retrieval.indexer import IndexReport, build_index
 from retrieval.search import Retriever, SearchHit, SearchQuery
@@ -25,9 +27,11 @@ from retrieval.store import IndexManifest, SearchFilter, VectorStore
 __all__ = [
     "Catalogue",
     "CatalogueError",
+    "CategoryIndex",
     "ColumnMapping",
     "EncoderError",
     "EncoderMismatchError",
+    "HierarchicalRetriever",
     "ImageEncoder",
     "ImageError",
     "ImageLimits",
@@ -36,6 +40,7 @@ __all__ = [
     "IndexNotFoundError",
     "IndexReport",
     "InvalidQueryError",
+    "Level1Config",
     "LoadIssue",
     "OpenClipImageEncoder",
     "Product",
@@ -43,7 +48,9 @@ __all__ = [
     "Retriever",
     "SearchFilter",
     "SearchHit",
+    "SearchMode",
     "SearchQuery",
+    "SearchResult",
     "SentenceTransformerTextEncoder",
     "StoreError",
     "TextEncoder",

@@ -239,7 +239,8 @@ def train_image_tower(
     cat_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = [*model.visual.parameters(), logit_scale, cat_scale]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    bs = min(config.batch_size, len(train_idx))
+    # Small catalogues (a demo subset) still get several steps per epoch.
+    bs = min(config.batch_size, max(16, len(train_idx) // 8))
     steps_per_epoch = max(1, len(train_idx) // bs)
     total_steps = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +59,12 @@ class Level1Config(BaseModel):
         description="Level 2 re-scores hits by similarity + prior_weight * log P(category | query).",
     )
     candidates: int = Field(default=3, ge=1, description="Level 2 fetches candidates * k hits before re-scoring.")
+    anchor_hits: int = Field(
+        default=1,
+        ge=0,
+        description="Always keep the categories of this many nearest products (one cheap HNSW query), so a"
+        " photo of a catalogue product never loses its own category to a level-1 miss.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +121,18 @@ def score_categories(
 
 
 def select_categories(
-    scores: np.ndarray, categories: CategoryIndex, config: Level1Config, *, min_products: int = 0
+    scores: np.ndarray,
+    categories: CategoryIndex,
+    config: Level1Config,
+    *,
+    min_products: int = 0,
+    always: Sequence[str] = (),
 ) -> Level1Result:
     """Keep categories best-first under ``config``'s policy; scores are calibrated with a softmax.
 
     Whatever the policy, categories keep being added until they hold ``min_products`` products,
-    so a search for k results is never starved by a small category.
+    so a search for k results is never starved by a small category. Categories in ``always``
+    are kept in addition to the policy's choice.
     """
     order = np.argsort(-scores, kind="stable")
     z = (scores - scores.max()) / config.temperature
@@ -143,6 +156,12 @@ def select_categories(
         kept.append(int(i))
         size += int(categories.sizes[i])
         cum += float(probs[i])
+    index = {key: i for i, key in enumerate(categories.keys)}
+    for key in always:
+        i = index.get(key)
+        if i is not None and i not in kept:
+            kept.append(i)
+            size += int(categories.sizes[i])
     return Level1Result(
         kept=[categories.keys[i] for i in kept],
         probabilities=[float(probs[i]) for i in kept],
@@ -176,9 +195,11 @@ class HierarchicalRetriever:
         ]
         return sorted(rescored, key=lambda h: -h.score)
 
-    def level1(self, vectors: dict[str, np.ndarray], *, min_products: int = 0) -> Level1Result:
+    def level1(
+        self, vectors: dict[str, np.ndarray], *, min_products: int = 0, always: Sequence[str] = ()
+    ) -> Level1Result:
         scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
-        return select_categories(scores, self.categories, self.config, min_products=min_products)
+        return select_categories(scores, self.categories, self.config, min_products=min_products, always=always)
 
     def search(self, query: SearchQuery, *, k: int = 10, mode: SearchMode = "hierarchical") -> SearchResult:
         t0 = time.perf_counter()
@@ -200,7 +221,11 @@ class HierarchicalRetriever:
         if mode == "flat":
             hits = self.retriever.search_vectors(vectors, k=k, filter=filter)
             return SearchResult(hits, "flat", None, {"search": (time.perf_counter() - t0) * 1000})
-        l1 = self.level1(vectors, min_products=k)
+        anchors: list[str] = []
+        if self.config.anchor_hits > 0:
+            nearest = self.retriever.search_vectors(vectors, k=self.config.anchor_hits, filter=filter)
+            anchors = [_category_of(h, self.categories.depth) for h in nearest]
+        l1 = self.level1(vectors, min_products=k, always=anchors)
         t1 = time.perf_counter()
         base = filter or SearchFilter()
         scoped = SearchFilter(

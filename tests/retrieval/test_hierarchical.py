@@ -131,7 +131,9 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[HierarchicalRet
     text = FixedTextEncoder({k: centres[i] for i, k in enumerate(keys)})
     categories = CategoryIndex.build(store, text)
     h = HierarchicalRetriever(
-        Retriever(store, text, NoImages()), categories, Level1Config(policy="top_m", top_m=2, prior_weight=0.0)
+        Retriever(store, text, NoImages()),
+        categories,
+        Level1Config(policy="top_m", top_m=2, prior_weight=0.0, anchor_hits=0),
     )
     return h, {"ids": np.array(ids), "x": x, "labels": np.array(labels), "keys": keys, "centres": centres}
 
@@ -204,7 +206,9 @@ def test_category_prior_reorders_level2(synthetic: tuple[HierarchicalRetriever, 
     centres = d["centres"]
     q = (centres[0] + centres[1]) / np.linalg.norm(centres[0] + centres[1])  # type: ignore[index]
     strong = HierarchicalRetriever(
-        h.retriever, h.categories, Level1Config(policy="top_m", top_m=2, prior_weight=5.0, temperature=0.05)
+        h.retriever,
+        h.categories,
+        Level1Config(policy="top_m", top_m=2, prior_weight=5.0, temperature=0.05, anchor_hits=0),
     )
     res = strong.search_vectors({IMAGE_VECTOR: q.astype(np.float32)}, k=10)
     assert res.level1 is not None
@@ -224,3 +228,20 @@ def test_always_k_results_when_the_catalogue_has_them(
     assert len(res.hits) == 25
     assert len({hit.product_id for hit in res.hits}) == 25
     assert res.hits[0].product_id == "s5-0"
+
+
+def test_anchor_categories_are_always_kept(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
+    c = cats([10, 20, 30])
+    r = select_categories(np.array([0.9, 0.5, 0.1]), c, Level1Config(policy="top_m", top_m=1), always=["c2", "zz"])
+    assert r.kept == ["c0", "c2"] and r.searched == 40
+    h, _ = synthetic
+    anchored = HierarchicalRetriever(
+        h.retriever, h.categories, Level1Config(policy="top_m", top_m=1, prior_weight=0.0, anchor_hits=1)
+    )
+    rng = np.random.default_rng(5)
+    for raw in rng.standard_normal((10, DIM)).astype(np.float32):
+        q = raw / np.linalg.norm(raw)
+        nearest = h.search_vectors({IMAGE_VECTOR: q}, k=1, mode="flat").hits[0]
+        res = anchored.search_vectors({IMAGE_VECTOR: q}, k=5)
+        assert res.level1 is not None and " > ".join(nearest.category) in res.level1.kept
+        assert res.hits[0].product_id == nearest.product_id

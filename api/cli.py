@@ -18,7 +18,7 @@ from rich.table import Table
 from api.cli_bench import bench
 from api.cli_eval import eval_app
 from api.cli_train import train_app
-from api.console import CliError, err, out, progress_bar
+from api.console import CliError, err, out, progress_bar, report_issues
 from api.settings import Settings, get_settings
 from retrieval.hierarchical import SearchMode
 
@@ -75,8 +75,7 @@ def catalogue_stats(
         if len(counter) > 15:
             table.add_row(f"... {len(counter) - 15} more", "")
         out.print(table)
-    for issue in cat.issues[:20]:
-        err.print(f"skipped: {issue}", markup=False, highlight=False)
+    report_issues("skipped", cat.issues)
 
 
 def run_index(
@@ -91,10 +90,7 @@ def run_index(
     from retrieval.text_cache import PrecomputedTextEncoder, cached_text_vectors
 
     cat = load_catalogue(catalog, settings.catalogue.columns, limit=limit)
-    for issue in cat.issues[:20]:
-        err.print(f"skipped: {issue}", markup=False, highlight=False)
-    if len(cat.issues) > 20:
-        err.print(f"... and {len(cat.issues) - 20} more skipped row(s)")
+    report_issues("skipped", cat.issues)
     text_encoder: TextEncoder = build_text_encoder(settings)
     texts = [p.text() for p in cat.products]
     cached = cached_text_vectors(text_encoder, texts, settings.cache_dir)
@@ -127,8 +123,7 @@ def run_index(
             )
     finally:
         store.close()
-    for issue in report.failed[:20]:
-        err.print(f"failed: {issue}", markup=False, highlight=False)
+    report_issues("failed", report.failed)
     out.print(
         f"indexed {report.indexed}, already present {report.skipped_existing}, failed {len(report.failed)} "
         f"of {report.total} products in {report.seconds:.1f}s "

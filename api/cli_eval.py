@@ -9,13 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from api.console import CliError, err, out, progress_bar
+from api.console import CliError, out, progress_bar, report_issues
 from api.settings import Settings, get_settings
+from retrieval.catalogue import Product
 
 eval_app = typer.Typer(help="Evaluate retrieval quality and speed.", no_args_is_help=True)
 
 
-def holdout_products(settings: Settings, n: int, seed: int = 0) -> list:  # type: ignore[type-arg]
+def holdout_products(settings: Settings, n: int, seed: int = 0) -> list[Product]:
     """Products the image tower never trained on (its recorded held-out split), sampled deterministically."""
     import random
 
@@ -72,8 +73,7 @@ def eval_retrieval(
     if not images.is_dir():
         raise CliError(f"query image folder {images} does not exist")
     q = load_queries(queries, images, settings.catalogue.columns)
-    for issue in q.issues[:20]:
-        err.print(f"skipped query: {issue}", markup=False, highlight=False)
+    report_issues("skipped query", q.issues)
     store = build_store(settings)
     try:
         hier = build_retriever(settings, store)

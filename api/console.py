@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["CliError", "err", "out", "progress_bar", "staged_progress"]
+__all__ = ["CliError", "err", "out", "progress_bar", "report_issues", "staged_progress"]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -35,6 +35,14 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=err,
     )
+
+
+def report_issues(label: str, issues: Sequence[object], *, limit: int = 20) -> None:
+    """One stderr line per issue (the first ``limit``), then how many more there were."""
+    for issue in issues[:limit]:
+        err.print(f"{label}: {issue}", markup=False, highlight=False)
+    if len(issues) > limit:
+        err.print(f"... and {len(issues) - limit} more ({label})", markup=False, highlight=False)
 
 
 @contextmanager

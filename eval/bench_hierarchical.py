@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from eval.bench_retrieval import top_k_indices
 from eval.metrics import latency_percentiles
 from retrieval.categories import CategoryIndex
 from retrieval.encoders import l2_normalise
@@ -51,12 +52,6 @@ def scaled_sizes(real: Mapping[str, int], n: int) -> dict[str, int]:
     rest = spare - int(base.sum())
     base[np.argsort(-(raw - base))[:rest]] += 1
     return {k: int(b) + 1 for k, b in zip(keys, base, strict=True)}
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, len(scores))
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.argsort(-scores[part])]
 
 
 def bench_scaling(
@@ -160,12 +155,12 @@ def bench_scaling(
                 overlap.append(len({p.id for p in flat} & {p.id for p in hier}) / k)
                 # Exact (brute-force) search, the single-stage baseline of the reference paper.
                 t = time.perf_counter()
-                _top_k(matrix @ q, k)
+                top_k_indices(matrix @ q, k)
                 exact_flat_ms.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                kept_idx = [keys.index(c) for c in chosen.kept]
+                kept_idx = [cats.position[c] for c in chosen.kept]
                 scores = np.concatenate([matrix[bounds[c] : bounds[c + 1]] @ q for c in kept_idx])
-                _top_k(scores, k)
+                top_k_indices(scores, k)
                 exact_hier_ms.append((time.perf_counter() - t) * 1000 + (t_l1 - t_l1_start) * 1000)
                 report(f"synthetic {n:,}: queries", i + 1, queries)
             f, h = latency_percentiles(flat_ms), latency_percentiles(hier_ms)

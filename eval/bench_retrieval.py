@@ -54,6 +54,7 @@ __all__ = [
     "machine_info",
     "main",
     "run",
+    "top_k_indices",
     "write_report",
 ]
 
@@ -196,13 +197,17 @@ def _perturbed_queries(x: np.ndarray, count: int, rng: np.random.Generator) -> n
     return np.ascontiguousarray(q, dtype=np.float32)
 
 
-def _numpy_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-``k`` row indices of ``x`` by dot product with ``q``, best first."""
-    scores = x @ q
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest ``scores``, best first (argpartition, then a sort of the k)."""
     if k >= scores.shape[0]:
         return np.argsort(-scores)
     top = np.argpartition(-scores, k)[:k]
     return top[np.argsort(-scores[top])]
+
+
+def _numpy_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-``k`` row indices of ``x`` by dot product with ``q``, best first."""
+    return top_k_indices(x @ q, k)
 
 
 # --------------------------------------------------------------------------- #

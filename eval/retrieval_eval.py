@@ -30,6 +30,7 @@ from eval.metrics import (
     summarize,
 )
 from retrieval.catalogue import ColumnMapping, LoadIssue, Product, load_catalogue
+from retrieval.categories import category_key
 from retrieval.errors import ImageError
 from retrieval.hierarchical import HierarchicalRetriever, SearchMode
 from retrieval.images import ImageLimits, read_image_file
@@ -81,10 +82,10 @@ class _RelevanceCounts:
     def __init__(self, hier: HierarchicalRetriever, colour_attribute: str) -> None:
         self.store = hier.retriever.store
         self.colour_attribute = colour_attribute
-        self._cache: dict[tuple[str, str | None], tuple[int, int]] = {}
+        self._cache: dict[tuple[str, str | None], tuple[int, int]] = {}  # (same path+colour, same path only)
 
-    def __call__(self, q: Product) -> tuple[int, int]:
-        """(products graded ≥ 2 other than the query itself, products graded exactly 1)."""
+    def __call__(self, q: Product) -> tuple[int, int, bool]:
+        """(products graded ≥ 2 other than the query itself, products graded exactly 1, query product indexed)."""
         colour = q.attributes.get(self.colour_attribute)
         key = (q.category_path, colour)
         if key not in self._cache:
@@ -98,15 +99,21 @@ class _RelevanceCounts:
             )
             self._cache[key] = (same_colour, same_path - same_colour)
         same_colour, only_path = self._cache[key]
-        self_indexed = 1 if self.store.existing([q.product_id]) else 0
-        return same_colour - self_indexed, only_path
+        indexed = bool(self.store.existing([q.product_id]))
+        return same_colour - int(indexed), only_path, indexed
 
 
-def _relevance_map(q: Product, hits: list[SearchHit], counts: tuple[int, int], colour: str) -> dict[str, int]:
-    """Grades of the retrieved items plus placeholders for the unretrieved relevant ones (for the ideal)."""
+def _relevance_map(
+    q: Product, hits: list[SearchHit], counts: tuple[int, int], colour: str, *, query_indexed: bool = True
+) -> dict[str, int]:
+    """Grades of the retrieved items plus placeholders for the unretrieved relevant ones (for the ideal).
+
+    The query's own product (grade 3) counts in the ideal only if it is in the index.
+    """
     n2, n1 = counts
     rel = {h.product_id: grade(q, h, colour) for h in hits}
-    rel[q.product_id] = 3
+    if query_indexed:
+        rel[q.product_id] = 3
     got2 = sum(1 for pid, g in rel.items() if g == 2)
     got1 = sum(1 for g in rel.values() if g == 1)
     for i in range(max(0, n2 - got2)):
@@ -168,8 +175,8 @@ def evaluate_encoded(
     search_only: dict[str, list[float]] = {m: [] for m in modes}
     for eq in encoded:
         q = eq.product
-        rel_counts = counts(q)
-        true_key = " > ".join(q.category if key_depth is None else q.category[: key_depth + 1])
+        n2, n1, indexed = counts(q)
+        true_key = category_key(q.category, key_depth)
         for mode in modes:
             t1 = time.perf_counter()
             result = hier.search_vectors(eq.vectors, k=k, mode=mode)
@@ -177,7 +184,7 @@ def evaluate_encoded(
             latency[mode].append(eq.front_ms + elapsed)
             search_only[mode].append(elapsed)
             ranked = [h.product_id for h in result.hits]
-            rel = _relevance_map(q, result.hits, rel_counts, colour_attribute)
+            rel = _relevance_map(q, result.hits, (n2, n1), colour_attribute, query_indexed=indexed)
             kept = result.level1.kept if result.level1 else None
             per_mode[mode].append(
                 {

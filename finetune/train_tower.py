@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -317,8 +318,6 @@ def train_image_tower(
     (tmp / "holdout_ids.json").write_text(json.dumps(sorted(held)))
     # Swap in atomically: a crash mid-save never leaves a half-written default encoder.
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return report

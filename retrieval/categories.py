@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,11 @@ class CategoryIndex:
     @property
     def total(self) -> int:
         return int(self.sizes.sum())
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Row of each category key in the arrays."""
+        return {key: i for i, key in enumerate(self.keys)}
 
     @classmethod
     def build(cls, store: VectorStore, text_encoder: TextEncoder, depth: int | None = None) -> CategoryIndex:

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from retrieval.categories import CategoryIndex
+from retrieval.categories import CategoryIndex, category_key
 from retrieval.search import Retriever, SearchHit, SearchQuery
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
 
@@ -156,9 +156,8 @@ def select_categories(
         kept.append(int(i))
         size += int(categories.sizes[i])
         cum += float(probs[i])
-    index = {key: i for i, key in enumerate(categories.keys)}
     for key in always:
-        i = index.get(key)
+        i = categories.position.get(key)
         if i is not None and i not in kept:
             kept.append(i)
             size += int(categories.sizes[i])
@@ -168,10 +167,6 @@ def select_categories(
         searched=size,
         total=total,
     )
-
-
-def _category_of(hit: SearchHit, depth: int | None) -> str:
-    return " > ".join(hit.category if depth is None else hit.category[: depth + 1])
 
 
 class HierarchicalRetriever:
@@ -190,7 +185,9 @@ class HierarchicalRetriever:
         prob = dict(zip(l1.kept, l1.probabilities, strict=True))
         beta, depth = self.config.prior_weight, self.categories.depth
         rescored = [
-            dataclasses.replace(h, score=h.score + beta * math.log(max(prob.get(_category_of(h, depth), 0.0), 1e-6)))
+            dataclasses.replace(
+                h, score=h.score + beta * math.log(max(prob.get(category_key(h.category, depth), 0.0), 1e-6))
+            )
             for h in hits
         ]
         return sorted(rescored, key=lambda h: -h.score)
@@ -224,7 +221,7 @@ class HierarchicalRetriever:
         anchors: list[str] = []
         if self.config.anchor_hits > 0:
             nearest = self.retriever.search_vectors(vectors, k=self.config.anchor_hits, filter=filter)
-            anchors = [_category_of(h, self.categories.depth) for h in nearest]
+            anchors = [category_key(h.category, self.categories.depth) for h in nearest]
         l1 = self.level1(vectors, min_products=k, always=anchors)
         t1 = time.perf_counter()
         base = filter or SearchFilter()

@@ -36,6 +36,9 @@ def test_relevance_map_accounts_for_unretrieved_items() -> None:
     assert recall_at_k(ranked, rel, 10, threshold=2) == pytest.approx(1 / 4)  # "a" of {q, a, 2 unretrieved}
     # DCG = (2^2-1)/log2(2) + (2^1-1)/log2(3); ideal = 7 + 3/log2 3 + 3/2 + 3/log2 5 + 4 ones at ranks 5..8.
     assert 0 < ndcg_at_k(ranked, rel, 10) < 1
+    # A query product missing from the index cannot be retrieved, so the ideal ranking leaves it out.
+    absent = _relevance_map(Q, hits, (3, 4), "base_colour", query_indexed=False)
+    assert "q" not in absent and sorted(absent.values(), reverse=True) == [2, 2, 2, 1, 1, 1, 1, 0]
 
 
 def test_scaled_sizes_keep_the_long_tail() -> None:

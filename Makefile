@@ -13,7 +13,7 @@ export UV_COMPILE_BYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run test test-all lint format typecheck bench index clean
+.PHONY: help setup run demo test test-all lint format typecheck bench loadtest index clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 setup: $(STAMP) ## Create .venv from uv.lock (torch/torchvision from PyPI through uv)
 
-run: setup ## Run the main job on embedded defaults (index the demo catalogue, answer sample queries)
+run: setup ## Build what is missing (image tower, index) and serve the API on http://127.0.0.1:8000
+	$(TANDEM) serve --prepare $(if $(LIMIT),--limit $(LIMIT),) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
+
+demo: setup ## Terminal demo: index, then answer a text and a photo query
 	$(TANDEM) demo $(if $(LIMIT),--limit $(LIMIT),)
 
 index: setup ## Index the catalogue (TANDEM_CATALOGUE__PATH, default ../shared/data/fashion)
@@ -55,6 +58,9 @@ typecheck: setup ## mypy
 
 bench: setup ## Benchmarks: indexing throughput, query latency, Qdrant Edge vs NumPy (eval/reports/)
 	$(TANDEM) bench
+
+loadtest: setup ## Locust load test of the API beside the raw encoder (eval/reports/api_loadtest.*; QUICK=1)
+	$(PY) -m eval.loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)
 
 clean: ## Remove the virtual environment (keeps TANDEM_HOME data)
 	rm -rf $(VENV)

@@ -202,13 +202,23 @@ def search(
     run_search(settings, text, image, k, as_json, mode=chosen)  # type: ignore[arg-type]
 
 
+def prepare(settings: Settings, limit: int | None) -> None:
+    """Build what is missing: the domain image tower (when it is the image encoder), then the index."""
+    from api.cli_train import run_train_clip
+    from api.components import tower_is_trained
+
+    uses_own_tower = settings.encoders.image_checkpoint is None and settings.encoders.image_model is None
+    if uses_own_tower and not tower_is_trained(settings):
+        out.print("no domain image tower yet: training it on the catalogue first (once; cached in TANDEM_HOME)")
+        run_train_clip(settings, limit=limit)
+    run_index(settings, settings.catalogue.path, limit, rebuild=False, rebuild_if_stale=True)
+
+
 @app.command("demo")
 def demo(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Index only the first N products.")] = None,
 ) -> None:
-    """The main job on embedded defaults: train the image tower if missing, index, answer a text and a photo query."""
-    from api.cli_train import run_train_clip
-    from api.components import tower_is_trained
+    """Train the image tower if missing, index, answer a text and a photo query in the terminal."""
     from retrieval.catalogue import load_catalogue
 
     settings = get_settings()
@@ -218,11 +228,7 @@ def demo(
         f"catalogue: {catalog.resolve()}   data: {settings.home.resolve()}   store: "
         f"{settings.qdrant.url or 'Qdrant Edge (embedded)'}"
     )
-    uses_own_tower = settings.encoders.image_checkpoint is None and settings.encoders.image_model is None
-    if uses_own_tower and not tower_is_trained(settings):
-        out.print("no domain image tower yet: training it on the catalogue first (once; cached in TANDEM_HOME)")
-        run_train_clip(settings, limit=limit)
-    run_index(settings, catalog, limit, rebuild=False, rebuild_if_stale=True)
+    prepare(settings, limit)
     mode = settings.retrieval.mode
     run_search(settings, "red kurta for women", None, 5, False, mode=mode, title="text query: 'red kurta for women'")
     sample = load_catalogue(catalog, settings.catalogue.columns, limit=3).products[2]
@@ -235,6 +241,26 @@ def demo(
         mode=mode,
         title=f"photo query: {sample.image_path} ({sample.title})",
     )
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default TANDEM_API__HOST).")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="Port (default TANDEM_API__PORT).")
+    ] = None,
+    prepare_first: Annotated[
+        bool, typer.Option("--prepare", help="First train the image tower and index the catalogue if missing.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="With --prepare: index the first N.")] = None,
+) -> None:
+    """Serve the recommendation API (FastAPI + uvicorn) until Ctrl-C."""
+    from api.server import serve as run_server
+
+    settings = get_settings()
+    if prepare_first:
+        prepare(settings, limit)
+    run_server(settings, host or settings.api.host, settings.api.port if port is None else port)
 
 
 def main() -> None:

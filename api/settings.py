@@ -13,22 +13,40 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retrieval.catalogue import ColumnMapping
 from retrieval.hierarchical import Level1Config, SearchMode
 from retrieval.images import ImageLimits
 
 __all__ = [
+    "ApiSettings",
     "CatalogueSettings",
     "EncoderSettings",
     "QdrantSettings",
     "RetrievalSettings",
     "Settings",
+    "StorageSettings",
     "get_settings",
 ]
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``a,b,c`` as well as a JSON list from the environment."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            import json
+
+            return json.loads(value)
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
 
 
 class CatalogueSettings(BaseModel):
@@ -74,6 +92,54 @@ class RetrievalSettings(BaseModel):
     level1: Level1Config = Field(default_factory=Level1Config)
 
 
+class ApiSettings(BaseModel):
+    """The HTTP service: keys, limits, micro-batching."""
+
+    keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted X-API-Key values (comma-separated). With none, the service serves loopback only.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_image_base_url: str | None = Field(
+        default=None,
+        description="Base of the items' image_url (a CDN, say); unset = the service's own /images/ route.",
+    )
+    deadline_s: float = Field(default=5.0, gt=0, description="Per-request deadline; past it the answer is 504.")
+    max_in_flight: int = Field(default=128, gt=0, description="Requests served at once; more are answered 429.")
+    batch_max_size: int = Field(default=32, gt=0, description="Largest encoder batch shared by concurrent requests.")
+    batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits for more requests.")
+    torch_threads: int | None = Field(default=None, gt=0, description="torch threads (None = all cores but one).")
+
+    _split = field_validator("keys", mode="before")(_split_list)
+
+
+class StorageSettings(BaseModel):
+    """Where buyers' photos come from: shared storage (S3 or a local root) and URLs."""
+
+    local_root: Path | None = Field(
+        default=None,
+        description="image_path values that are not s3:// resolve under this folder (default: the catalogue's"
+        " images folder); nothing outside it is readable.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, ...).")
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_buckets: CommaList = Field(default_factory=list, description="Readable buckets (empty = any).")
+    url_allow: CommaList = Field(
+        default_factory=list,
+        description="Hosts or networks (CIDR) exempt from the SSRF checks on image_url, e.g. an internal CDN.",
+    )
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    max_redirects: int = Field(default=3, ge=0)
+    breaker_threshold: int = Field(default=5, gt=0, description="Consecutive failures that open a breaker.")
+    breaker_reset_s: float = Field(default=10.0, gt=0, description="How long an open breaker fails fast.")
+
+    _split = field_validator("s3_buckets", "url_allow", mode="before")(_split_list)
+
+
 class Settings(BaseSettings):
     """All of Tandem's configuration."""
 
@@ -91,6 +157,8 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     images: ImageLimits = Field(default_factory=ImageLimits)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @property
     def models_dir(self) -> Path:

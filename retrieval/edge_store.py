@@ -61,7 +61,12 @@ class EdgeStore:
             try:
                 self._manifest = IndexManifest.model_validate_json(mpath.read_text())
                 self._shard = qe.EdgeShard.load(str(self._shard_dir))
-            except (OSError, ValueError, RuntimeError) as exc:
+            except Exception as exc:  # qdrant-edge raises bare Exception for engine errors
+                if "WouldBlock" in str(exc):
+                    raise StoreError(
+                        f"the Qdrant Edge index in {self._dir} is open in another process (one process at a time;"
+                        " stop the other `tandem` process, or use a Qdrant server: TANDEM_QDRANT__URL)"
+                    ) from exc
                 raise StoreError(f"cannot open the Qdrant Edge index in {self._dir}: {exc}") from exc
 
     @property

@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient
 
 from retrieval.client_store import ClientStore
 from retrieval.edge_store import EdgeStore
-from retrieval.errors import EncoderMismatchError, IndexNotFoundError
+from retrieval.errors import EncoderMismatchError, IndexNotFoundError, StoreError
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, IndexManifest, SearchFilter, VectorRecord, VectorStore
 
 N, DIM = 400, 24
@@ -196,3 +196,18 @@ def test_edge_index_reopens_from_disk(tmp_path: Path, data: dict[str, object]) -
     q = data[TEXT_VECTOR][3]  # type: ignore[index]
     assert again.search(q, using=TEXT_VECTOR, k=1)[0].product_id == "p3"
     again.close()
+
+
+def test_edge_index_open_twice_is_a_clear_error(tmp_path: Path, data: dict[str, object]) -> None:
+    s = EdgeStore(tmp_path / "e")
+    s.create(manifest())
+    s.upsert(records(data, range(5)))
+    s.finalize()
+    s.close()
+    first = EdgeStore(tmp_path / "e")
+    try:
+        with pytest.raises(StoreError, match="open in another process"):
+            EdgeStore(tmp_path / "e")
+    finally:
+        first.close()
+    EdgeStore(tmp_path / "e").close()  # free again once the first store is closed

@@ -1,0 +1,142 @@
+"""The Tandem HTTP service: app factory, lifespan, routers and the one error mapping.
+
+Example:
+    >>> app = create_app()  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import (
+    ApiError,
+    PayloadTooLargeError,
+    ValidationFailedError,
+    error_body,
+    to_api_error,
+)
+from api.metrics import ApiMetrics
+from api.middleware import BodyTooLargeError, ServiceMiddleware
+from api.resources import Resources
+from api.routers import health, metrics, recommendations
+from api.settings import Settings, get_settings
+from api.ssrf import Resolver, system_resolver
+from retrieval.errors import RetrievalError
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("tandem.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {where!r}")
+        else:
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request does not match the schema"
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def _respond(request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(error, _request_id(request)), status_code=error.status, headers=error.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        error = to_api_error(exc)
+        if error.status >= 500:
+            log.warning("%s: %s", error.code, error.message, exc_info=error.code == "internal_error")
+        return _respond(request, error)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _respond(request, ValidationFailedError(_describe_validation(exc)))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, BodyTooLargeError):
+            return _respond(request, PayloadTooLargeError("the request body is over the size limit"))
+        code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        body = {"error": {"code": code, "message": str(exc.detail), "request_id": _request_id(request)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RetrievalError, on_api_error)
+    app.add_exception_handler(TimeoutError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    # Anything else: a JSON 500 without the exception's text (the log has it, with the request id).
+    app.add_exception_handler(Exception, on_api_error)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    resolver: Resolver = system_resolver,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_ready: Callable[[Resources], None] | None = None,
+) -> FastAPI:
+    """Build the service. Heavy resources are made in the lifespan, once, and closed on shutdown."""
+    settings = settings or get_settings()
+    api_metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        resources = await Resources.open(settings, api_metrics, resolver=resolver, transport=transport)
+        app.state.resources = resources
+        if on_ready is not None:
+            on_ready(resources)
+        try:
+            yield {}
+        finally:
+            await resources.aclose()
+            app.state.resources = None
+
+    app = FastAPI(
+        title="Tandem",
+        version="1.0.0",
+        summary="Multimodal product recommendations for B2B buyers.",
+        description="Send a buyer's photo (URL, shared-storage path, base64 or upload) and/or words; get the"
+        " top-K catalogue products. Authenticate with the X-API-Key header. Errors are"
+        ' `{"error": {"code", "message", "request_id"}}`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = api_metrics
+    app.state.resources = None
+    app.state.api_keys = [k.get_secret_value().encode() for k in settings.api.keys]
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(recommendations.router)
+    images_dir = settings.catalogue.path / settings.catalogue.columns.images_dir
+    app.mount("/images", StaticFiles(directory=images_dir, check_dir=False, follow_symlink=True), name="images")
+    # Base64 inflates by 4/3; leave room for the JSON around it and for multipart framing.
+    max_body = settings.images.max_bytes * 4 // 3 + 64 * 1024
+    app.add_middleware(
+        ServiceMiddleware,
+        metrics=api_metrics,
+        max_in_flight=settings.api.max_in_flight,
+        max_body_bytes=max_body,
+        keys_configured=bool(settings.api.keys),
+    )
+    return app

@@ -1,0 +1,183 @@
+"""The HTTP service's errors, and the one place that maps every error to a status and a JSON body.
+
+Every error answer has one shape, ``{"error": {"code", "message", "request_id"}}``: clients
+branch on ``code`` (stable), people read ``message``. Errors below ``api/`` (retrieval's tree)
+are translated here, so no route decides a status code on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from retrieval.errors import (
+    CatalogueError,
+    EncoderError,
+    EncoderMismatchError,
+    ImageError,
+    ImageTooLargeError,
+    IndexNotFoundError,
+    InvalidQueryError,
+    RetrievalError,
+    StoreError,
+    UnsupportedImageError,
+)
+
+__all__ = [
+    "ApiError",
+    "BackendUnavailableError",
+    "BadRequestError",
+    "DeadlineExceededError",
+    "ImageNotFoundError",
+    "ImageTooLargeApiError",
+    "ImageUnavailableError",
+    "InternalError",
+    "InvalidImageError",
+    "NotReadyError",
+    "OverloadedError",
+    "PathNotAllowedError",
+    "PayloadTooLargeError",
+    "StorageError",
+    "StorageTimeoutError",
+    "StorageUnavailableError",
+    "UnauthorizedError",
+    "UnsupportedMediaError",
+    "UrlNotAllowedError",
+    "ValidationFailedError",
+    "error_body",
+    "to_api_error",
+]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable code and a message safe to show a caller."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    @property
+    def is_client_error(self) -> bool:
+        return self.status < 500
+
+
+class BadRequestError(ApiError):
+    status, code = 400, "bad_request"
+
+
+class InvalidImageError(BadRequestError):
+    code = "invalid_image"
+
+
+class ImageUnavailableError(BadRequestError):
+    """The image source answered, but not with the image (4xx at the origin, too many redirects, bad host)."""
+
+    code = "image_unavailable"
+
+
+class ImageNotFoundError(ImageUnavailableError):
+    code = "image_not_found"
+
+
+class UrlNotAllowedError(BadRequestError):
+    code = "url_not_allowed"
+
+
+class PathNotAllowedError(BadRequestError):
+    code = "path_not_allowed"
+
+
+class UnauthorizedError(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "ApiKey"})
+
+
+class PayloadTooLargeError(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class ImageTooLargeApiError(PayloadTooLargeError):
+    code = "image_too_large"
+
+
+class UnsupportedMediaError(ApiError):
+    status, code = 415, "unsupported_image"
+
+
+class ValidationFailedError(ApiError):
+    status, code = 422, "invalid_request"
+
+
+class OverloadedError(ApiError):
+    status, code = 429, "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class InternalError(ApiError):
+    status, code = 500, "internal_error"
+
+
+class StorageError(ApiError):
+    """The image storage failed (connection refused, 5xx): not the caller's fault."""
+
+    status, code = 502, "storage_error"
+
+
+class NotReadyError(ApiError):
+    status, code = 503, "not_ready"
+
+
+class StorageUnavailableError(ApiError):
+    """A circuit breaker is open: the storage failed repeatedly and is not tried for a while."""
+
+    status, code = 503, "storage_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class BackendUnavailableError(ApiError):
+    status, code = 503, "backend_unavailable"
+
+
+class DeadlineExceededError(ApiError):
+    status, code = 504, "deadline_exceeded"
+
+
+class StorageTimeoutError(ApiError):
+    status, code = 504, "storage_timeout"
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Translate any exception into an :class:`ApiError`; unknown ones become a message-free 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RetrievalError):
+        message = str(exc)
+        if isinstance(exc, ImageTooLargeError):
+            return ImageTooLargeApiError(message)
+        if isinstance(exc, UnsupportedImageError):
+            return UnsupportedMediaError(message)
+        if isinstance(exc, ImageError):
+            return InvalidImageError(message)
+        if isinstance(exc, InvalidQueryError):
+            return ValidationFailedError(message)
+        if isinstance(exc, IndexNotFoundError | EncoderMismatchError):
+            return NotReadyError(message)
+        if isinstance(exc, EncoderError | StoreError | CatalogueError):
+            return BackendUnavailableError(message)
+    if isinstance(exc, TimeoutError):
+        return DeadlineExceededError("the request did not finish within its deadline")
+    # Never echo an unexpected exception's text: it can hold paths, hosts or secrets.
+    return InternalError("internal error; the request id identifies it in the service's logs")
+
+
+def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message, "request_id": request_id}}

@@ -1,0 +1,173 @@
+"""One ASGI middleware for what every request shares: request id, guards, metrics and the access log.
+
+Pure ASGI rather than ``BaseHTTPMiddleware``: it runs on every request of a service that
+answers in milliseconds, and it must bound the body while it streams in.
+
+Guards, in order: loopback-only when no API keys are configured; bounded in-flight
+requests (429 + ``Retry-After``); a body-size cap (413) enforced on the stream, so a
+chunked upload without ``Content-Length`` is cut off too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, OverloadedError, PayloadTooLargeError, UnauthorizedError, error_body
+from api.logs import request_id_var
+from api.metrics import ApiMetrics
+
+__all__ = ["BodyTooLargeError", "ServiceMiddleware"]
+
+log = logging.getLogger("tandem.api.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class BodyTooLargeError(Exception):
+    """Raised from the body stream once it passes the cap (the app may wrap it; its cause stays this)."""
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "testclient":  # Starlette's in-process test client
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    return "/images" if str(scope.get("path", "")).startswith("/images/") else "unmatched"
+
+
+class ServiceMiddleware:
+    """Request ids, loopback/in-flight/body guards, Prometheus metrics and JSON access logs."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ApiMetrics,
+        max_in_flight: int,
+        max_body_bytes: int,
+        keys_configured: bool,
+        limited_prefix: str = "/v1/",
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.max_body_bytes = max_body_bytes
+        self.keys_configured = keys_configured
+        self.limited_prefix = limited_prefix
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        limited = str(scope.get("path", "")).startswith(self.limited_prefix)
+        counted = False
+        try:
+            client = scope.get("client")
+            if not self.keys_configured and not _is_loopback(client[0] if client else None):
+                raise UnauthorizedError(
+                    "this service has no API keys configured (TANDEM_API__KEYS) and only serves loopback clients"
+                )
+            declared = headers.get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise PayloadTooLargeError(f"the request body is over the limit of {self.max_body_bytes} bytes")
+            if limited:
+                if self.in_flight >= self.max_in_flight:
+                    self.metrics.rejected.labels("overloaded").inc()
+                    raise OverloadedError(f"the service is at its limit of {self.max_in_flight} requests in flight")
+                self.in_flight += 1
+                counted = True
+                self.metrics.in_flight.inc()
+            await self.app(scope, self._bounded(receive), send_wrapper)
+        except BodyTooLargeError:
+            if status["sent"]:
+                raise
+            await self._send_error(
+                send_wrapper,
+                PayloadTooLargeError(f"the request body is over the limit of {self.max_body_bytes} bytes"),
+                request_id,
+            )
+        except ApiError as exc:
+            if status["sent"]:
+                raise
+            await self._send_error(send_wrapper, exc, request_id)
+        finally:
+            if counted:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope)
+            code = str(status["code"])
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(route, method, code).inc()
+            self.metrics.latency.labels(route, method, code).observe(elapsed)
+            log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "path": scope.get("path"),
+                    "route": route,
+                    "status": status["code"],
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "client": (scope.get("client") or ["-"])[0],
+                },
+            )
+            request_id_var.reset(token)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLargeError
+            return message
+
+        return wrapped
+
+    @staticmethod
+    async def _send_error(send: Send, error: ApiError, request_id: str) -> None:
+        body = json.dumps(error_body(error, request_id)).encode()
+        headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,137 @@
+"""The service's heavy, shared resources: built once in the app's lifespan, closed on shutdown.
+
+Example:
+    >>> resources = await Resources.open(get_settings(), ApiMetrics())  # doctest: +SKIP
+    >>> resources.ready  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from api.components import build_image_encoder, build_retriever, build_store, build_text_encoder
+from api.image_fetch import ImageFetcher
+from api.metrics import ApiMetrics
+from api.recommender import RecommendationService
+from api.settings import Settings
+from api.ssrf import Resolver, system_resolver
+from retrieval.batch_search import BatchQuery, search_batch
+from retrieval.batching import MicroBatcher
+from retrieval.errors import EncoderMismatchError, IndexNotFoundError
+from retrieval.hierarchical import HierarchicalRetriever, SearchResult
+from retrieval.search import SearchQuery
+from retrieval.store import VectorStore
+
+__all__ = ["Resources"]
+
+log = logging.getLogger("tandem.api")
+
+
+def serving_threads(configured: int | None) -> int:
+    """torch threads for serving: all cores but one, which is left to the event loop (HTTP, decoding)."""
+    if configured is not None:
+        return configured
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _pin_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+@dataclass
+class Resources:
+    """Everything a request needs; ``not_ready`` says why recommendations cannot be served yet."""
+
+    settings: Settings
+    metrics: ApiMetrics
+    fetcher: ImageFetcher
+    store: VectorStore | None = None
+    retriever: HierarchicalRetriever | None = None
+    batcher: MicroBatcher[BatchQuery, SearchResult] | None = None
+    service: RecommendationService | None = None
+    not_ready: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None and self.not_ready is None
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        metrics: ApiMetrics,
+        *,
+        resolver: Resolver = system_resolver,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Resources:
+        threads = serving_threads(settings.api.torch_threads)
+        _pin_torch_threads(threads)
+        images_root = settings.catalogue.path / settings.catalogue.columns.images_dir
+        fetcher = ImageFetcher(
+            settings.storage,
+            settings.images,
+            default_root=images_root,
+            resolver=resolver,
+            transport=transport,
+            on_breaker_state=metrics.set_breaker,
+        )
+        await fetcher.start()
+        res = cls(settings, metrics, fetcher)
+        try:
+            res.store = build_store(settings)
+            text_encoder = build_text_encoder(settings)
+            image_encoder = build_image_encoder(settings)
+            res.retriever = build_retriever(settings, res.store, text_encoder, image_encoder)
+        except (IndexNotFoundError, EncoderMismatchError) as exc:
+            res.not_ready = str(exc)
+            log.warning("not ready: %s", exc)
+            return res
+        manifest = res.retriever.retriever.manifest
+        # One query through every stage now, so the first buyer does not pay for lazy initialisation.
+        warm = SearchQuery(text="warm up", image=Image.new("RGB", (64, 64)))
+        search_batch(res.retriever, [BatchQuery(warm, k=1), BatchQuery(warm, k=1, mode="flat")])
+        res.batcher = MicroBatcher(
+            partial(search_batch, res.retriever),
+            max_batch=settings.api.batch_max_size,
+            max_wait_ms=settings.api.batch_wait_ms,
+            on_batch=metrics.observe_batch,
+            name="tandem-encoder",
+            thread_init=partial(_pin_torch_threads, threads),
+        )
+        await res.batcher.start()
+        res.service = RecommendationService(
+            fetcher,
+            res.batcher,
+            settings.images,
+            metrics,
+            attribute_fields=manifest.attribute_fields,
+            image_base_url=settings.api.public_image_base_url,
+        )
+        res.info = {
+            "products": res.store.count(),
+            "text_encoder": manifest.text_encoder,
+            "image_encoder": manifest.image_encoder,
+            "categories": len(res.retriever.categories.keys),
+            "store": settings.qdrant.url or "qdrant-edge",
+            "torch_threads": threads,
+        }
+        log.info("ready", extra=res.info)
+        return res
+
+    async def aclose(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        await self.fetcher.aclose()
+        if self.store is not None:
+            self.store.close()

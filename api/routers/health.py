@@ -1,0 +1,31 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import ResourcesDep
+from api.schemas import HealthResponse, ReadinessResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="The process is alive")
+async def healthz() -> HealthResponse:
+    return HealthResponse()
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadinessResponse,
+    summary="The index and models are loaded",
+    responses={503: {"model": ReadinessResponse, "description": "Not ready (reason in detail.reason)"}},
+)
+async def readyz(resources: ResourcesDep) -> JSONResponse:
+    if resources.ready:
+        return JSONResponse(ReadinessResponse(ready=True, detail=resources.info).model_dump())
+    body = ReadinessResponse(ready=False, detail={"reason": resources.not_ready or "starting"})
+    return JSONResponse(body.model_dump(), status_code=503)

@@ -1,0 +1,18 @@
+"""Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from api.metrics import CONTENT_TYPE, ApiMetrics
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    registry: ApiMetrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)

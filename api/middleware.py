@@ -10,7 +10,6 @@ chunked upload without ``Content-Length`` is cut off too.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import ApiError, OverloadedError, PayloadTooLargeError, UnauthorizedError, error_body
 from api.logs import request_id_var
 from api.metrics import ApiMetrics
+from api.ssrf import is_loopback
 
 __all__ = ["BodyTooLargeError", "ServiceMiddleware"]
 
@@ -33,17 +33,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 class BodyTooLargeError(Exception):
     """Raised from the body stream once it passes the cap (the app may wrap it; its cause stays this)."""
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "testclient":  # Starlette's in-process test client
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _route_label(scope: Scope) -> str:
@@ -99,7 +88,7 @@ class ServiceMiddleware:
         counted = False
         try:
             client = scope.get("client")
-            if not self.keys_configured and not _is_loopback(client[0] if client else None):
+            if not self.keys_configured and not is_loopback(client[0] if client else None):
                 raise UnauthorizedError(
                     "this service has no API keys configured (TANDEM_API__KEYS) and only serves loopback clients"
                 )

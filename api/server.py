@@ -6,30 +6,21 @@ an unauthenticated recommender must not be reachable from the network by acciden
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from api.console import out
 from api.logs import configure_logging
 from api.settings import Settings
+from api.ssrf import is_loopback
 
 __all__ = ["effective_host", "serve"]
 
 log = logging.getLogger("tandem.api")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def effective_host(settings: Settings, host: str) -> tuple[str, str | None]:
     """The host to bind, and a notice when it differs from the one asked for."""
-    if settings.api.keys or _is_loopback(host):
+    if settings.api.keys or is_loopback(host):
         return host, None
     return "127.0.0.1", (
         f"no API keys configured (TANDEM_API__KEYS): listening on 127.0.0.1 only, not {host}."

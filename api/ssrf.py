@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from api.errors import ImageUnavailableError, UrlNotAllowedError
 
-__all__ = ["IPAddress", "Resolver", "UrlPolicy", "system_resolver"]
+__all__ = ["IPAddress", "Resolver", "UrlPolicy", "is_loopback", "system_resolver"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -30,6 +30,18 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """The host's addresses from the system resolver, without blocking the event loop."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_loopback(host: str | None) -> bool:
+    """A loopback address or name (``testclient`` is Starlette's in-process test client)."""
+    if host is None:
+        return False
+    if host in ("localhost", "testclient"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_public(ip: IPAddress) -> bool:

@@ -13,7 +13,7 @@ export UV_COMPILE_BYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run demo test test-all lint format typecheck bench loadtest index clean
+.PHONY: help setup run demo test test-all lint format typecheck bench bench-llm loadtest index clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ typecheck: setup ## mypy
 
 bench: setup ## Benchmarks: indexing throughput, query latency, Qdrant Edge vs NumPy (eval/reports/)
 	$(TANDEM) bench
+
+bench-llm: setup ## LLM serving: balancing policies under rising load, faults (eval/reports/llm_serving.*; QUICK=1)
+	$(PY) -m eval.bench_llm $(if $(QUICK),--quick,)
 
 loadtest: setup ## Locust load test of the API beside the raw encoder (eval/reports/api_loadtest.*; QUICK=1)
 	$(PY) -m eval.loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)

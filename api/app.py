@@ -29,9 +29,10 @@ from api.errors import (
 from api.metrics import ApiMetrics
 from api.middleware import BodyTooLargeError, ServiceMiddleware
 from api.resources import Resources
-from api.routers import health, metrics, recommendations
+from api.routers import health, llm, metrics, recommendations
 from api.settings import Settings, get_settings
 from api.ssrf import Resolver, system_resolver
+from llms.errors import LLMError
 from retrieval.errors import RetrievalError
 
 __all__ = ["create_app"]
@@ -81,6 +82,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RetrievalError, on_api_error)
+    app.add_exception_handler(LLMError, on_api_error)
     app.add_exception_handler(TimeoutError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
@@ -93,6 +95,7 @@ def create_app(
     *,
     resolver: Resolver = system_resolver,
     transport: httpx.AsyncBaseTransport | None = None,
+    llm_transport: httpx.AsyncBaseTransport | None = None,
     on_ready: Callable[[Resources], None] | None = None,
 ) -> FastAPI:
     """Build the service. Heavy resources are made in the lifespan, once, and closed on shutdown."""
@@ -101,7 +104,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        resources = await Resources.open(settings, api_metrics, resolver=resolver, transport=transport)
+        resources = await Resources.open(
+            settings, api_metrics, resolver=resolver, transport=transport, llm_transport=llm_transport
+        )
         app.state.resources = resources
         if on_ready is not None:
             on_ready(resources)
@@ -128,6 +133,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(recommendations.router)
+    app.include_router(llm.router)
     images_dir = settings.catalogue.path / settings.catalogue.columns.images_dir
     app.mount("/images", StaticFiles(directory=images_dir, check_dir=False, follow_symlink=True), name="images")
     # Base64 inflates by 4/3; leave room for the JSON around it and for multipart framing.

@@ -18,6 +18,7 @@ from rich.table import Table
 from api.cli_bench import bench
 from api.cli_eval import eval_app
 from api.cli_train import train_app
+from api.cli_worker import worker
 from api.console import CliError, err, out, progress_bar, report_issues
 from api.settings import Settings, get_settings
 from retrieval.hierarchical import SearchMode
@@ -34,6 +35,7 @@ app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.command("bench")(bench)
+app.command("worker")(worker)
 
 
 def _catalogue_dir(settings: Settings, catalog: Path | None) -> Path:
@@ -267,12 +269,13 @@ def main() -> None:
     """Console-script entry point: maps Tandem's errors to one line on stderr and exit code 1."""
     from pydantic import ValidationError
 
+    from llms.errors import LLMError
     from retrieval.errors import RetrievalError
 
     debug = os.environ.get("TANDEM_DEBUG") == "1"
     try:
         app()
-    except (RetrievalError, CliError) as exc:
+    except (RetrievalError, LLMError, CliError) as exc:
         if debug:
             raise
         err.print(f"error: {exc}", markup=False, highlight=False)

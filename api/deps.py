@@ -16,8 +16,9 @@ from fastapi.security import APIKeyHeader
 from api.errors import NotReadyError, UnauthorizedError
 from api.recommender import RecommendationService
 from api.resources import Resources
+from llms.dispatcher import Dispatcher
 
-__all__ = ["ApiKeyDep", "RequestIdDep", "ResourcesDep", "ServiceDep", "require_api_key"]
+__all__ = ["ApiKeyDep", "DispatcherDep", "RequestIdDep", "ResourcesDep", "ServiceDep", "require_api_key"]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of TANDEM_API__KEYS.")
 
@@ -39,6 +40,13 @@ async def get_service(resources: ResourcesDep) -> RecommendationService:
 
 
 ServiceDep = Annotated[RecommendationService, Depends(get_service)]
+
+
+async def get_dispatcher(resources: ResourcesDep) -> Dispatcher:
+    return resources.dispatcher
+
+
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
 async def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> None:

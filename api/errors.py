@@ -7,8 +7,10 @@ are translated here, so no route decides a status code on its own.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
+from llms import errors as llm_errors
 from retrieval.errors import (
     CatalogueError,
     EncoderError,
@@ -32,6 +34,10 @@ __all__ = [
     "ImageUnavailableError",
     "InternalError",
     "InvalidImageError",
+    "LlmUnavailableError",
+    "LlmUpstreamError",
+    "MalformedToolCallApiError",
+    "ModelNotFoundApiError",
     "NotReadyError",
     "OverloadedError",
     "PathNotAllowedError",
@@ -97,6 +103,10 @@ class UnauthorizedError(ApiError):
         super().__init__(message, headers={"WWW-Authenticate": "ApiKey"})
 
 
+class ModelNotFoundApiError(ApiError):
+    status, code = 404, "model_not_found"
+
+
 class PayloadTooLargeError(ApiError):
     status, code = 413, "payload_too_large"
 
@@ -147,6 +157,25 @@ class BackendUnavailableError(ApiError):
     status, code = 503, "backend_unavailable"
 
 
+class LlmUpstreamError(ApiError):
+    """An LLM worker failed (every attempt), broke a stream, or emitted malformed tool calls."""
+
+    status, code = 502, "llm_error"
+
+
+class MalformedToolCallApiError(LlmUpstreamError):
+    code = "malformed_tool_call"
+
+
+class LlmUnavailableError(ApiError):
+    """No healthy LLM worker serves the model right now."""
+
+    status, code = 503, "llm_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
 class DeadlineExceededError(ApiError):
     status, code = 504, "deadline_exceeded"
 
@@ -173,10 +202,31 @@ def to_api_error(exc: BaseException) -> ApiError:
             return NotReadyError(message)
         if isinstance(exc, EncoderError | StoreError | CatalogueError):
             return BackendUnavailableError(message)
+    if isinstance(exc, llm_errors.LLMError):
+        return _llm_error(exc)
     if isinstance(exc, TimeoutError):
         return DeadlineExceededError("the request did not finish within its deadline")
     # Never echo an unexpected exception's text: it can hold paths, hosts or secrets.
     return InternalError("internal error; the request id identifies it in the service's logs")
+
+
+def _llm_error(exc: llm_errors.LLMError) -> ApiError:
+    message = str(exc)
+    if isinstance(exc, llm_errors.OverloadedError):
+        return OverloadedError(message, retry_after_s=max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, llm_errors.NoWorkerError):
+        return LlmUnavailableError(message, retry_after_s=math.ceil(exc.retry_after_s))
+    if isinstance(exc, llm_errors.ModelNotFoundError):
+        return ModelNotFoundApiError(message)
+    if isinstance(exc, llm_errors.InvalidChatRequestError):
+        return ValidationFailedError(message)
+    if isinstance(exc, llm_errors.DeadlineExceededError):
+        return DeadlineExceededError(message)
+    if isinstance(exc, llm_errors.MalformedToolCallError):
+        return MalformedToolCallApiError(message)
+    if isinstance(exc, llm_errors.EngineError):
+        return BackendUnavailableError(message)
+    return LlmUpstreamError(message)
 
 
 def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:

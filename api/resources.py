@@ -23,6 +23,7 @@ from api.metrics import ApiMetrics
 from api.recommender import RecommendationService
 from api.settings import Settings
 from api.ssrf import Resolver, system_resolver
+from llms.dispatcher import Dispatcher
 from retrieval.batch_search import BatchQuery, search_batch
 from retrieval.batching import MicroBatcher
 from retrieval.errors import EncoderMismatchError, IndexNotFoundError
@@ -55,6 +56,7 @@ class Resources:
     settings: Settings
     metrics: ApiMetrics
     fetcher: ImageFetcher
+    dispatcher: Dispatcher
     store: VectorStore | None = None
     retriever: HierarchicalRetriever | None = None
     batcher: MicroBatcher[BatchQuery, SearchResult] | None = None
@@ -74,6 +76,7 @@ class Resources:
         *,
         resolver: Resolver = system_resolver,
         transport: httpx.AsyncBaseTransport | None = None,
+        llm_transport: httpx.AsyncBaseTransport | None = None,
     ) -> Resources:
         threads = serving_threads(settings.api.torch_threads)
         _pin_torch_threads(threads)
@@ -87,7 +90,10 @@ class Resources:
             on_breaker_state=metrics.set_breaker,
         )
         await fetcher.start()
-        res = cls(settings, metrics, fetcher)
+        # Every LLM call of this process goes through this one dispatcher (queue, balancing, failover).
+        dispatcher = Dispatcher(settings.llm.dispatcher, settings.llm.workers, transport=llm_transport)
+        await dispatcher.start()
+        res = cls(settings, metrics, fetcher, dispatcher)
         try:
             res.store = build_store(settings)
             text_encoder = build_text_encoder(settings)
@@ -130,6 +136,7 @@ class Resources:
         return res
 
     async def aclose(self) -> None:
+        await self.dispatcher.aclose()
         if self.batcher is not None:
             await self.batcher.close()
         await self.fetcher.aclose()

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llms.config import DispatcherConfig, WorkerConfig
 from retrieval.catalogue import ColumnMapping
 from retrieval.hierarchical import Level1Config, SearchMode
 from retrieval.images import ImageLimits
@@ -26,6 +27,7 @@ __all__ = [
     "ApiSettings",
     "CatalogueSettings",
     "EncoderSettings",
+    "LlmSettings",
     "QdrantSettings",
     "RetrievalSettings",
     "Settings",
@@ -140,6 +142,20 @@ class StorageSettings(BaseModel):
     _split = field_validator("s3_buckets", "url_allow", mode="before")(_split_list)
 
 
+class LlmSettings(BaseModel):
+    """The LLM workers every call is dispatched to, and the dispatcher's queue, balancing and failure handling.
+
+    ``TANDEM_LLM__WORKERS`` is a JSON list, e.g.
+    ``[{"url": "http://vllm:8000/v1", "max_concurrency": 32}, {"url": "http://ollama:11434/v1",
+    "health_url": "http://ollama:11434/api/version"}]``; ``TANDEM_LLM__DISPATCHER__POLICY=least_outstanding``.
+    """
+
+    workers: list[WorkerConfig] = Field(default_factory=list)
+    dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
+    ranker_model: str = Field(default="tandem-ranker", description="LoRA adapter name of the domain ranker.")
+    explainer_model: str = Field(default="tandem-base", description="Base model that writes explanations.")
+
+
 class Settings(BaseSettings):
     """All of Tandem's configuration."""
 
@@ -159,6 +175,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @property
     def models_dir(self) -> Path:

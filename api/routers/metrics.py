@@ -15,4 +15,8 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     registry: ApiMetrics = request.app.state.metrics
-    return Response(registry.render(), media_type=CONTENT_TYPE)
+    body = registry.render()
+    resources = getattr(request.app.state, "resources", None)
+    if resources is not None:
+        body += resources.dispatcher.metrics.render()  # the LLM queue, workers and TTFT, beside HTTP
+    return Response(body, media_type=CONTENT_TYPE)

@@ -1,0 +1,115 @@
+"""``tandem worker``: Tandem's embedded LLM worker on one port (OpenAI chat-completions + tools).
+
+Real mode loads a base model folder (``save_pretrained`` layout with a chat template) and
+any number of LoRA adapters by name; ``--simulate`` serves a SIMULATED engine with a delay
+model instead (load tests and fault drills; its answers say "[simulated …]").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.console import CliError, out
+
+
+def _parse_adapters(items: list[str], *, simulate: bool) -> dict[str, Path]:
+    adapters: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not name or (not sep and not simulate):
+            raise CliError(f"--adapter takes NAME=DIR, got {item!r}")
+        if name in adapters:
+            raise CliError(f"adapter name {name!r} given twice")
+        adapters[name] = Path(path)
+    return adapters
+
+
+def worker(
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 9001,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Base model folder (config, weights, tokenizer, chat template).")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option("--adapter", help="LoRA adapter as NAME=DIR; repeat for more.")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    served_name: Annotated[
+        str | None, typer.Option("--served-name", help="Model name clients use (default: the folder's name).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests batched together.")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0, help="Wait for batch-mates.")] = 5.0,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="TANDEM_WORKER_API_KEY", help="Bearer token for /v1/*.")
+    ] = None,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="SIMULATED engine: no model, service times from --delay-model.")
+    ] = False,
+    delay_model: Annotated[
+        str, typer.Option("--delay-model", help="With --simulate, e.g. lognormal:median_ms=80,sigma=0.8,speed=1.")
+    ] = "constant:ms=20",
+    slots: Annotated[int | None, typer.Option("--slots", min=1, help="With --simulate: requests served at once.")] = (
+        None
+    ),
+    reply: Annotated[str | None, typer.Option("--reply", help="With --simulate: answer this text every time.")] = None,
+    hang: Annotated[bool, typer.Option("--hang", help="With --simulate: accept requests, never answer.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="With --simulate: seed of the delay model.")] = None,
+) -> None:
+    """Serve a base model and its LoRA adapters over the OpenAI chat-completions protocol until Ctrl-C."""
+    import uvicorn
+
+    from api.logs import configure_logging
+    from api.worker_app import create_worker_app
+    from llms.worker.delay import DelayModel
+    from llms.worker.engine import Engine
+    from llms.worker.service import WorkerService
+
+    adapters = _parse_adapters(adapter or [], simulate=simulate)
+    engine: Engine
+    if simulate:
+        from llms.worker.simulated import SimulatedEngine
+
+        try:
+            delay = DelayModel.parse(delay_model)
+        except ValueError as exc:
+            raise CliError(f"--delay-model: {exc}") from exc
+        engine = SimulatedEngine(
+            model_name=served_name or (model.name if model else "tandem-simulated"),
+            adapters=list(adapters),
+            delay=delay,
+            slots=slots,
+            reply=reply,
+            hang=hang,
+            seed=seed,
+        )
+        kind = f"SIMULATED engine, {delay_model}"
+    else:
+        if model is None:
+            raise CliError("--model DIR is required (or --simulate)")
+        if hang or reply is not None or slots is not None:
+            raise CliError("--hang, --reply and --slots only apply with --simulate")
+        from llms.worker.hf_engine import TransformersEngine
+
+        engine = TransformersEngine.load(
+            model, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms
+        )
+        kind = f"transformers on {device}"
+    service = WorkerService(engine, served_name=served_name)
+    configure_logging("INFO")
+    shown = f"[{host}]" if ":" in host else host
+    out.print(
+        f"Tandem worker on [bold]http://{shown}:{port}/v1[/bold] ({kind}); models: {', '.join(service.model_names())}"
+    )
+    uvicorn.run(
+        create_worker_app(service, api_key=api_key),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )

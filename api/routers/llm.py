@@ -1,0 +1,108 @@
+"""LLM routes: the worker pool (list, add, remove at run time) and an OpenAI-compatible gateway.
+
+``POST /v1/llm/chat/completions`` takes an OpenAI chat-completions body and sends it through
+the same dispatcher as every Tandem LLM call, so other services of the platform get the queue,
+the balancing and the failover too. ``X-Tandem-Priority: batch`` marks experiment traffic
+(it yields to chat and is refused first); ``X-Tandem-Deadline-S`` bounds the wait.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from api.deps import ApiKeyDep, DispatcherDep, RequestIdDep
+from api.errors import ApiError, ModelNotFoundApiError, error_body, to_api_error
+from llms.config import WorkerConfig
+from llms.dispatcher import Priority
+from llms.errors import LLMError
+from llms.protocol import ChatCompletionRequest
+from llms.workers import WorkerSnapshot
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/llm", tags=["llm"], dependencies=[ApiKeyDep])
+
+
+class WorkerStatus(BaseModel):
+    """One LLM worker as the dispatcher sees it."""
+
+    name: str
+    url: str
+    models: list[str]
+    healthy: bool
+    breaker: Literal["closed", "open", "half_open"]
+    in_flight: int
+    max_concurrency: int
+    weight: float
+    requests: int
+    failures: int
+    latency_ewma_ms: float | None
+
+    @classmethod
+    def of(cls, snap: WorkerSnapshot) -> WorkerStatus:
+        return cls(**{**snap.__dict__, "models": list(snap.models)})
+
+
+@router.get("/workers", summary="LLM workers and their state")
+async def list_workers(dispatcher: DispatcherDep) -> list[WorkerStatus]:
+    return [WorkerStatus.of(w) for w in dispatcher.workers()]
+
+
+@router.post("/workers", status_code=status.HTTP_201_CREATED, summary="Add (or replace) an LLM worker")
+async def add_worker(worker: WorkerConfig, dispatcher: DispatcherDep) -> WorkerStatus:
+    dispatcher.add_worker(worker)
+    return next(WorkerStatus.of(w) for w in dispatcher.workers() if w.name == worker.name)
+
+
+@router.delete("/workers/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove an LLM worker")
+async def remove_worker(name: str, dispatcher: DispatcherDep) -> Response:
+    try:
+        dispatcher.remove_worker(name)
+    except KeyError:
+        raise ModelNotFoundApiError(f"no LLM worker named {name!r}") from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/chat/completions", summary="OpenAI-compatible chat completions through Tandem's dispatcher",
+             response_model=None)  # fmt: skip
+async def chat_completions(
+    body: ChatCompletionRequest,
+    dispatcher: DispatcherDep,
+    request_id: RequestIdDep,
+    priority: Annotated[Literal["interactive", "batch"], Header(alias="X-Tandem-Priority")] = "interactive",
+    deadline_s: Annotated[float | None, Header(alias="X-Tandem-Deadline-S", gt=0, le=3600)] = None,
+) -> JSONResponse | StreamingResponse:
+    payload: dict[str, Any] = body.model_dump(exclude_unset=True, exclude_none=True, mode="json")
+    prio = Priority.BATCH if priority == "batch" else Priority.INTERACTIVE
+    if not body.stream:
+        done = await dispatcher.complete(payload, priority=prio, deadline_s=deadline_s)
+        return JSONResponse(done.body, headers={"X-Tandem-Worker": done.worker})
+    chunks = dispatcher.stream(payload, priority=prio, deadline_s=deadline_s)
+    # Wait for the first chunk before answering, so overload, deadline and no-worker errors are
+    # real HTTP statuses (429/504/503) rather than an error inside a 200 stream.
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            if first is not None:
+                yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
+                async for chunk in chunks:
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        except LLMError as exc:
+            error: ApiError = to_api_error(exc)
+            yield f"data: {json.dumps(error_body(error, request_id))}\n\n"
+            return
+        finally:
+            await chunks.aclose()
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,130 @@
+"""The subset of the OpenAI chat-completions request that Tandem's workers accept, validated.
+
+vLLM, ollama and the embedded worker share this shape; ``top_k`` is vLLM's extension
+(``-1`` or ``0`` = off). Unknown fields are ignored, as OpenAI-compatible servers do.
+
+Example:
+    >>> req = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    >>> req.sampling().max_tokens
+    256
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llms.worker.engine import SamplingParams
+
+__all__ = ["ChatCompletionRequest", "ChatMessage", "StreamOptions", "ToolSpec"]
+
+DEFAULT_MAX_TOKENS = 256
+
+
+class ToolFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolSpec(BaseModel):
+    """An OpenAI tool: ``{"type": "function", "function": {...}}``."""
+
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """Content as text; the embedded worker is text-only, so image parts are refused."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts: list[str] = []
+        for part in self.content:
+            if part.get("type") != "text":
+                raise ValueError(f"this worker serves text models only; got a {part.get('type')!r} content part")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=-1, ge=-1)
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 8:
+            raise ValueError("at most 8 stop strings")
+        return value
+
+    def sampling(self) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(0, self.top_k),
+            max_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS,
+            seed=self.seed,
+            stop=tuple(s for s in stop if s),
+        )
+
+    def engine_messages(self) -> list[dict[str, Any]]:
+        """Messages for a chat template: text content, tool-call arguments decoded to dicts (HF convention)."""
+        out: list[dict[str, Any]] = []
+        for message in self.messages:
+            item: dict[str, Any] = {"role": message.role, "content": message.text()}
+            if message.tool_calls:
+                calls = []
+                for call in message.tool_calls:
+                    function = dict(call.get("function") or {})
+                    arguments = function.get("arguments", {})
+                    if isinstance(arguments, str):
+                        try:
+                            arguments = json.loads(arguments) if arguments.strip() else {}
+                        except json.JSONDecodeError as exc:
+                            raise ValueError(f"tool call arguments are not JSON: {exc.msg}") from exc
+                    function["arguments"] = arguments
+                    calls.append({"type": "function", "id": call.get("id"), "function": function})
+                item["tool_calls"] = calls
+            if message.tool_call_id:
+                item["tool_call_id"] = message.tool_call_id
+            if message.name:
+                item["name"] = message.name
+            out.append(item)
+        return out
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]

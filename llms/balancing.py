@@ -4,7 +4,7 @@
 - least outstanding requests: fewest in flight per unit of weight; ties broken at random,
   because "first of the least busy" is what sent 93.7 % of traffic to one backend elsewhere.
 - power of two choices: sample two (by weight), keep the one with the lower
-  (in flight + 1) × recent latency / weight, so slow workers are shunned without herding.
+  (in flight + 1) × recent time per token / weight, so slow workers are shunned without herding.
 
 Example:
     >>> import random
@@ -63,7 +63,7 @@ class PowerOfTwo:
         self._rng = rng
 
     def _cost(self, worker: WorkerState, default_latency: float) -> float:
-        latency = worker.latency_ewma_s if worker.latency_ewma_s is not None else default_latency
+        latency = worker.token_time_ewma_s if worker.token_time_ewma_s is not None else default_latency
         return (worker.in_flight + 1) * latency / worker.config.weight
 
     def choose(self, candidates: Sequence[WorkerState]) -> WorkerState:
@@ -75,7 +75,7 @@ class PowerOfTwo:
         second = self._rng.choices(rest, weights=[weights[i] for i in rest])[0]
         a, b = candidates[first], candidates[second]
         # A worker with no latency yet is assumed as fast as the fastest known one, so it gets probed.
-        known = [w.latency_ewma_s for w in candidates if w.latency_ewma_s is not None]
+        known = [w.token_time_ewma_s for w in candidates if w.token_time_ewma_s is not None]
         default = min(known) if known else 1.0
         cost_a, cost_b = self._cost(a, default), self._cost(b, default)
         if cost_a == cost_b:

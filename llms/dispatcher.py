@@ -396,12 +396,12 @@ class Dispatcher:
             self._queued -= 1
             self.metrics.queue_depth.labels(waiter.priority.name.lower()).set(len(self._queues[waiter.priority]))
 
-    def _release(self, worker: WorkerState, *, outcome: str, latency_s: float | None) -> None:
+    def _release(self, worker: WorkerState, *, outcome: str, latency_s: float | None, tokens: int = 1) -> None:
         worker.in_flight -= 1
         if outcome == "ok":
             worker.breaker.record_success()
             if latency_s is not None:
-                worker.observe_latency(latency_s, self.config.latency_decay_s)
+                worker.observe_latency(latency_s, self.config.latency_decay_s, tokens=tokens)
                 self.metrics.latency.labels(worker.name).observe(latency_s)
         elif outcome == "failed":
             worker.failures += 1
@@ -496,7 +496,7 @@ class Dispatcher:
                 self._release(worker, outcome="client_error", latency_s=None)
                 raise
             latency = time.monotonic() - t0
-            self._release(worker, outcome="ok", latency_s=latency)
+            self._release(worker, outcome="ok", latency_s=latency, tokens=_completion_tokens(data))
             try:
                 message = data["choices"][0]["message"]
                 text_call = isinstance(message.get("content"), str) and "<tool_call>" in message["content"]
@@ -569,10 +569,12 @@ class Dispatcher:
             worker = await self._acquire(model, priority, deadline, exclude)
             t0 = time.monotonic()
             yielded = False
+            chunks = 0
             outcome = "client_error"  # if the consumer walks away, that says nothing about the worker
             try:
                 async for chunk in self._stream_from(worker, body, deadline, t0):
                     yielded = True
+                    chunks += 1
                     yield chunk
                 outcome = "ok"
                 return
@@ -597,7 +599,7 @@ class Dispatcher:
             finally:
                 if outcome != "handled":
                     latency = time.monotonic() - t0 if outcome == "ok" else None
-                    self._release(worker, outcome=outcome, latency_s=latency)
+                    self._release(worker, outcome=outcome, latency_s=latency, tokens=chunks)
         if time.monotonic() >= deadline:
             raise DeadlineExceededError(f"deadline passed after {len(errors)} failed attempt(s): {'; '.join(errors)}")
         raise WorkerError(f"all {len(errors)} attempt(s) failed: {'; '.join(errors)}")
@@ -655,7 +657,9 @@ class Dispatcher:
         self, worker: WorkerState, events: AsyncIterator[ServerSentEvent], timeout: float, deadline: float
     ) -> ServerSentEvent | None:
         try:
-            return await asyncio.wait_for(anext(events), timeout=max(0.0, timeout))
+            # asyncio.timeout, not wait_for: no extra task per chunk (wait_for cost ~70 µs a chunk).
+            async with asyncio.timeout(max(0.0, timeout)):
+                return await anext(events)
         except StopAsyncIteration:
             return None
         except TimeoutError as exc:
@@ -664,6 +668,12 @@ class Dispatcher:
             raise _AttemptFailedError("stalled", f"{worker.name} sent nothing for {timeout:.1f}s") from exc
         except httpx.HTTPError as exc:
             raise _AttemptFailedError("transport", f"{worker.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _completion_tokens(data: Mapping[str, Any]) -> int:
+    usage = data.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) and tokens > 0 else 1
 
 
 def _tool_names(payload: Mapping[str, Any]) -> set[str]:

@@ -37,6 +37,12 @@ class WorkerSnapshot:
     latency_ewma_ms: float | None
 
 
+def _peak_ewma(current: float | None, sample: float, weight: float) -> float:
+    if current is None or sample > current:
+        return sample
+    return current * weight + sample * (1.0 - weight)
+
+
 class WorkerState:
     """Mutable per-worker state; only touched from the dispatcher's event loop, so it needs no locks."""
 
@@ -50,7 +56,8 @@ class WorkerState:
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
-        self.latency_ewma_s: float | None = None
+        self.latency_ewma_s: float | None = None  # whole requests: shown, and used for Retry-After
+        self.token_time_ewma_s: float | None = None  # per output token: the balancer's speed signal
         self._latency_at = 0.0
         self.removed = False
 
@@ -68,14 +75,16 @@ class WorkerState:
     def has_slot(self, now: float | None = None) -> bool:
         return self.in_flight < self.config.max_concurrency and self.is_up(now)
 
-    def observe_latency(self, seconds: float, decay_s: float, now: float | None = None) -> None:
-        """Peak-sensitive EWMA (as in Finagle's peak-EWMA balancer): a slow answer counts at once, recovery decays."""
+    def observe_latency(self, seconds: float, decay_s: float, now: float | None = None, *, tokens: int = 1) -> None:
+        """Peak-sensitive EWMAs (as in Finagle's peak-EWMA balancer): a slow answer counts at once, recovery decays.
+
+        The balancer's signal is time per output token, so a worker that happened to write long
+        explanations does not look slower than one that answered short ranker calls.
+        """
         now = time.monotonic() if now is None else now
-        if self.latency_ewma_s is None or seconds > self.latency_ewma_s:
-            self.latency_ewma_s = seconds
-        else:
-            w = math.exp(-(now - self._latency_at) / decay_s)
-            self.latency_ewma_s = self.latency_ewma_s * w + seconds * (1.0 - w)
+        w = math.exp(-(now - self._latency_at) / decay_s)
+        self.latency_ewma_s = _peak_ewma(self.latency_ewma_s, seconds, w)
+        self.token_time_ewma_s = _peak_ewma(self.token_time_ewma_s, seconds / max(1, tokens), w)
         self._latency_at = now
 
     def snapshot(self) -> WorkerSnapshot:

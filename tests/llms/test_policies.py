@@ -114,3 +114,14 @@ def test_worker_config_urls_and_names() -> None:
     for bad in ({"url": "ollama:11434"}, {"url": "http://x/v1", "max_concurrency": 0}, {"url": "http://x", "bogus": 1}):
         with pytest.raises(ValidationError):
             WorkerConfig.model_validate(bad)
+
+
+def test_the_balancers_speed_signal_is_time_per_token() -> None:
+    short, long = pool(2)
+    short.observe_latency(0.2, decay_s=10, now=0.0, tokens=10)  # a ranker call: 20 ms a token
+    long.observe_latency(2.0, decay_s=10, now=0.0, tokens=200)  # a long explanation: 10 ms a token
+    assert long.latency_ewma_s is not None and short.latency_ewma_s is not None
+    assert long.latency_ewma_s > short.latency_ewma_s
+    assert long.token_time_ewma_s == pytest.approx(0.01)
+    p2 = PowerOfTwo(random.Random(0))
+    assert Counter(p2.choose([short, long]).order for _ in range(200))[1] == 200

@@ -457,6 +457,21 @@ class Dispatcher:
             self._mark_down(worker, failure.kind)
         self._release(worker, outcome="failed" if failure.breaker else "abandoned", latency_s=None)
 
+    def _may_retry(self, worker: WorkerState, failure: _AttemptFailedError, errors: list[str], deadline: float) -> bool:
+        """Account for a failed attempt; True when time is left to try another worker."""
+        self._on_failure(worker, failure)
+        errors.append(str(failure))
+        if time.monotonic() >= deadline:
+            return False
+        self.metrics.retries.labels(worker.name).inc()
+        return True
+
+    def _give_up(self, errors: list[str], deadline: float) -> DeadlineExceededError | WorkerError:
+        if time.monotonic() >= deadline:
+            self.metrics.rejected.labels("deadline_on_worker").inc()
+            return DeadlineExceededError(f"deadline passed after {len(errors)} failed attempt(s): {'; '.join(errors)}")
+        return WorkerError(f"all {len(errors)} attempt(s) failed: {'; '.join(errors)}")
+
     async def complete(
         self,
         payload: Mapping[str, Any],
@@ -480,13 +495,10 @@ class Dispatcher:
             try:
                 data = await self._post(worker, body, deadline)
             except _AttemptFailedError as failure:
-                self._on_failure(worker, failure)
-                errors.append(str(failure))
                 exclude |= {worker.name}
-                if time.monotonic() >= deadline:
-                    break
-                self.metrics.retries.labels(worker.name).inc()
-                continue
+                if self._may_retry(worker, failure, errors, deadline):
+                    continue
+                break
             except DeadlineExceededError:
                 self.metrics.errors.labels(worker.name, "deadline").inc()
                 self._release(worker, outcome="failed", latency_s=None)
@@ -510,10 +522,7 @@ class Dispatcher:
                 raise WorkerError(f"{worker.name} returned a response without choices[0].message") from exc
             return Completion(body=data, worker=worker.name, attempts=attempt, queue_wait_s=queue_wait,
                               latency_s=time.monotonic() - started)  # fmt: skip
-        if time.monotonic() >= deadline:
-            self.metrics.rejected.labels("deadline_on_worker").inc()
-            raise DeadlineExceededError(f"deadline passed after {len(errors)} failed attempt(s): {'; '.join(errors)}")
-        raise WorkerError(f"all {len(errors)} attempt(s) failed: {'; '.join(errors)}")
+        raise self._give_up(errors, deadline)
 
     async def _post(self, worker: WorkerState, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
         if self._client is None:
@@ -583,12 +592,9 @@ class Dispatcher:
                 if yielded:
                     self._on_failure(worker, failure)
                     raise StreamInterruptedError(f"stream from {worker.name} broke: {failure}") from failure
-                self._on_failure(worker, failure)
-                errors.append(str(failure))
                 exclude |= {worker.name}
-                if time.monotonic() >= deadline:
+                if not self._may_retry(worker, failure, errors, deadline):
                     break
-                self.metrics.retries.labels(worker.name).inc()
             except DeadlineExceededError:
                 outcome = "failed"
                 self.metrics.errors.labels(worker.name, "deadline").inc()
@@ -600,9 +606,7 @@ class Dispatcher:
                 if outcome != "handled":
                     latency = time.monotonic() - t0 if outcome == "ok" else None
                     self._release(worker, outcome=outcome, latency_s=latency, tokens=chunks)
-        if time.monotonic() >= deadline:
-            raise DeadlineExceededError(f"deadline passed after {len(errors)} failed attempt(s): {'; '.join(errors)}")
-        raise WorkerError(f"all {len(errors)} attempt(s) failed: {'; '.join(errors)}")
+        raise self._give_up(errors, deadline)
 
     async def _stream_from(
         self, worker: WorkerState, body: Mapping[str, Any], deadline: float, t0: float

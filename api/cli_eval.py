@@ -95,3 +95,88 @@ def eval_retrieval(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
         out.print(f"wrote {json_out}")
+
+
+@eval_app.command("ranker")
+def eval_ranker(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Also write ranker_eval.md/json here (e.g. eval/reports).")
+    ] = None,
+    buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to evaluate on.")] = 300,
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default: tandem train base's).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: tandem train ranker's).")] = (
+        None
+    ),
+) -> None:
+    """Ranker vs random order, retrieval order and the zero-shot base: 1-of-20 and full-list NDCG@10 / Recall@10."""
+    import time
+
+    from api.components import build_retriever, build_store
+    from api.console import staged_progress
+    from eval.ranker_eval import evaluate_cases, llm_ranker
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
+    from llms.worker.hf_engine import TransformersEngine
+    from llms.worker.service import WorkerService
+    from retrieval.catalogue import load_catalogue
+
+    settings = get_settings()
+    base_dir = Path(base) if base else settings.base_model_dir
+    adapter_dir = adapter or settings.ranker_dir
+    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    test = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
+    t0 = time.perf_counter()
+    store = build_store(settings)
+    try:
+        search = retrieval_search(build_retriever(settings, store), cat)
+        with staged_progress() as progress:
+            cases = {
+                "one_of_20": build_cases(test, search, cat, "one_of_20", progress=progress),
+                "full_list": build_cases(test, search, cat, "full_list", progress=progress),
+            }
+    finally:
+        store.close()
+    engine = TransformersEngine.load(base_dir, {"tandem-ranker": adapter_dir})
+    service = WorkerService(engine)
+    rankers = {
+        "base_zero_shot": llm_ranker(service, service.base_name, cat),
+        "lora": llm_ranker(service, "tandem-ranker", cat),
+    }
+    with staged_progress() as progress:
+        results = evaluate_cases(cases, rankers, progress=progress)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["synthetic_buyers"] = True
+    table = Table(title=f"ranker on SYNTHETIC test buyers ({len(test)})")
+    table.add_column("method")
+    for protocol in ("one_of_20", "full_list"):
+        table.add_column(f"{protocol} NDCG@10", justify="right")
+        table.add_column(f"{protocol} R@10", justify="right")
+    for method in ("random", "retrieval", "base_zero_shot", "lora"):
+        row = [method]
+        for protocol in ("one_of_20", "full_list"):
+            m = results[protocol].get(method, {})
+            row += [f"{m.get('ndcg@10', 0):.4f}", f"{m.get('recall@10', 0):.4f}"]
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"rates (lora): {results['rates']}; cases: 1-of-20 {results['one_of_20']['cases']}, "
+              f"full list {results['full_list']['cases']}")  # fmt: skip
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2))
+    if report_dir is not None:
+        from eval.ranker_eval import write_report
+
+        training = {}
+        for name, path in (
+            ("base model", base_dir / "tandem_base.json"),
+            ("LoRA ranker", adapter_dir / "tandem_ranker.json"),
+        ):
+            if path.is_file():
+                t = json.loads(path.read_text())
+                training[name] = (f"{t.get('seconds_train')} s of training, {t.get('steps')} steps, "
+                                  f"loss {t.get('first_loss')} -> {t.get('final_loss')}")  # fmt: skip
+        out.print(f"report: {write_report(results, report_dir, training)}")

@@ -191,6 +191,21 @@ class Settings(BaseSettings):
         return self.models_dir / "image-tower"
 
     @property
+    def base_model_dir(self) -> Path:
+        """Where ``tandem train base`` writes Tandem's small base chat model."""
+        return self.models_dir / "tandem-base"
+
+    @property
+    def ranker_dir(self) -> Path:
+        """Where ``tandem train ranker`` writes the LoRA ranker adapter."""
+        return self.models_dir / "tandem-ranker"
+
+    @property
+    def buyers_dir(self) -> Path:
+        """The SYNTHETIC buyers (train/validation/test JSONL) the ranker learns and is evaluated on."""
+        return self.home / "data" / "buyers"
+
+    @property
     def qdrant_dir(self) -> Path:
         return self.home / "qdrant" / self.qdrant.collection
 

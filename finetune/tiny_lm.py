@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,6 +29,7 @@ __all__ = [
     "build_tiny_lora_adapter",
     "default_corpus",
     "load_chat_template",
+    "make_chat_tokenizer",
 ]
 
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
@@ -112,6 +114,27 @@ def _train_tokenizer(corpus: Sequence[str], vocab_size: int) -> object:
     return tok
 
 
+def make_chat_tokenizer(corpus: Sequence[str], vocab_size: int, *, model_max_length: int = 2048) -> Any:
+    """A byte-level BPE tokenizer trained on ``corpus``, with Tandem's chat template and special tokens.
+
+    Example:
+        >>> tok = make_chat_tokenizer(default_corpus(), 512)  # doctest: +SKIP
+        >>> tok.eos_token  # doctest: +SKIP
+        '<|im_end|>'
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(corpus, vocab_size),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=load_chat_template(),
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )
+
+
 def build_tiny_chat_model(
     out_dir: Path,
     *,
@@ -133,7 +156,7 @@ def build_tiny_chat_model(
         >>> AutoTokenizer.from_pretrained(model_dir).eos_token  # doctest: +SKIP
         '<|im_end|>'
     """
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     min_vocab = 256 + len(SPECIAL_TOKENS) + len(TOOL_TOKENS)
     if vocab_size < min_vocab:
@@ -143,16 +166,7 @@ def build_tiny_chat_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    backend = _train_tokenizer(default_corpus() if corpus is None else corpus, vocab_size)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=load_chat_template(),
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-        model_max_length=2048,
-    )
+    tokenizer = make_chat_tokenizer(default_corpus() if corpus is None else corpus, vocab_size)
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     pad_id = tokenizer.pad_token_id
 

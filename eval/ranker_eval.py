@@ -1,0 +1,255 @@
+"""``tandem eval ranker``: the LoRA ranker against random order, retrieval order and the zero-shot base.
+
+On SYNTHETIC test buyers (never seen in training), two protocols:
+
+- **one of 20** (RecLM-eval): the product the buyer wants next among 19 other retrieved
+  products, in retrieval order; binary relevance; NDCG@10 and Recall@10. Random order
+  scores NDCG@10 ≈ 0.227 by construction.
+- **full list**: the first 20 hits of hierarchical retrieval; graded relevance (3 = the wanted
+  product, 2 = same category path and colour, 1 = same path); NDCG@10 and Recall@10 of grade ≥ 2.
+
+The models answer through the embedded worker's code path (:class:`llms.worker.service.WorkerService`
+over a :class:`llms.worker.hf_engine.TransformersEngine`): the ranker prompt with the tools in,
+Hermes tool calls parsed out. Every answer is validated against the candidates (unknown and
+duplicate ids dropped and counted, missing slots filled in retrieval order), as the RAG pipeline
+does; the rates say how often that was needed.
+
+Example:
+    >>> results = evaluate_cases(cases, rankers)  # doctest: +SKIP
+    >>> results["one_of_20"]["lora"]["ndcg@10"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.metrics import ndcg_at_k, recall_at_k
+from finetune.ranking_data import RankingCase, ranker_messages
+from prompts import load_tools
+from retrieval.catalogue import Catalogue
+
+__all__ = ["RankerAnswer", "ValidatedRanking", "evaluate_cases", "llm_ranker", "validate_ranking"]
+
+K = 10
+METHODS = ("random", "retrieval", "base_zero_shot", "lora")
+
+
+@dataclass(frozen=True)
+class RankerAnswer:
+    """What a model returned: the ids of its ``submit_ranking`` call, or None when there was no valid call."""
+
+    ids: list[str] | None
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class ValidatedRanking:
+    """A full ranking of the candidates, and what validation had to fix."""
+
+    ranking: list[str]
+    returned: int
+    hallucinated: int
+    duplicates: int
+    filled: int
+
+
+def validate_ranking(ids: Sequence[str] | None, candidates: Sequence[str]) -> ValidatedRanking:
+    """Keep known, first-seen ids in the model's order, then fill with the rest in retrieval order."""
+    allowed = set(candidates)
+    seen: set[str] = set()
+    kept: list[str] = []
+    hallucinated = duplicates = 0
+    for raw in ids or []:
+        pid = str(raw)
+        if pid not in allowed:
+            hallucinated += 1
+        elif pid in seen:
+            duplicates += 1
+        else:
+            seen.add(pid)
+            kept.append(pid)
+    rest = [c for c in candidates if c not in seen]
+    return ValidatedRanking(kept + rest, len(ids or []), hallucinated, duplicates, len(rest))
+
+
+Ranker = Callable[[Sequence[RankingCase]], Sequence[RankerAnswer]]
+
+
+def llm_ranker(
+    service: Any, model: str, catalogue: Catalogue, *, max_tokens: int = 160, concurrency: int = 8
+) -> Ranker:
+    """A ranker that asks ``model`` through a worker service (greedy, tools offered) for each case."""
+    from llms.protocol import ChatCompletionRequest
+
+    tools = load_tools()
+
+    async def one(case: RankingCase, gate: asyncio.Semaphore) -> RankerAnswer:
+        products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
+        body = {
+            "model": model,
+            "messages": ranker_messages(case.buyer, products, catalogue),
+            "tools": tools,
+            "temperature": 0.0,
+            "max_tokens": max_tokens,
+        }
+        async with gate:
+            answer = await service.complete(ChatCompletionRequest.model_validate(body))
+        message = answer["choices"][0]["message"]
+        for call in message.get("tool_calls") or []:
+            if call["function"]["name"] == "submit_ranking":
+                try:
+                    args = json.loads(call["function"]["arguments"])
+                except json.JSONDecodeError:
+                    break
+                ids = args.get("ids") if isinstance(args, dict) else None
+                if isinstance(ids, list):
+                    return RankerAnswer([str(i) for i in ids], json.dumps(args))
+        return RankerAnswer(None, str(message.get("content") or ""))
+
+    def rank(cases: Sequence[RankingCase]) -> list[RankerAnswer]:
+        async def main() -> list[RankerAnswer]:
+            gate = asyncio.Semaphore(concurrency)
+            return list(await asyncio.gather(*(one(c, gate) for c in cases)))
+
+        return asyncio.run(main())
+
+    return rank
+
+
+@dataclass
+class _Tally:
+    ndcg: list[float] = field(default_factory=list)
+    recall: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {"ndcg@10": round(float(np.mean(self.ndcg)), 4) if self.ndcg else 0.0,
+                "recall@10": round(float(np.mean(self.recall)), 4) if self.recall else 0.0}  # fmt: skip
+
+
+def _score(case: RankingCase, ranking: Sequence[str]) -> tuple[float, float]:
+    threshold = 1 if case.protocol == "one_of_20" else 2
+    return ndcg_at_k(ranking, case.relevance, K), recall_at_k(ranking, case.relevance, K, threshold=threshold)
+
+
+def evaluate_cases(
+    cases: Mapping[str, Sequence[RankingCase]],
+    rankers: Mapping[str, Ranker],
+    *,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score every method on every protocol; ``rankers`` holds the LLM methods (base_zero_shot, lora)."""
+    report_progress = progress or (lambda stage, done, total: None)
+    results: dict[str, Any] = {}
+    counts = {"calls": 0, "invalid": 0, "returned": 0, "hallucinated": 0, "duplicates": 0}
+    per_method_counts: dict[str, dict[str, int]] = {}
+    rng = random.Random(seed)
+    for protocol, protocol_cases in cases.items():
+        tallies = {m: _Tally() for m in METHODS if m in {"random", "retrieval"} or m in rankers}
+        for case in protocol_cases:
+            shuffled = list(case.candidates)
+            rng.shuffle(shuffled)
+            for method, ranking in (("random", shuffled), ("retrieval", list(case.candidates))):
+                n, r = _score(case, ranking)
+                tallies[method].ndcg.append(n)
+                tallies[method].recall.append(r)
+        for method, ranker in rankers.items():
+            report_progress(f"{method} on {protocol}", 0, len(protocol_cases))
+            answers = ranker(protocol_cases)
+            mc = per_method_counts.setdefault(method, dict.fromkeys(counts, 0))
+            for case, answer in zip(protocol_cases, answers, strict=True):
+                checked = validate_ranking(answer.ids, case.candidates)
+                n, r = _score(case, checked.ranking)
+                tallies[method].ndcg.append(n)
+                tallies[method].recall.append(r)
+                mc["calls"] += 1
+                mc["invalid"] += answer.ids is None
+                mc["returned"] += checked.returned
+                mc["hallucinated"] += checked.hallucinated
+                mc["duplicates"] += checked.duplicates
+            report_progress(f"{method} on {protocol}", len(protocol_cases), len(protocol_cases))
+        results[protocol] = {m: t.summary() for m, t in tallies.items()}
+        results[protocol]["cases"] = len(protocol_cases)
+
+    def rates(c: dict[str, int]) -> dict[str, float]:
+        returned = max(1, c["returned"])
+        return {
+            "invalid_tool_call": round(c["invalid"] / max(1, c["calls"]), 4),
+            "hallucinated_id": round(c["hallucinated"] / returned, 4),
+            "duplicate_id": round(c["duplicates"] / returned, 4),
+        }
+
+    results["rates"] = rates(per_method_counts.get("lora", dict.fromkeys(counts, 0)))
+    results["rates_by_method"] = {m: rates(c) for m, c in per_method_counts.items()}
+    results["hallucinated_after_validation"] = 0  # validation drops every id outside the candidates
+    return results
+
+
+def _targets(results: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    rows: list[tuple[str, str, bool]] = []
+    for protocol in ("one_of_20", "full_list"):
+        r = results.get(protocol, {})
+        lora = r.get("lora", {}).get("ndcg@10", 0.0)
+        for other in ("retrieval", "base_zero_shot"):
+            value = r.get(other, {}).get("ndcg@10", 0.0)
+            rows.append((f"{protocol}: LoRA NDCG@10 above {other}", f"{lora:.4f} vs {value:.4f}", lora > value))
+    invalid = results.get("rates", {}).get("invalid_tool_call", 1.0)
+    rows.append(("invalid tool calls ≤ 1 %", f"{invalid:.2%}", invalid <= 0.01))
+    rows.append(("hallucinated ids after validation = 0", "0 (validation drops them)", True))
+    return rows
+
+
+def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping[str, Any] | None = None) -> Path:
+    """``ranker_eval.json`` and ``ranker_eval.md`` (machine, method, table, targets) in ``report_dir``."""
+    from eval.bench_retrieval import machine_info
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    body = {**results, "machine": machine, "training": dict(training or {})}
+    (report_dir / "ranker_eval.json").write_text(json.dumps(body, indent=2), encoding="utf-8")
+    lines = [
+        "# Ranker evaluation (SYNTHETIC buyers)",
+        "",
+        "> The buyers, their histories and requests are **synthetic** (`finetune/buyers.py`, a seeded preference model"
+        " over the real catalogue); candidates come from Tandem's real hierarchical retrieval.",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('logical_cores', '?')} cores, "
+        f"{machine.get('ram_gb', '?')} GB RAM, GPU: {machine.get('gpu') or 'none'}.",
+        "",
+        "| method | 1-of-20 NDCG@10 | 1-of-20 Recall@10 | full list NDCG@10 | full list Recall@10 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for method in METHODS:
+        a = results.get("one_of_20", {}).get(method, {})
+        b = results.get("full_list", {}).get(method, {})
+        lines.append(f"| {method} | {a.get('ndcg@10', 0):.4f} | {a.get('recall@10', 0):.4f} | "
+                     f"{b.get('ndcg@10', 0):.4f} | {b.get('recall@10', 0):.4f} |")  # fmt: skip
+    lines += [
+        "",
+        f"Cases: 1-of-20 {results.get('one_of_20', {}).get('cases', 0)} (buyers whose wanted product retrieval found"
+        f" among its first 50), full list {results.get('full_list', {}).get('cases', 0)}.",
+        "",
+        f"Rates per returned ranking (LoRA): {results.get('rates', {})};"
+        f" by method: {results.get('rates_by_method', {})}.",
+        "",
+        "| target | measured | result |",
+        "| --- | --- | ---: |",
+        *[f"| {name} | {value} | {'PASS' if ok else 'MISS'} |" for name, value, ok in _targets(results)],
+        "",
+        "Reference points (public): random NDCG@10 ≈ 0.227 on 1-of-20; 7–8B zero-shot LLMs ≈ 0.28;"
+        " LlamaRec's LoRA ranker gained ~7 % NDCG@10 over its retriever.",
+    ]
+    if training:
+        lines += ["", "## Training on this machine", ""]
+        lines += [f"- {name}: {value}" for name, value in training.items()]
+    path = report_dir / "ranker_eval.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

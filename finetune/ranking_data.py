@@ -1,0 +1,171 @@
+"""Ranking cases and conversations: SYNTHETIC buyers × Tandem's real retrieval, in the ranker's chat format.
+
+A :class:`RankingCase` is one buyer's request with the candidates retrieval returned and the
+graded relevance of each candidate (3 = the product the buyer wants next, 2 = same category
+path and colour as it, 1 = same category path, 0 = other). Two protocols:
+
+- **full list**: the first ``n_candidates`` hits of hierarchical retrieval, in retrieval order;
+- **one of 20** (the RecLM-eval protocol): the wanted product plus 19 other products of the
+  retrieval pool, in retrieval order, for buyers whose wanted product retrieval found.
+
+The ranker sees the buyer (profile, recent orders), the request and the candidates, and
+answers with one ``submit_ranking`` call; :func:`sft_conversation` writes the teacher
+answer (relevance first, then the buyer's latent utility), sometimes after a
+``get_products`` look-up of past orders, so the model learns when a tool helps.
+
+Example:
+    >>> messages = ranker_messages(buyer, candidates)  # doctest: +SKIP
+    >>> messages[1]["content"].startswith("Buyer:")  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from finetune.buyers import Buyer, CatalogueCodes, buyer_utility
+from prompts import load_prompt, load_tools
+from retrieval.catalogue import Catalogue, Product
+
+__all__ = [
+    "Protocol",
+    "RankingCase",
+    "graded_relevance",
+    "history_line",
+    "make_case",
+    "product_line",
+    "ranker_messages",
+    "sft_conversation",
+    "teacher_ranking",
+]
+
+Protocol = Literal["full_list", "one_of_20"]
+HISTORY_SHOWN = 6
+
+
+@dataclass(frozen=True)
+class RankingCase:
+    """One buyer, the candidates in retrieval order, and their graded relevance."""
+
+    buyer: Buyer
+    candidates: tuple[str, ...]
+    relevance: dict[str, int] = field(default_factory=dict)
+    protocol: Protocol = "full_list"
+
+
+def product_line(product: Product) -> str:
+    colour = product.attributes.get("base_colour", "")
+    usage = product.attributes.get("usage", "")
+    return f"[{product.product_id}] {product.title} | {product.category[-1]} | {colour} | {usage}"
+
+
+def history_line(product: Product) -> str:
+    colour = product.attributes.get("base_colour", "")
+    return f"- {product.title} ({product.category[-1]}, {colour}, {product.attributes.get('usage', '')})"
+
+
+def request_text(buyer: Buyer) -> str:
+    photo = " [photo of a similar product attached]" if buyer.query_image else ""
+    return buyer.query_text + photo
+
+
+def ranker_messages(buyer: Buyer, candidates: Sequence[Product], catalogue: Catalogue) -> list[dict[str, Any]]:
+    """The ranker's system and user messages for one request (the tools go beside them)."""
+    history = [p for p in (catalogue.get(h) for h in buyer.history[-HISTORY_SHOWN:]) if p is not None]
+    user = load_prompt("ranker_user").format(
+        profile=buyer.profile.describe(),
+        history="\n".join(history_line(p) for p in history) or "- nothing yet",
+        request=request_text(buyer),
+        candidates="\n".join(product_line(p) for p in candidates),
+    )
+    return [{"role": "system", "content": load_prompt("ranker_system")}, {"role": "user", "content": user}]
+
+
+def graded_relevance(target: Product, product: Product) -> int:
+    if product.product_id == target.product_id:
+        return 3
+    if product.category != target.category:
+        return 0
+    same_colour = product.attributes.get("base_colour") == target.attributes.get("base_colour")
+    return 2 if same_colour else 1
+
+
+def make_case(
+    buyer: Buyer,
+    hits: Sequence[str],
+    catalogue: Catalogue,
+    *,
+    protocol: Protocol,
+    n_candidates: int = 20,
+    rng: random.Random | None = None,
+) -> RankingCase | None:
+    """Build a case from retrieval hits (best first); None when one-of-20 cannot be formed (target not found)."""
+    target = catalogue.get(buyer.target)
+    if target is None:
+        return None
+    if protocol == "full_list":
+        candidates = list(hits[:n_candidates])
+    else:
+        if buyer.target not in hits:
+            return None
+        others = [h for h in hits if h != buyer.target]
+        if len(others) < n_candidates - 1:
+            return None
+        rng = rng or random.Random(buyer.buyer_id)
+        chosen = set(rng.sample(others, n_candidates - 1)) | {buyer.target}
+        candidates = [h for h in hits if h in chosen]  # retrieval order kept
+    relevance = {}
+    for pid in candidates:
+        product = catalogue.get(pid)
+        relevance[pid] = graded_relevance(target, product) if product is not None else 0
+    if protocol == "one_of_20":
+        relevance = {pid: int(pid == buyer.target) for pid in candidates}
+    return RankingCase(buyer, tuple(candidates), relevance, protocol)
+
+
+def teacher_ranking(case: RankingCase, codes: CatalogueCodes) -> list[str]:
+    """Relevance first, then the buyer's latent utility, then retrieval order: the answer SFT teaches."""
+    utility = buyer_utility(case.buyer, codes, case.candidates)
+    order = sorted(
+        range(len(case.candidates)),
+        key=lambda i: (-case.relevance.get(case.candidates[i], 0), -float(utility[i]), i),
+    )
+    return [case.candidates[i] for i in order]
+
+
+def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def sft_conversation(
+    case: RankingCase,
+    catalogue: Catalogue,
+    codes: CatalogueCodes,
+    *,
+    top_n: int = 10,
+    lookup_share: float = 0.2,
+    rng: random.Random | None = None,
+    describe: Callable[[Product], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A TRL conversational example ``{"messages", "tools"}`` ending in one ``submit_ranking`` call."""
+    rng = rng or random.Random(case.buyer.buyer_id)
+    products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
+    messages = ranker_messages(case.buyer, products, catalogue)
+    if case.buyer.history and rng.random() < lookup_share:
+        looked = list(case.buyer.history[-3:])
+        describe = describe or _describe
+        facts = [describe(p) for p in (catalogue.get(i) for i in looked) if p is not None]
+        messages.append({"role": "assistant", "content": "", "tool_calls": [_call("get_products", {"ids": looked})]})
+        messages.append({"role": "tool", "name": "get_products", "content": json.dumps(facts, ensure_ascii=False)})
+    ranking = teacher_ranking(case, codes)[:top_n]
+    messages.append({"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ranking})]})
+    return {"messages": messages, "tools": load_tools()}
+
+
+def _describe(product: Product) -> dict[str, Any]:
+    return {"id": product.product_id, "title": product.title, "category": " > ".join(product.category),
+            **product.attributes}  # fmt: skip

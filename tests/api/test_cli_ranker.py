@@ -1,0 +1,50 @@
+"""`tandem train base --tiny`, `tandem train ranker --tiny` and `tandem eval ranker` end to end on a small index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.api.test_cli import run_cli
+
+
+@pytest.fixture
+def small_env(tandem_env: Path, small_catalogue_dir: Path, monkeypatch: pytest.MonkeyPatch,
+              capsys: pytest.CaptureFixture[str]) -> Path:  # fmt: skip
+    from api.settings import get_settings
+
+    monkeypatch.setenv("TANDEM_CATALOGUE__PATH", str(small_catalogue_dir))
+    get_settings.cache_clear()
+    code, _, err = run_cli(["index"], capsys)
+    assert code == 0, err
+    return tandem_env
+
+
+def test_eval_ranker_without_models_is_one_line(small_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["eval", "ranker"], capsys)
+    assert code == 1
+    assert "tandem train base" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["train", "ranker", "--tiny", "--buyers", "50"], capsys)
+    assert code == 0, err
+    assert "trained the LoRA ranker" in out and "SYNTHETIC train buyers" in out
+    ranker = small_env / "models" / "tandem-ranker"
+    assert (ranker / "adapter_config.json").is_file() and (ranker / "SERVE.md").is_file()
+    assert (small_env / "data" / "buyers" / "README.md").read_text().startswith("# SYNTHETIC buyers")
+
+    out_json = tmp_path / "ranker.json"
+    code, out, err = run_cli(["eval", "ranker", "--buyers", "4", "--json", str(out_json),
+                              "--report-dir", str(tmp_path / "reports")], capsys)  # fmt: skip
+    assert code == 0, err
+    results = json.loads(out_json.read_text())
+    for protocol in ("one_of_20", "full_list"):
+        assert set(results[protocol]) >= {"random", "retrieval", "base_zero_shot", "lora", "cases"}
+        for method in ("random", "retrieval", "base_zero_shot", "lora"):
+            assert 0.0 <= results[protocol][method]["ndcg@10"] <= 1.0
+    assert set(results["rates"]) == {"invalid_tool_call", "hallucinated_id", "duplicate_id"}
+    md = (tmp_path / "reports" / "ranker_eval.md").read_text()
+    assert "SYNTHETIC" in md and "LoRA ranker" in md

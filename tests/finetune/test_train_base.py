@@ -1,0 +1,106 @@
+"""The small base model: its corpus, a tiny training run, the saved folder, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from finetune.base_corpus import CorpusConfig, build_corpus, explanation, request_match_ranking
+from finetune.tiny_lm import default_corpus, make_chat_tokenizer
+from finetune.train_base import REPORT_FILE, BaseModelConfig, train_base
+from retrieval.catalogue import Catalogue, load_catalogue
+
+
+@pytest.fixture(scope="module")
+def catalogue(fashion_dir: Path) -> Catalogue:
+    return load_catalogue(fashion_dir, limit=2000, check_images=False)
+
+
+@pytest.fixture(scope="module")
+def trained(catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "tandem-base-tiny"
+    train_base(catalogue, out, BaseModelConfig.tiny())
+    return out
+
+
+def render_with_template() -> object:
+    tok = make_chat_tokenizer(default_corpus(), 512)
+    return lambda messages, tools: tok.apply_chat_template(messages, tools=tools, tokenize=False)
+
+
+def test_corpus_has_every_kind_of_document_and_is_seeded(catalogue: Catalogue) -> None:
+    config = CorpusConfig(n_products=50, n_search=20, n_explain=20, n_rank=10)
+    render = render_with_template()
+    docs = build_corpus(catalogue, config, render)  # type: ignore[arg-type]
+    assert docs == build_corpus(catalogue, config, render)  # type: ignore[arg-type]
+    assert len(docs) == 100
+    searches = [d for d in docs if '"name": "search_catalog", "arguments"' in d]
+    rankings = [d for d in docs if "<tool_call>" in d and '"name": "submit_ranking", "arguments"' in d]
+    explains = [d for d in docs if "Ranking:\n1. [" in d]
+    assert len(searches) == 20 and len(rankings) == 10 and len(explains) == 20
+    assert all("<tool_response>" in d for d in searches)
+
+
+def test_explanations_name_only_ranked_products(catalogue: Catalogue) -> None:
+    rng = random.Random(0)
+    ranked = catalogue.products[:4]
+    text = explanation("red shirts", ranked, rng)
+    assert ranked[0].title in text
+    others = [p.title for p in catalogue.products[4:400] if p.title not in {r.title for r in ranked}]
+    assert not any(t in text for t in others)
+
+
+def test_request_match_ranking_puts_matching_candidates_first(catalogue: Catalogue) -> None:
+    shirts = [p for p in catalogue.products if p.category[-1] == "Shirts"][:3]
+    others = [p for p in catalogue.products if p.category[-1] not in {"Shirts"}][:5]
+    ranking = request_match_ranking("looking for shirts", [*others, *shirts])
+    assert set(ranking[:3]) == {p.product_id for p in shirts}
+    assert ranking[3:] == [p.product_id for p in others]  # ties keep the listed order
+
+
+def test_tiny_training_learns_and_saves_a_hub_style_folder(trained: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report = json.loads((trained / REPORT_FILE).read_text())
+    assert report["final_loss"] < report["first_loss"]
+    assert report["steps"] == 12
+    assert BaseModelConfig.from_json(report["config"]) == BaseModelConfig.tiny()
+    tok = AutoTokenizer.from_pretrained(trained, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(trained, local_files_only=True)
+    assert model.num_parameters() == report["parameters"]
+    tools = [{"type": "function", "function": {"name": "submit_ranking", "parameters": {"type": "object"}}}]
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tools=tools, tokenize=False,
+                                     add_generation_prompt=True)  # fmt: skip
+    assert "<tools>" in prompt and "submit_ranking" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert tok.decode(tok("<tool_call>")["input_ids"]) == "<tool_call>"
+
+
+def test_the_embedded_worker_engine_serves_it(trained: Path) -> None:
+    from llms.worker.engine import GenerationRequest, SamplingParams
+    from llms.worker.hf_engine import TransformersEngine
+
+    engine = TransformersEngine.load(trained, device="cpu")
+
+    async def main() -> str:
+        request = GenerationRequest([{"role": "user", "content": "red kurtas"}], SamplingParams(0.0, max_tokens=6))
+        text = "".join([e.text async for e in engine.generate(request)])
+        await engine.aclose()
+        return text
+
+    assert isinstance(asyncio.run(main()), str)
+    assert engine.model_name == "tandem-base-tiny"
+
+
+def test_cli_trains_once(tandem_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.api.test_cli import run_cli
+
+    code, out, _ = run_cli(["train", "base", "--tiny", "--limit", "300"], capsys)
+    assert code == 0, out
+    assert re.search(r"trained 0\.\d+M parameters", out)
+    code, out, _ = run_cli(["train", "base", "--tiny", "--limit", "300"], capsys)
+    assert code == 0 and "already trained" in out

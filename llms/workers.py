@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 from llms.breaker import BreakerState, CircuitBreaker
 from llms.config import WorkerConfig
@@ -20,13 +21,14 @@ from llms.config import WorkerConfig
 __all__ = ["WorkerSnapshot", "WorkerState"]
 
 
-@dataclass(frozen=True)
-class WorkerSnapshot:
-    """A read-only view of one worker for APIs, benchmarks and tests."""
+class WorkerSnapshot(BaseModel):
+    """A read-only view of one worker for APIs (it is the response schema), benchmarks and tests."""
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     url: str
-    models: tuple[str, ...]
+    models: list[str]
     healthy: bool
     breaker: BreakerState
     in_flight: int
@@ -91,7 +93,7 @@ class WorkerState:
         return WorkerSnapshot(
             name=self.name,
             url=self.config.url,
-            models=tuple(sorted(self.models)),
+            models=sorted(self.models),
             healthy=self.healthy,
             breaker=self.breaker.state,
             in_flight=self.in_flight,

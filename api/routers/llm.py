@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
 
 from api.deps import ApiKeyDep, DispatcherDep, RequestIdDep
 from api.errors import ApiError, ModelNotFoundApiError, error_body, to_api_error
@@ -29,35 +28,15 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/llm", tags=["llm"], dependencies=[ApiKeyDep])
 
 
-class WorkerStatus(BaseModel):
-    """One LLM worker as the dispatcher sees it."""
-
-    name: str
-    url: str
-    models: list[str]
-    healthy: bool
-    breaker: Literal["closed", "open", "half_open"]
-    in_flight: int
-    max_concurrency: int
-    weight: float
-    requests: int
-    failures: int
-    latency_ewma_ms: float | None
-
-    @classmethod
-    def of(cls, snap: WorkerSnapshot) -> WorkerStatus:
-        return cls(**{**snap.__dict__, "models": list(snap.models)})
-
-
 @router.get("/workers", summary="LLM workers and their state")
-async def list_workers(dispatcher: DispatcherDep) -> list[WorkerStatus]:
-    return [WorkerStatus.of(w) for w in dispatcher.workers()]
+async def list_workers(dispatcher: DispatcherDep) -> list[WorkerSnapshot]:
+    return dispatcher.workers()
 
 
 @router.post("/workers", status_code=status.HTTP_201_CREATED, summary="Add (or replace) an LLM worker")
-async def add_worker(worker: WorkerConfig, dispatcher: DispatcherDep) -> WorkerStatus:
+async def add_worker(worker: WorkerConfig, dispatcher: DispatcherDep) -> WorkerSnapshot:
     dispatcher.add_worker(worker)
-    return next(WorkerStatus.of(w) for w in dispatcher.workers() if w.name == worker.name)
+    return next(w for w in dispatcher.workers() if w.name == worker.name)
 
 
 @router.delete("/workers/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove an LLM worker")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -115,7 +116,7 @@ def run_train_base(
         return target
     config = BaseModelConfig.tiny() if tiny else BaseModelConfig()
     if minutes is not None:
-        config = BaseModelConfig(**{**config.__dict__, "max_minutes": minutes, "max_steps": None})
+        config = replace(config, max_minutes=minutes, max_steps=None)
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, limit=limit, check_images=False)
     out.print(f"training the base model {config.name} on {len(cat)} products (budget {config.max_minutes:g} min)")
     with staged_progress() as progress:
@@ -170,8 +171,8 @@ def run_train_ranker(
         base = str(run_train_base(settings, tiny=tiny))
     config = RankerTrainConfig.tiny() if tiny else RankerTrainConfig()
     if minutes is not None:
-        config = RankerTrainConfig(**{**config.__dict__, "max_minutes": minutes, "max_steps": None})
-    config = RankerTrainConfig(**{**config.__dict__, "base": base})
+        config = replace(config, max_minutes=minutes, max_steps=None)
+    config = replace(config, base=base)
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     by_split = ensure_buyers(cat, settings.buyers_dir, BuyerConfig(n_buyers=buyers))
     chosen = by_split["train"][:train_buyers] if train_buyers else by_split["train"]

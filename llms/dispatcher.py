@@ -524,17 +524,21 @@ class Dispatcher:
                               latency_s=time.monotonic() - started)  # fmt: skip
         raise self._give_up(errors, deadline)
 
-    async def _post(self, worker: WorkerState, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+    def _attempt_budget(self, deadline: float) -> tuple[httpx.AsyncClient, float, httpx.Timeout]:
+        """The client, the time left and the httpx timeouts for one attempt (refused when none is left)."""
         if self._client is None:
             raise NoWorkerError("the LLM dispatcher is shutting down")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceededError("deadline passed before the request reached a worker")
-        timeout = httpx.Timeout(remaining, connect=min(self.config.connect_timeout_s, remaining))
+        return self._client, remaining, httpx.Timeout(remaining, connect=min(self.config.connect_timeout_s, remaining))
+
+    async def _post(self, worker: WorkerState, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+        client, remaining, timeout = self._attempt_budget(deadline)
         try:
             # asyncio's timeout as well as httpx's: the deadline holds whatever the transport does.
             async with asyncio.timeout(remaining):
-                response = await self._client.post(
+                response = await client.post(
                     worker.config.chat_url, json=body, headers=self._headers(worker), timeout=timeout
                 )
         except TimeoutError as exc:
@@ -611,20 +615,15 @@ class Dispatcher:
     async def _stream_from(
         self, worker: WorkerState, body: Mapping[str, Any], deadline: float, t0: float
     ) -> AsyncIterator[dict[str, Any]]:
-        if self._client is None:
-            raise NoWorkerError("the LLM dispatcher is shutting down")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceededError("deadline passed before the request reached a worker")
         # Read timeouts are enforced per chunk below; httpx's own stays as a backstop.
-        timeout = httpx.Timeout(remaining, connect=min(self.config.connect_timeout_s, remaining))
-        request = self._client.build_request(
+        client, remaining, timeout = self._attempt_budget(deadline)
+        request = client.build_request(
             "POST", worker.config.chat_url, json=body, headers=self._headers(worker), timeout=timeout
         )
         first = True
         try:
             async with asyncio.timeout(min(remaining, self.config.first_token_timeout_s)):
-                response = await self._client.send(request, stream=True)
+                response = await client.send(request, stream=True)
         except TimeoutError as exc:
             if time.monotonic() >= deadline - 1e-3:
                 raise DeadlineExceededError(f"{worker.name} did not answer within the deadline") from exc

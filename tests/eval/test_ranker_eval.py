@@ -55,6 +55,7 @@ def test_llm_methods_are_scored_after_validation_and_rates_are_counted() -> None
     assert results["rates"] == {"invalid_tool_call": 0.0, "hallucinated_id": round(1 / 3, 4),
                                 "duplicate_id": round(1 / 3, 4)}  # fmt: skip
     assert results["rates_by_method"]["base_zero_shot"]["invalid_tool_call"] == 1.0
+    assert results["hallucinated_after_validation"] == 0  # counted over the validated rankings
 
 
 def test_full_list_uses_graded_relevance() -> None:
@@ -77,9 +78,11 @@ def test_report_states_synthetic_and_targets(tmp_path: Path) -> None:
         "full_list": {"retrieval": {"ndcg@10": 0.5}, "base_zero_shot": {"ndcg@10": 0.5}, "lora": {"ndcg@10": 0.45},
                       "cases": 5},
         "rates": {"invalid_tool_call": 0.0},
+        "hallucinated_after_validation": 0,
     }  # fmt: skip
     md = write_report(results, tmp_path, {"base model": "600 s"}).read_text()
     assert "SYNTHETIC" in md and "synthetic" in md
     assert "| one_of_20: LoRA NDCG@10 above retrieval | 0.4000 vs 0.3000 | PASS |" in md
     assert "| full_list: LoRA NDCG@10 above retrieval | 0.4500 vs 0.5000 | MISS |" in md
+    assert "| hallucinated ids after validation = 0 | 0 | PASS |" in md
     assert json.loads((tmp_path / "ranker_eval.json").read_text())["training"] == {"base model": "600 s"}

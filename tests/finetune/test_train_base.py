@@ -7,6 +7,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,13 +87,16 @@ def test_the_embedded_worker_engine_serves_it(trained: Path) -> None:
 
     engine = TransformersEngine.load(trained, device="cpu")
 
-    async def main() -> str:
+    async def main() -> list[Any]:
         request = GenerationRequest([{"role": "user", "content": "red kurtas"}], SamplingParams(0.0, max_tokens=6))
-        text = "".join([e.text async for e in engine.generate(request)])
+        events = [e async for e in engine.generate(request)]
         await engine.aclose()
-        return text
+        return events
 
-    assert isinstance(asyncio.run(main()), str)
+    events = asyncio.run(main())
+    assert events[-1].finish_reason in {"stop", "length"}
+    assert 1 <= events[-1].completion_tokens <= 6
+    assert events[-1].prompt_tokens > 0
     assert engine.model_name == "tandem-base-tiny"
 
 

@@ -13,7 +13,7 @@ export UV_COMPILE_BYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup run demo test test-all lint format typecheck bench bench-llm loadtest index clean
+.PHONY: help setup browser run demo test test-all lint format typecheck bench bench-llm bench-chat loadtest index clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 setup: $(STAMP) ## Create .venv from uv.lock (torch/torchvision from PyPI through uv)
 
-run: setup ## Build what is missing (image tower, index) and serve the API on http://127.0.0.1:8000
+run: setup ## Build what is missing (image tower, index, small LLMs) and serve the web chat + API on :8000
 	$(TANDEM) serve --prepare $(if $(LIMIT),--limit $(LIMIT),) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
 
 demo: setup ## Terminal demo: index, then answer a text and a photo query
@@ -37,12 +37,19 @@ demo: setup ## Terminal demo: index, then answer a text and a photo query
 index: setup ## Index the catalogue (TANDEM_CATALOGUE__PATH, default ../shared/data/fashion)
 	$(TANDEM) index
 
-test: setup ## Lint, type-check and run the test suite (slow and gpu tests deselected)
+browser: ## Debian's chromium for the browser tests (apt-get, only when missing)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" -ne 0 ] && command -v sudo || true ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "could not install chromium: the browser tests will be skipped"; }
+
+test: setup browser ## Lint, type-check and run the test suite (slow and gpu tests deselected)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-test-all: setup ## Run every test, slow ones included (gpu ones skip without a GPU)
+test-all: setup browser ## Run every test, slow ones included (gpu ones skip without a GPU)
 	$(PY) -m pytest -m "slow or not slow"
 
 lint: setup ## ruff lint and format check
@@ -61,6 +68,9 @@ bench: setup ## Benchmarks: indexing throughput, query latency, Qdrant Edge vs N
 
 bench-llm: setup ## LLM serving: balancing policies under rising load, faults (eval/reports/llm_serving.*; QUICK=1)
 	$(PY) -m eval.bench_llm $(if $(QUICK),--quick,)
+
+bench-chat: setup ## Chat latency: first product card and first explanation token, p50/p95 (eval/reports/chat_latency.*)
+	$(PY) -m eval.bench_chat $(if $(TURNS),--turns $(TURNS),)
 
 loadtest: setup ## Locust load test of the API beside the raw encoder (eval/reports/api_loadtest.*; QUICK=1)
 	$(PY) -m eval.loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)

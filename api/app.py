@@ -11,12 +11,13 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,13 +31,16 @@ from api.errors import (
 from api.metrics import ApiMetrics
 from api.middleware import BodyTooLargeError, ServiceMiddleware
 from api.resources import Resources
-from api.routers import health, llm, metrics, recommendations
+from api.routers import chat, health, llm, metrics, recommendations
 from api.settings import Settings, get_settings
 from api.ssrf import Resolver, system_resolver
 from llms.errors import LLMError
+from rag.errors import RagError
 from retrieval.errors import RetrievalError
 
 __all__ = ["create_app"]
+
+WEB_CHAT = Path(__file__).with_name("static") / "index.html"
 
 log = logging.getLogger("tandem.api")
 
@@ -84,6 +88,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RetrievalError, on_api_error)
     app.add_exception_handler(LLMError, on_api_error)
+    app.add_exception_handler(RagError, on_api_error)
     app.add_exception_handler(TimeoutError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
@@ -138,6 +143,13 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(recommendations.router)
     app.include_router(llm.router)
+    app.include_router(chat.router)
+
+    @app.get("/", include_in_schema=False)
+    async def web_chat() -> FileResponse:
+        """The web chat: one static page over ``POST /v1/chat``."""
+        return FileResponse(WEB_CHAT, media_type="text/html")
+
     images_dir = settings.catalogue.path / settings.catalogue.columns.images_dir
     app.mount("/images", StaticFiles(directory=images_dir, check_dir=False, follow_symlink=True), name="images")
     # Base64 inflates by 4/3; leave room for the JSON around it and for multipart framing.

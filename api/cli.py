@@ -255,14 +255,28 @@ def serve(
         bool, typer.Option("--prepare", help="First train the image tower and index the catalogue if missing.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="With --prepare: index the first N.")] = None,
+    embedded_llm: Annotated[
+        bool,
+        typer.Option(
+            "--embedded-llm/--no-embedded-llm",
+            help="With no TANDEM_LLM__WORKERS: train what is missing and serve both models from Tandem's own worker.",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the recommendation API (FastAPI + uvicorn) until Ctrl-C."""
+    """Serve the API and the web chat (FastAPI + uvicorn) until Ctrl-C."""
+    from contextlib import ExitStack
+
+    from api.embedded_llm import embedded_llm_worker
     from api.server import serve as run_server
 
     settings = get_settings()
     if prepare_first:
         prepare(settings, limit)
-    run_server(settings, host or settings.api.host, settings.api.port if port is None else port)
+    with ExitStack() as stack:
+        if embedded_llm and not settings.llm.workers:
+            worker = stack.enter_context(embedded_llm_worker(settings))
+            settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"workers": [worker]})})
+        run_server(settings, host or settings.api.host, settings.api.port if port is None else port)
 
 
 def main() -> None:

@@ -104,6 +104,9 @@ def eval_ranker(
         Path | None, typer.Option("--report-dir", help="Also write ranker_eval.md/json here (e.g. eval/reports).")
     ] = None,
     buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to evaluate on.")] = 300,
+    explanations: Annotated[
+        int, typer.Option("--explanations", min=0, help="Explanations the base model writes and the check reads.")
+    ] = 100,
     base: Annotated[str | None, typer.Option("--base", help="Base model (default: tandem train base's).")] = None,
     adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: tandem train ranker's).")] = (
         None
@@ -114,6 +117,7 @@ def eval_ranker(
 
     from api.components import build_retriever, build_store
     from api.console import staged_progress
+    from eval.explainer_eval import evaluate_explainer
     from eval.ranker_eval import evaluate_cases, llm_ranker
     from finetune.buyers import BuyerConfig
     from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
@@ -148,6 +152,9 @@ def eval_ranker(
     }
     with staged_progress() as progress:
         results = evaluate_cases(cases, rankers, progress=progress)
+        progress("explanations by the base model", 0, 1)
+        results["explainer"] = evaluate_explainer(service, service.base_name, cat, cases["full_list"][:explanations])
+        progress("explanations by the base model", 1, 1)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["synthetic_buyers"] = True
     table = Table(title=f"ranker on SYNTHETIC test buyers ({len(test)})")
@@ -164,6 +171,9 @@ def eval_ranker(
     out.print(table)
     out.print(f"rates (lora): {results['rates']}; cases: 1-of-20 {results['one_of_20']['cases']}, "
               f"full list {results['full_list']['cases']}")  # fmt: skip
+    ex = results["explainer"]
+    out.print(f"explainer: {ex['explanations']} explanations, {ex['flagged_rate']:.1%} flagged (a product outside"
+              f" the ranking named), {ex['names_ranked_rate']:.1%} name a ranked product")  # fmt: skip
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=2))

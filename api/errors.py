@@ -11,6 +11,7 @@ import math
 from typing import Any, ClassVar
 
 from llms import errors as llm_errors
+from rag import errors as rag_errors
 from retrieval.errors import (
     CatalogueError,
     EncoderError,
@@ -42,6 +43,7 @@ __all__ = [
     "OverloadedError",
     "PathNotAllowedError",
     "PayloadTooLargeError",
+    "SessionNotFoundApiError",
     "StorageError",
     "StorageTimeoutError",
     "StorageUnavailableError",
@@ -94,6 +96,10 @@ class UrlNotAllowedError(BadRequestError):
 
 class PathNotAllowedError(BadRequestError):
     code = "path_not_allowed"
+
+
+class SessionNotFoundApiError(ApiError):
+    status, code = 404, "session_not_found"
 
 
 class UnauthorizedError(ApiError):
@@ -204,6 +210,8 @@ def to_api_error(exc: BaseException) -> ApiError:
             return BackendUnavailableError(message)
     if isinstance(exc, llm_errors.LLMError):
         return _llm_error(exc)
+    if isinstance(exc, rag_errors.RagError):
+        return _rag_error(exc)
     if isinstance(exc, TimeoutError):
         return DeadlineExceededError("the request did not finish within its deadline")
     # Never echo an unexpected exception's text: it can hold paths, hosts or secrets.
@@ -227,6 +235,17 @@ def _llm_error(exc: llm_errors.LLMError) -> ApiError:
     if isinstance(exc, llm_errors.EngineError):
         return BackendUnavailableError(message)
     return LlmUpstreamError(message)
+
+
+def _rag_error(exc: rag_errors.RagError) -> ApiError:
+    message = str(exc)
+    if isinstance(exc, rag_errors.SessionNotFoundError):
+        return SessionNotFoundApiError(message)
+    if isinstance(exc, rag_errors.InvalidTurnError):
+        return ValidationFailedError(message)
+    if isinstance(exc, rag_errors.RetrievalUnavailableError):
+        return BackendUnavailableError(message)
+    return InternalError("internal error; the request id identifies it in the service's logs")
 
 
 def error_body(error: ApiError, request_id: str | None) -> dict[str, Any]:

@@ -8,15 +8,19 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 from PIL import Image
 
+from api.chat_service import ChatService
 from api.components import build_image_encoder, build_retriever, build_store, build_text_encoder
 from api.image_fetch import ImageFetcher
 from api.metrics import ApiMetrics
@@ -24,9 +28,14 @@ from api.recommender import RecommendationService
 from api.settings import Settings
 from api.ssrf import Resolver, system_resolver
 from llms.dispatcher import Dispatcher
+from rag.explanation_check import ExplanationChecker
+from rag.pipeline import Pipeline, PipelineConfig, Scored
+from rag.session import SessionStore
+from rag.terms import TermVocabulary
 from retrieval.batch_search import BatchQuery, search_batch
 from retrieval.batching import MicroBatcher
-from retrieval.errors import EncoderMismatchError, IndexNotFoundError
+from retrieval.catalogue import Catalogue, Product, load_catalogue
+from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError
 from retrieval.hierarchical import HierarchicalRetriever, SearchResult
 from retrieval.search import SearchQuery
 from retrieval.store import VectorStore
@@ -61,6 +70,9 @@ class Resources:
     retriever: HierarchicalRetriever | None = None
     batcher: MicroBatcher[BatchQuery, SearchResult] | None = None
     service: RecommendationService | None = None
+    catalogue: Catalogue | None = None
+    chat: ChatService | None = None
+    chat_not_ready: str | None = None
     not_ready: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +136,7 @@ class Resources:
             attribute_fields=manifest.attribute_fields,
             image_base_url=settings.api.public_image_base_url,
         )
+        await res._open_chat()
         res.info = {
             "products": res.store.count(),
             "text_encoder": manifest.text_encoder,
@@ -134,6 +147,49 @@ class Resources:
         }
         log.info("ready", extra=res.info)
         return res
+
+    async def _open_chat(self) -> None:
+        """The conversation pipeline over the same retrieval and dispatcher; the catalogue is its source of truth."""
+        settings = self.settings
+        try:
+            self.catalogue = await asyncio.to_thread(
+                load_catalogue, settings.catalogue.path, settings.catalogue.columns, check_images=False
+            )
+        except CatalogueError as exc:
+            self.chat_not_ready = f"the chat needs the catalogue: {exc}"
+            log.warning("chat not ready: %s", exc)
+            return
+        catalogue = self.catalogue
+        batcher = self.batcher
+        assert batcher is not None
+
+        async def search(text: str | None, image: Image.Image | None, k: int) -> list[Scored]:
+            result = await batcher.submit(BatchQuery(SearchQuery(text=text, image=image), k=k))
+            return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
+                                   Path(h.image) if h.image else None), h.score) for h in result.hits]  # fmt: skip
+
+        def lookup(ids: Sequence[str]) -> dict[str, Product]:
+            found = (catalogue.get(i) for i in ids)
+            return {p.product_id: p for p in found if p is not None}
+
+        chat = settings.chat
+        config = PipelineConfig(
+            ranker_model=settings.llm.ranker_model,
+            explainer_model=settings.llm.explainer_model,
+            pool=chat.pool,
+            ranker_candidates=chat.ranker_candidates,
+            max_tool_rounds=chat.max_tool_rounds,
+            ranker_deadline_s=chat.ranker_deadline_s,
+            explainer_deadline_s=chat.explainer_deadline_s,
+            explainer_max_tokens=chat.explainer_max_tokens,
+        )
+        vocabulary, checker = await asyncio.to_thread(
+            lambda: (TermVocabulary.from_products(catalogue.products), ExplanationChecker(catalogue.products))
+        )
+        sessions = SessionStore(max_sessions=chat.max_sessions, ttl_s=chat.session_ttl_s, max_turns=chat.max_turns)
+        pipeline = Pipeline(search, lookup, self.dispatcher, config, vocabulary=vocabulary, checker=checker,
+                            sessions=sessions)  # fmt: skip
+        self.chat = ChatService(pipeline, self.fetcher, settings.images, settings)
 
     async def aclose(self) -> None:
         await self.dispatcher.aclose()

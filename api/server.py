@@ -40,7 +40,8 @@ def serve(settings: Settings, host: str, port: int, *, log_level: str = "INFO") 
     elif not settings.api.keys:
         out.print("no API keys configured (TANDEM_API__KEYS): serving loopback clients only")
     shown = f"[{bind}]" if ":" in bind else bind
-    out.print(f"Tandem API on [bold]http://{shown}:{port}[/bold]  (docs: /docs, OpenAPI: /openapi.json)")
+    out.print(f"web chat: [bold]http://{shown}:{port}/[/bold]   API docs: [bold]http://{shown}:{port}/docs[/bold]"
+              "   (OpenAPI: /openapi.json)")  # fmt: skip
     out.print("loading encoders and the index …")
     uvicorn.run(
         create_app(settings),

@@ -26,6 +26,7 @@ from retrieval.images import ImageLimits
 __all__ = [
     "ApiSettings",
     "CatalogueSettings",
+    "ChatSettings",
     "EncoderSettings",
     "LlmSettings",
     "QdrantSettings",
@@ -108,6 +109,7 @@ class ApiSettings(BaseModel):
         description="Base of the items' image_url (a CDN, say); unset = the service's own /images/ route.",
     )
     deadline_s: float = Field(default=5.0, gt=0, description="Per-request deadline; past it the answer is 504.")
+    chat_deadline_s: float = Field(default=60.0, gt=0, description="Deadline of one chat turn (LLM calls included).")
     max_in_flight: int = Field(default=128, gt=0, description="Requests served at once; more are answered 429.")
     batch_max_size: int = Field(default=32, gt=0, description="Largest encoder batch shared by concurrent requests.")
     batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits for more requests.")
@@ -156,6 +158,20 @@ class LlmSettings(BaseModel):
     explainer_model: str = Field(default="tandem-base", description="Base model that writes explanations.")
 
 
+class ChatSettings(BaseModel):
+    """The conversation pipeline: pool sizes, caps, deadlines and session limits (``TANDEM_CHAT__…``)."""
+
+    pool: int = Field(default=40, ge=1, le=500, description="Products retrieved per turn before filtering.")
+    ranker_candidates: int = Field(default=20, ge=1, le=26, description="Candidates the ranker sees.")
+    max_tool_rounds: int = Field(default=3, ge=1, le=10)
+    ranker_deadline_s: float = Field(default=20.0, gt=0)
+    explainer_deadline_s: float = Field(default=30.0, gt=0)
+    explainer_max_tokens: int = Field(default=160, ge=8, le=2048)
+    max_sessions: int = Field(default=10_000, ge=1)
+    session_ttl_s: float = Field(default=3600.0, gt=0)
+    max_turns: int = Field(default=8, ge=1, le=100, description="Turns kept per session; older ones are dropped.")
+
+
 class Settings(BaseSettings):
     """All of Tandem's configuration."""
 
@@ -176,6 +192,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
 
     @property
     def models_dir(self) -> Path:

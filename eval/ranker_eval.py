@@ -10,7 +10,8 @@ On SYNTHETIC test buyers (never seen in training), two protocols:
 
 The models answer through the embedded worker's code path (:class:`llms.worker.service.WorkerService`
 over a :class:`llms.worker.hf_engine.TransformersEngine`): the ranker prompt with the tools in,
-Hermes tool calls parsed out. Every answer is validated against the candidates (unknown and
+Hermes tool calls parsed out, candidate ids (``A``, ``B``, …) resolved to catalogue ids. Every answer is
+validated against the candidates (unknown and
 duplicate ids dropped and counted, missing slots filled in retrieval order), as the RAG pipeline
 does; the rates say how often that was needed.
 
@@ -34,6 +35,8 @@ import numpy as np
 from eval.metrics import ndcg_at_k, recall_at_k
 from finetune.ranking_data import RankingCase, ranker_messages
 from prompts import load_tools
+from rag.ranker_tools import RankerToolbox, SearchProducts, run_ranker
+from rag.validation import ValidatedRanking, validate_ranking
 from retrieval.catalogue import Catalogue
 
 __all__ = ["RankerAnswer", "ValidatedRanking", "evaluate_cases", "llm_ranker", "validate_ranking"]
@@ -50,69 +53,37 @@ class RankerAnswer:
     raw: str = ""
 
 
-@dataclass(frozen=True)
-class ValidatedRanking:
-    """A full ranking of the candidates, and what validation had to fix."""
-
-    ranking: list[str]
-    returned: int
-    hallucinated: int
-    duplicates: int
-    filled: int
-
-
-def validate_ranking(ids: Sequence[str] | None, candidates: Sequence[str]) -> ValidatedRanking:
-    """Keep known, first-seen ids in the model's order, then fill with the rest in retrieval order."""
-    allowed = set(candidates)
-    seen: set[str] = set()
-    kept: list[str] = []
-    hallucinated = duplicates = 0
-    for raw in ids or []:
-        pid = str(raw)
-        if pid not in allowed:
-            hallucinated += 1
-        elif pid in seen:
-            duplicates += 1
-        else:
-            seen.add(pid)
-            kept.append(pid)
-    rest = [c for c in candidates if c not in seen]
-    return ValidatedRanking(kept + rest, len(ids or []), hallucinated, duplicates, len(rest))
-
-
 Ranker = Callable[[Sequence[RankingCase]], Sequence[RankerAnswer]]
 
 
 def llm_ranker(
-    service: Any, model: str, catalogue: Catalogue, *, max_tokens: int = 160, concurrency: int = 8
+    service: Any,
+    model: str,
+    catalogue: Catalogue,
+    *,
+    max_tokens: int = 160,
+    concurrency: int = 8,
+    search: SearchProducts | None = None,
 ) -> Ranker:
-    """A ranker that asks ``model`` through a worker service (greedy, tools offered) for each case."""
+    """A ranker that asks ``model`` through a worker service (greedy, tools offered and run) for each case."""
     from llms.protocol import ChatCompletionRequest
 
     tools = load_tools()
 
     async def one(case: RankingCase, gate: asyncio.Semaphore) -> RankerAnswer:
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
-        body = {
-            "model": model,
-            "messages": ranker_messages(case.buyer, products, catalogue),
-            "tools": tools,
-            "temperature": 0.0,
-            "max_tokens": max_tokens,
-        }
-        async with gate:
+
+        async def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
+            body = {"model": model, "messages": messages, "tools": tools, "temperature": 0.0, "max_tokens": max_tokens}
             answer = await service.complete(ChatCompletionRequest.model_validate(body))
-        message = answer["choices"][0]["message"]
-        for call in message.get("tool_calls") or []:
-            if call["function"]["name"] == "submit_ranking":
-                try:
-                    args = json.loads(call["function"]["arguments"])
-                except json.JSONDecodeError:
-                    break
-                ids = args.get("ids") if isinstance(args, dict) else None
-                if isinstance(ids, list):
-                    return RankerAnswer([str(i) for i in ids], json.dumps(args))
-        return RankerAnswer(None, str(message.get("content") or ""))
+            message: dict[str, Any] = answer["choices"][0]["message"]
+            return message
+
+        async with gate:
+            outcome = await run_ranker(
+                complete, ranker_messages(case.buyer, products, catalogue), RankerToolbox(catalogue, products, search)
+            )
+        return RankerAnswer(outcome.ids, outcome.raw)
 
     def rank(cases: Sequence[RankingCase]) -> list[RankerAnswer]:
         async def main() -> list[RankerAnswer]:
@@ -250,6 +221,18 @@ def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping
         "Reference points (public): random NDCG@10 ≈ 0.227 on 1-of-20; 7–8B zero-shot LLMs ≈ 0.28;"
         " LlamaRec's LoRA ranker gained ~7 % NDCG@10 over its retriever.",
     ]
+    explainer = results.get("explainer")
+    if explainer:
+        lines += [
+            "",
+            "## Explainer (the base model, prompted with the top 5 candidates)",
+            "",
+            f"{explainer['explanations']} explanations: {explainer['flagged_rate']:.1%} flagged by the check (they name"
+            f" a product or catalogue id outside the ranking), {explainer['names_ranked_rate']:.1%} name at least one"
+            " ranked product. Examples:",
+            "",
+            *[f"- {e['text']!r} (flagged: {', '.join(e['flagged']) or 'none'})" for e in explainer["examples"]],
+        ]
     if training:
         lines += ["", "## Training on this machine", ""]
         lines += [f"- {name}: {value}" for name, value in training.items()]

@@ -31,9 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.buyers import AGE_BANDS, BUSINESS_TYPES, GENDERS, REGIONS, BuyerProfile, product_gender
-from finetune.ranking_data import history_line, product_line
+from finetune.buyers import AGE_BANDS, BUSINESS_TYPES, GENDERS, REGIONS, BuyerProfile
 from prompts import load_prompt, load_tools
+from rag.explainer_prompt import explainer_messages
+from rag.ranker_format import candidate_line, handles, product_gender, ranker_user_message
 from retrieval.catalogue import Catalogue, Product
 
 __all__ = ["CorpusConfig", "build_corpus", "explanation", "request_for", "request_match_ranking"]
@@ -110,10 +111,11 @@ def _words(text: str) -> set[str]:
 
 
 def request_match_ranking(request: str, candidates: Sequence[Product]) -> list[str]:
-    """Candidates by how many request words their line matches; ties keep the listed order."""
+    """Candidate ids (``A``, ``B``, …) by how many request words their line matches; ties keep the listed order."""
     wanted = _words(request) - {"for", "need", "looking", "wholesale", "bulk", "order"}
-    scored = [(-len(wanted & _words(product_line(p))), i, p.product_id) for i, p in enumerate(candidates)]
-    return [pid for _, _, pid in sorted(scored)]
+    scored = [(-len(wanted & _words(candidate_line(h, p))), i, h)
+              for i, (h, p) in enumerate(zip(handles(len(candidates)), candidates, strict=True))]  # fmt: skip
+    return [h for _, _, h in sorted(scored)]
 
 
 class _Pools:
@@ -172,17 +174,12 @@ def build_corpus(catalogue: Catalogue, config: CorpusConfig, render: Render) -> 
         ]
         docs.append(render(messages, search_tools))
 
-    explainer_system = load_prompt("explainer_system")
     for _ in range(config.n_explain):
         seed = rng.choice(products)
         request = request_for(seed, rng)
         ranked = pools.like(seed, rng.randint(3, 6), rng)
-        user = load_prompt("explainer_user").format(
-            request=request, ranking="\n".join(f"{i}. {product_line(p)}" for i, p in enumerate(ranked, 1))
-        )
         messages = [
-            {"role": "system", "content": explainer_system},
-            {"role": "user", "content": user},
+            *explainer_messages(request, ranked),
             {"role": "assistant", "content": explanation(request, ranked, rng)},
         ]
         docs.append(render(messages, None))
@@ -196,12 +193,7 @@ def build_corpus(catalogue: Catalogue, config: CorpusConfig, render: Render) -> 
         candidates = near + others
         rng.shuffle(candidates)
         history = rng.sample(products, rng.randint(3, 6))
-        user = load_prompt("ranker_user").format(
-            profile=_random_profile(rng).describe(),
-            history="\n".join(history_line(p) for p in history),
-            request=request,
-            candidates="\n".join(product_line(p) for p in candidates),
-        )
+        user = ranker_user_message(_random_profile(rng).describe(), history, request, candidates)
         ranking = request_match_ranking(request, candidates)[:10]
         messages = [
             {"role": "system", "content": load_prompt("ranker_system")},

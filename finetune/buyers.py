@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Literal
 
 import numpy as np
 
+from rag.ranker_format import product_gender
 from retrieval.catalogue import Catalogue, Product
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
     "CatalogueCodes",
     "generate_buyers",
     "load_buyers",
-    "product_gender",
     "save_buyers",
 ]
 
@@ -96,15 +95,8 @@ AGE_BANDS: dict[str, dict[str, float]] = {
     "55+": {"Formal": 1.4, "Ethnic": 1.5, "Casual": 0.8},
 }
 GENDERS = ("Men", "Women", "Boys", "Girls")
-_GENDER_WORD = re.compile(r"\b(Men|Women|Boys|Girls|Unisex|Kids)\b")
 _OFF_TARGET = 0.05
 _GENDER_MISMATCH = 0.005
-
-
-def product_gender(title: str) -> str | None:
-    """The gender a title names (``Kids`` counts for boys and girls), or None."""
-    match = _GENDER_WORD.search(title)
-    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)

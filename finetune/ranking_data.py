@@ -11,10 +11,12 @@ path and colour as it, 1 = same category path, 0 = other). Two protocols:
 The ranker sees the buyer (profile, recent orders), the request and the candidates, and
 answers with one ``submit_ranking`` call; :func:`sft_conversation` writes the teacher
 answer (relevance first, then the buyer's latent utility), sometimes after a
-``get_products`` look-up of past orders, so the model learns when a tool helps.
+``get_products`` look-up of candidates, so the model learns when a tool helps.
+
+Candidates carry short candidate ids (``A``, ``B``, …), see :mod:`rag.ranker_format`.
 
 Example:
-    >>> messages = ranker_messages(buyer, candidates)  # doctest: +SKIP
+    >>> messages = ranker_messages(buyer, candidates, catalogue)  # doctest: +SKIP
     >>> messages[1]["content"].startswith("Buyer:")  # doctest: +SKIP
     True
 """
@@ -23,22 +25,37 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from finetune.buyers import Buyer, CatalogueCodes, buyer_utility
-from prompts import load_prompt, load_tools
+from prompts import load_tools
+from rag.ranker_format import (
+    candidate_line,
+    describe_product,
+    handles,
+    history_line,
+    product_line,
+    ranker_system_message,
+    ranker_user_message,
+    resolve_ids,
+)
 from retrieval.catalogue import Catalogue, Product
 
 __all__ = [
     "Protocol",
     "RankingCase",
+    "candidate_line",
+    "describe_product",
     "graded_relevance",
+    "handles",
     "history_line",
     "make_case",
     "product_line",
     "ranker_messages",
+    "ranker_user_message",
+    "resolve_ids",
     "sft_conversation",
     "teacher_ranking",
 ]
@@ -57,17 +74,6 @@ class RankingCase:
     protocol: Protocol = "full_list"
 
 
-def product_line(product: Product) -> str:
-    colour = product.attributes.get("base_colour", "")
-    usage = product.attributes.get("usage", "")
-    return f"[{product.product_id}] {product.title} | {product.category[-1]} | {colour} | {usage}"
-
-
-def history_line(product: Product) -> str:
-    colour = product.attributes.get("base_colour", "")
-    return f"- {product.title} ({product.category[-1]}, {colour}, {product.attributes.get('usage', '')})"
-
-
 def request_text(buyer: Buyer) -> str:
     photo = " [photo of a similar product attached]" if buyer.query_image else ""
     return buyer.query_text + photo
@@ -76,13 +82,8 @@ def request_text(buyer: Buyer) -> str:
 def ranker_messages(buyer: Buyer, candidates: Sequence[Product], catalogue: Catalogue) -> list[dict[str, Any]]:
     """The ranker's system and user messages for one request (the tools go beside them)."""
     history = [p for p in (catalogue.get(h) for h in buyer.history[-HISTORY_SHOWN:]) if p is not None]
-    user = load_prompt("ranker_user").format(
-        profile=buyer.profile.describe(),
-        history="\n".join(history_line(p) for p in history) or "- nothing yet",
-        request=request_text(buyer),
-        candidates="\n".join(product_line(p) for p in candidates),
-    )
-    return [{"role": "system", "content": load_prompt("ranker_system")}, {"role": "user", "content": user}]
+    user = ranker_user_message(buyer.profile.describe(), history, request_text(buyer), candidates)
+    return [ranker_system_message(), {"role": "user", "content": user}]
 
 
 def graded_relevance(target: Product, product: Product) -> int:
@@ -149,23 +150,21 @@ def sft_conversation(
     top_n: int = 10,
     lookup_share: float = 0.2,
     rng: random.Random | None = None,
-    describe: Callable[[Product], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A TRL conversational example ``{"messages", "tools"}`` ending in one ``submit_ranking`` call."""
+    """A TRL conversational example ``{"messages", "tools"}`` ending in one ``submit_ranking`` call.
+
+    Some conversations first look up the leading candidates with ``get_products`` (titles and
+    every attribute), as a model unsure between close candidates would.
+    """
     rng = rng or random.Random(case.buyer.buyer_id)
     products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
     messages = ranker_messages(case.buyer, products, catalogue)
-    if case.buyer.history and rng.random() < lookup_share:
-        looked = list(case.buyer.history[-3:])
-        describe = describe or _describe
-        facts = [describe(p) for p in (catalogue.get(i) for i in looked) if p is not None]
+    to_handle = dict(zip(case.candidates, handles(len(case.candidates)), strict=True))
+    if rng.random() < lookup_share:
+        looked = list(to_handle.values())[:3]
+        facts = [describe_product(p, h) for h, p in zip(looked, products, strict=False)]
         messages.append({"role": "assistant", "content": "", "tool_calls": [_call("get_products", {"ids": looked})]})
         messages.append({"role": "tool", "name": "get_products", "content": json.dumps(facts, ensure_ascii=False)})
-    ranking = teacher_ranking(case, codes)[:top_n]
+    ranking = [to_handle[pid] for pid in teacher_ranking(case, codes)[:top_n]]
     messages.append({"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ranking})]})
     return {"messages": messages, "tools": load_tools()}
-
-
-def _describe(product: Product) -> dict[str, Any]:
-    return {"id": product.product_id, "title": product.title, "category": " > ".join(product.category),
-            **product.attributes}  # fmt: skip

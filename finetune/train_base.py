@@ -100,13 +100,30 @@ class BaseTrainReport:
     losses: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _pack(token_docs: Sequence[list[int]], block: int, eos: int) -> list[list[int]]:
-    """Concatenate documents (each ended by ``eos``) and cut the stream into full blocks."""
-    stream: list[int] = []
+def _pack(token_docs: Sequence[list[int]], block: int, eos: int, pad: int) -> list[list[int]]:
+    """Whole documents (each ended by ``eos``) first-fit into blocks, the rest padded; longer ones are dropped.
+
+    A conversation cut in two teaches nothing about its answer (the ranking needs the candidates
+    that a cut would leave in the previous block), so documents are never split.
+    """
+    open_blocks: list[list[int]] = []
+    full: list[list[int]] = []
     for ids in token_docs:
-        stream.extend(ids)
-        stream.append(eos)
-    return [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
+        doc = [*ids, eos]
+        if len(doc) > block:
+            continue
+        for i, candidate in enumerate(open_blocks):
+            if len(candidate) + len(doc) <= block:
+                candidate.extend(doc)
+                if block - len(candidate) < 16:
+                    full.append(open_blocks.pop(i))
+                break
+        else:
+            open_blocks.append(doc)
+            if len(open_blocks) > 64:  # bounded search; the oldest open block is as full as it will get
+                full.append(open_blocks.pop(0))
+    full.extend(open_blocks)
+    return [b + [pad] * (block - len(b)) for b in full]
 
 
 def _calibrate(model: Any, batch: torch.Tensor, repeats: int = 2) -> float:
@@ -155,7 +172,7 @@ def train_base(
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     rng = random.Random(config.seed)
-    blocks = _pack(encoded, config.block_size, eos)
+    blocks = _pack(encoded, config.block_size, eos, tokenizer.pad_token_id)
     rng.shuffle(blocks)
     n_eval = max(1, int(len(blocks) * config.eval_share)) if len(blocks) > 10 else 0
     eval_blocks, train_blocks = blocks[:n_eval], blocks[n_eval:]

@@ -50,7 +50,7 @@ class RankerTrainConfig:
     learning_rate: float = 2e-3
     epochs: float = 1.0
     batch_size: int = 4
-    max_length: int = 1280  # ranker prompts run to ~1,000 tokens, plus a get_products look-up
+    max_length: int = 1152  # ranker prompts run to ~750 tokens, ~1,000 with a get_products look-up
     gradient_checkpointing: bool = False  # turn on for billion-parameter bases on a GPU
     max_minutes: float = 15.0
     max_steps: int | None = None

@@ -35,7 +35,9 @@ def test_compose_api_service() -> None:
     assert env["TANDEM_QDRANT__URL"] == "http://qdrant:6333"
     assert env["TANDEM_STORAGE__S3_ENDPOINT_URL"] == "http://minio:9000"
     assert {"qdrant", "minio"} <= set(api["depends_on"])
-    assert all(dep["condition"] == "service_healthy" for dep in api["depends_on"].values())
+    assert all(
+        dep["condition"] == "service_healthy" for name, dep in api["depends_on"].items() if name != "ollama-pull"
+    )
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
     assert "8000:8000" in api["ports"]
     # Every ${VAR:?...} names what to set.
@@ -43,3 +45,55 @@ def test_compose_api_service() -> None:
         for value in (service.get("environment") or {}).values():
             if ":?" in str(value):
                 assert str(value).split(":?", 1)[1].rstrip("}").strip()
+
+
+def _defaults(text: str) -> str:
+    """Substitute ``${VAR:-default}`` with its default, as compose does when VAR is unset."""
+    import re
+
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def test_compose_llm_workers_are_wired_to_the_api() -> None:
+    import json
+
+    from api.settings import LlmSettings
+    from finetune.tiny_lm import load_chat_template
+
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    vllm, ollama, api = services["vllm"], services["ollama"], services["api"]
+    args = [_defaults(a) for a in vllm["command"]]
+    flag = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    assert "--enable-lora" in args and "--enable-auto-tool-choice" in args
+    # The tool-call parser must read what the chat template writes.
+    assert flag["--tool-call-parser"] == "hermes" and "<tool_call>" in load_chat_template()
+    adapter_name, adapter_dir = flag["--lora-modules"].split("=")
+    # The adapter is where `tandem train ranker` writes it inside the shared volume (TANDEM_HOME=/data).
+    assert adapter_dir == "/data/models/tandem-ranker" and "tandem-data:/data:ro" in vllm["volumes"]
+    assert "TANDEM_HOME=/data" in (COMPOSE.parent / "Dockerfile").read_text()
+    trainer = services["ranker-trainer"]
+    assert trainer["command"][:2] == ["train", "ranker"] and "tandem-data:/data" in trainer["volumes"]
+
+    env = {k: _defaults(str(v)) for k, v in api["environment"].items()}
+    llm = LlmSettings.model_validate(
+        {
+            "workers": json.loads(env["TANDEM_LLM__WORKERS"]),
+            "ranker_model": env["TANDEM_LLM__RANKER_MODEL"],
+            "explainer_model": env["TANDEM_LLM__EXPLAINER_MODEL"],
+        }
+    )
+    by_name = {w.name: w for w in llm.workers}
+    assert by_name["vllm"].url == f"http://vllm:{flag['--port']}/v1"
+    assert llm.ranker_model == adapter_name and adapter_name in by_name["vllm"].models
+    assert flag["--served-model-name"] in by_name["vllm"].models
+    pulled = _defaults(services["ollama-pull"]["entrypoint"][-1])
+    assert by_name["ollama"].url == "http://ollama:11434/v1" and "11434:11434" in ollama["ports"]
+    assert llm.explainer_model == pulled and pulled in by_name["ollama"].models
+    assert by_name["ollama"].health_url == "http://ollama:11434/api/version"
+    needs = api["depends_on"]
+    assert needs["vllm"]["condition"] == needs["ollama"]["condition"] == "service_healthy"
+    assert needs["ollama-pull"]["condition"] == "service_completed_successfully"
+    for name in ("vllm", "ollama"):
+        assert services[name]["healthcheck"]["test"]
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

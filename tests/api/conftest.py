@@ -241,3 +241,45 @@ def jpeg_bytes(size: tuple[int, int] = (60, 80), colour: tuple[int, int, int] = 
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def small_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded worker serving a small base model as tandem-base and a LoRA adapter as tandem-ranker."""
+    import uvicorn
+
+    from api.worker_app import create_worker_app
+    from finetune.tiny_lm import build_tiny_chat_model, build_tiny_lora_adapter
+    from llms.worker.hf_engine import TransformersEngine
+    from llms.worker.service import WorkerService
+
+    root = tmp_path_factory.mktemp("small-models")
+    base = build_tiny_chat_model(root / "base")
+    adapter = build_tiny_lora_adapter(base, root / "ranker", seed=3)
+    engine = TransformersEngine.load(base, {"tandem-ranker": adapter}, device="cpu")
+    app = create_worker_app(WorkerService(engine, served_name="tandem-base"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        threading.Event().wait(0.02)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def chat_live(settings_factory: Callable[..., Any], shared_encoders: None, small_worker: str) -> Iterator[LiveServer]:
+    from api.app import create_app
+
+    settings = settings_factory(
+        llm={"workers": [{"url": small_worker, "name": "small", "max_concurrency": 4}]},
+        chat={"explainer_max_tokens": 24, "ranker_deadline_s": 60, "explainer_deadline_s": 60},
+        api={"chat_deadline_s": 120},
+    )
+    server, thread, url = start_live(create_app(settings))
+    yield LiveServer(url, None)
+    server.should_exit = True
+    thread.join(timeout=15)

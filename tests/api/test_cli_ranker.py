@@ -46,5 +46,8 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
         for method in ("random", "retrieval", "base_zero_shot", "lora"):
             assert 0.0 <= results[protocol][method]["ndcg@10"] <= 1.0
     assert set(results["rates"]) == {"invalid_tool_call", "hallucinated_id", "duplicate_id"}
+    explainer = results["explainer"]
+    assert explainer["explanations"] == results["full_list"]["cases"]
+    assert 0.0 <= explainer["flagged_rate"] <= 1.0 and len(explainer["examples"]) <= 3
     md = (tmp_path / "reports" / "ranker_eval.md").read_text()
-    assert "SYNTHETIC" in md and "LoRA ranker" in md
+    assert "SYNTHETIC" in md and "LoRA ranker" in md and "## Explainer" in md

@@ -19,7 +19,14 @@ from finetune.buyers import (
     product_gender,
     save_buyers,
 )
-from finetune.ranking_data import make_case, ranker_messages, sft_conversation, teacher_ranking
+from finetune.ranking_data import (
+    candidate_line,
+    make_case,
+    ranker_messages,
+    resolve_ids,
+    sft_conversation,
+    teacher_ranking,
+)
 from retrieval.catalogue import Catalogue, load_catalogue
 
 
@@ -126,7 +133,8 @@ def test_teacher_answer_is_a_permutation_led_by_relevance(catalogue: Catalogue, 
     names = [m["tool_calls"][0]["function"]["name"] for m in example["messages"] if m.get("tool_calls")]
     assert names == ["get_products", "submit_ranking"]
     final = example["messages"][-1]["tool_calls"][0]["function"]["arguments"]["ids"]
-    assert final == ranking[:10]
+    assert resolve_ids(final, case.candidates) == ranking[:10]
+    assert final[0] == "ABCDEFGHIJKLMNOPQRST"[case.candidates.index(b.target)]
     assert {t["function"]["name"] for t in example["tools"]} == {"search_catalog", "get_products", "submit_ranking"}
     json.dumps(example)  # serialisable for a datasets.Dataset
 
@@ -138,4 +146,6 @@ def test_prompt_lists_profile_history_request_and_candidates(catalogue: Catalogu
     assert "submit_ranking" in system["content"]
     assert b.profile.business_type in user["content"]
     assert b.query_text in user["content"]
-    assert all(f"[{p.product_id}]" in user["content"] for p in products)
+    lines = user["content"].split("Candidates:\n")[1].splitlines()
+    assert lines == [candidate_line(h, p) for h, p in zip("ABCDE", products, strict=True)]
+    assert all(p.category[-1].lower() in line for p, line in zip(products, lines, strict=True))

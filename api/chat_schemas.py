@@ -1,0 +1,115 @@
+"""Bodies of ``POST /v1/chat``, named by role; unknown fields are refused (422), as everywhere in the API.
+
+Example:
+    >>> ChatRequest.model_validate({"message": {"text": "navy shirts"}}).top_k
+    10
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.schemas import RecommendedItem
+
+__all__ = [
+    "MAX_CHAT_TOP_K",
+    "ChatBuyer",
+    "ChatItem",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatSampling",
+    "DegradedPart",
+]
+
+MAX_CHAT_TOP_K = 20  # the ranker sees at most 20 candidates
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Strict):
+    """The buyer's message: words, a photo (one source), or both."""
+
+    text: str | None = Field(default=None, max_length=2000, examples=["navy formal shirts for men"])
+    image_url: str | None = Field(default=None, max_length=4096, description="An http(s) URL of the photo.")
+    image_base64: str | None = Field(default=None, description="The photo's bytes, base64 (or a data: URL).")
+
+    @model_validator(mode="after")
+    def _something(self) -> ChatMessage:
+        if self.image_url and self.image_base64:
+            raise ValueError("give one image source, not image_url and image_base64")
+        if not (self.text and self.text.strip()) and not self.image_url and not self.image_base64:
+            raise ValueError("a message needs text, a photo (image_url or image_base64), or both")
+        return self
+
+
+class ChatBuyer(_Strict):
+    """What the platform knows about the buyer; a buyer without history gets a cold-start step."""
+
+    id: str | None = Field(default=None, max_length=128)
+    profile: str | None = Field(
+        default=None, max_length=500, examples=["boutique in Western Europe, customers aged 25-34, buys for Women"]
+    )
+    history: list[str] = Field(default_factory=list, max_length=100, description="Catalogue ids of past orders.")
+
+
+class ChatSampling(_Strict):
+    """The ranker's sampling knobs for this turn."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1, le=1000)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+
+class ChatRequest(_Strict):
+    """One turn of a recommendation conversation."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"message": {"text": "navy formal shirts for men"}, "top_k": 5},
+                {"session_id": "3f2a…", "message": {"text": "in blue, not this brand"}, "stream": True},
+                {
+                    "message": {"image_url": "https://cdn.example.com/photo.jpg", "text": "like this, for women"},
+                    "buyer": {"profile": "boutique in Western Europe", "history": ["15970"]},
+                    "sampling": {"temperature": 0.7, "top_p": 0.9, "seed": 1},
+                },
+            ]
+        },
+    )
+
+    session_id: str | None = Field(default=None, max_length=64, description="Continue this session; omit to start.")
+    message: ChatMessage
+    buyer: ChatBuyer | None = None
+    top_k: int = Field(default=10, ge=1, le=MAX_CHAT_TOP_K)
+    sampling: ChatSampling | None = None
+    stream: bool = Field(default=False, description="Server-Sent Events: candidates, ranking, token…, done, error.")
+
+
+class ChatItem(RecommendedItem):
+    """A product card, with why it was ranked where it is."""
+
+    reason: str | None = None
+
+
+class DegradedPart(BaseModel):
+    """A part of the turn that fell back (ranker → retrieval order, explainer → a plain sentence), and why."""
+
+    part: str = Field(examples=["ranker"])
+    reason: str
+
+
+class ChatResponse(BaseModel):
+    """A whole turn: the ranked products and the explanation."""
+
+    session_id: str
+    request_id: str
+    query: str = Field(description="The key product terms the turn searched for.")
+    items: list[ChatItem]
+    explanation: str
+    degraded: list[DegradedPart]
+    timing_ms: dict[str, float]

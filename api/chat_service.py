@@ -1,0 +1,134 @@
+"""The chat use case behind ``POST /v1/chat``: decode the photo, run the turn, shape cards and SSE events.
+
+Example:
+    >>> body = ChatRequest(message={"text": "red kurtas"})
+    >>> response = await chat.answer(body, request_id="r1", base_url="/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from PIL import Image
+
+from api.chat_schemas import ChatItem, ChatRequest, ChatResponse, DegradedPart
+from api.errors import error_body, to_api_error
+from api.image_fetch import ImageFetcher, decode_base64_image
+from api.settings import Settings
+from rag.pipeline import (
+    BuyerContext,
+    CandidatesEvent,
+    DoneEvent,
+    PartFailedEvent,
+    Pipeline,
+    RankedProduct,
+    RankingEvent,
+    Sampling,
+    Scored,
+    TokenEvent,
+    TurnRequest,
+    TurnResult,
+)
+from retrieval.images import ImageLimits, decode_image
+
+__all__ = ["ChatService", "sse"]
+
+
+class ChatService:
+    """Answers chat turns through one shared :class:`rag.pipeline.Pipeline`."""
+
+    def __init__(self, pipeline: Pipeline, fetcher: ImageFetcher, limits: ImageLimits, settings: Settings) -> None:
+        self.pipeline = pipeline
+        self.fetcher = fetcher
+        self.limits = limits
+        self.image_base_url = settings.api.public_image_base_url
+
+    async def _image(self, request: ChatRequest) -> Image.Image | None:
+        message = request.message
+        if message.image_base64:
+            return decode_image(
+                decode_base64_image(message.image_base64, self.limits), self.limits, name="image_base64"
+            )
+        if message.image_url:
+            data = await self.fetcher.fetch_url(message.image_url)
+            return decode_image(data, self.limits, name="the image at image_url")
+        return None
+
+    async def turn(self, request: ChatRequest) -> TurnRequest:
+        sampling = request.sampling
+        buyer = request.buyer
+        return TurnRequest(
+            text=request.message.text,
+            image=await self._image(request),
+            session_id=request.session_id,
+            buyer=BuyerContext(buyer.id, buyer.profile, tuple(buyer.history)) if buyer else None,
+            top_k=request.top_k,
+            sampling=Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed)
+            if sampling
+            else Sampling(),
+        )
+
+    def _image_url(self, product_id: str, image: str | None, base_url: str) -> str | None:
+        if image is None:
+            return None
+        base = self.image_base_url or f"{base_url.rstrip('/')}/images"
+        return f"{base.rstrip('/')}/{quote(image)}"
+
+    def card(self, item: RankedProduct | Scored, base_url: str) -> ChatItem:
+        p = item.product
+        image = p.image_path.name if p.image_path is not None else None
+        return ChatItem(
+            product_id=p.product_id,
+            name=p.title,
+            category=" > ".join(p.category),
+            category_path=list(p.category),
+            score=round(item.score, 6),
+            image_url=self._image_url(p.product_id, image, base_url),
+            reason=item.reason if isinstance(item, RankedProduct) else None,
+        )
+
+    def response(self, result: TurnResult, request_id: str, base_url: str) -> ChatResponse:
+        return ChatResponse(
+            session_id=result.session_id,
+            request_id=request_id,
+            query=result.query,
+            items=[self.card(i, base_url) for i in result.items],
+            explanation=result.explanation,
+            degraded=[DegradedPart(part=d.part, reason=d.reason) for d in result.degraded],
+            timing_ms=result.timing_ms,
+        )
+
+    async def answer(self, request: ChatRequest, *, request_id: str, base_url: str) -> ChatResponse:
+        result = await self.pipeline.answer(await self.turn(request))
+        return self.response(result, request_id, base_url)
+
+    async def events(
+        self, turn: TurnRequest, *, request_id: str, base_url: str
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """(event name, data) pairs: candidates, ranking, token…, done."""
+        async for event in self.pipeline.run(turn):
+            if isinstance(event, CandidatesEvent):
+                yield "candidates", {"session_id": event.session_id, "query": event.query,
+                                     "items": _dump(self.card(c, base_url) for c in event.candidates)}  # fmt: skip
+            elif isinstance(event, RankingEvent):
+                degraded = [{"part": d.part, "reason": d.reason} for d in event.degraded]
+                yield "ranking", {"items": _dump(self.card(i, base_url) for i in event.items), "degraded": degraded}
+            elif isinstance(event, TokenEvent):
+                yield "token", {"text": event.text}
+            elif isinstance(event, PartFailedEvent):
+                error = to_api_error(event.error)
+                yield "error", {**error_body(error, request_id), "part": event.part, "fatal": False}
+            elif isinstance(event, DoneEvent):
+                yield "done", self.response(event.result, request_id, base_url).model_dump(mode="json")
+
+
+def _dump(cards: Any) -> list[dict[str, Any]]:
+    return [c.model_dump(mode="json") for c in cards]
+
+
+def sse(event: str, data: dict[str, Any] | Sequence[Any]) -> str:
+    """One Server-Sent Event."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

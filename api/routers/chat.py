@@ -1,0 +1,81 @@
+"""``POST /v1/chat``: one turn of a recommendation conversation, whole or as Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from api.chat_schemas import ChatRequest, ChatResponse
+from api.chat_service import ChatService, sse
+from api.deps import ApiKeyDep, RequestIdDep, ResourcesDep
+from api.errors import ApiError, DeadlineExceededError, NotReadyError, error_body, to_api_error
+from api.schemas import ErrorResponse
+
+__all__ = ["router"]
+
+log = logging.getLogger("tandem.chat")
+router = APIRouter(prefix="/v1/chat", tags=["chat"], dependencies=[ApiKeyDep])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad input: invalid image, refused URL"},
+    401: {"model": ErrorResponse, "description": "Missing or invalid X-API-Key"},
+    404: {"model": ErrorResponse, "description": "Unknown or expired session_id"},
+    413: {"model": ErrorResponse, "description": "Image or body over the byte or pixel limit"},
+    415: {"model": ErrorResponse, "description": "Not an image"},
+    422: {"model": ErrorResponse, "description": "Request does not match the schema"},
+    503: {"model": ErrorResponse, "description": "Not ready (no index, or the chat pipeline is not built)"},
+    504: {"model": ErrorResponse, "description": "Deadline exceeded"},
+}
+
+
+async def get_chat(resources: ResourcesDep) -> ChatService:
+    if resources.chat is None:
+        raise NotReadyError(resources.not_ready or resources.chat_not_ready or "the chat pipeline is not ready")
+    return resources.chat
+
+
+ChatDep = Annotated[ChatService, Depends(get_chat)]
+
+
+@router.post("", response_model=ChatResponse, responses=_ERRORS, summary="One conversation turn")
+async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: RequestIdDep) -> Any:
+    """Products for the buyer's message, ranked by the domain LLM, with the base LLM's explanation.
+
+    With ``"stream": true`` the answer is Server-Sent Events: ``candidates`` (retrieval's cards),
+    ``ranking`` (the final cards, as soon as the ranking is known), ``token`` (explanation text,
+    as written), ``done`` (the whole non-streamed body) or ``error`` (the API's error body).
+    """
+    base_url = str(request.base_url)
+    deadline = request.app.state.settings.api.chat_deadline_s
+    if not body.stream:
+        try:
+            async with asyncio.timeout(deadline):
+                return await chat.answer(body, request_id=request_id, base_url=base_url)
+        except TimeoutError as exc:
+            raise DeadlineExceededError(f"the turn did not finish within its deadline of {deadline:g} s") from exc
+    turn = await chat.turn(body)
+    events = chat.events(turn, request_id=request_id, base_url=base_url)
+    # The first event comes after retrieval: bad input, an unknown session or a failed retrieval are
+    # real HTTP statuses, not an error inside a 200 stream.
+    first = await anext(events)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield sse(*first)
+            async with asyncio.timeout(deadline):
+                async for name, data in events:
+                    yield sse(name, data)
+        except Exception as exc:  # the stream has started: report in-band, never a broken connection
+            error: ApiError = to_api_error(exc)
+            if not error.is_client_error:
+                log.warning("chat stream failed: %s", type(exc).__name__, extra={"request_id": request_id})
+            yield sse("error", error_body(error, request_id))
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,208 @@
+"""Chat latency: time to the first product card and to the first explanation token, p50/p95, on this machine.
+
+``python -m eval.bench_chat [--turns N] [--reports DIR]`` (``make bench-chat``) serves the whole
+product as ``make run`` does — the API (Qdrant Edge, the domain image tower) in a uvicorn
+thread and Tandem's embedded LLM worker (the small base model and the LoRA ranker, trained
+first if missing) as a child process — and sends streamed ``POST /v1/chat`` turns one after
+another: the requests of SYNTHETIC test buyers (words; a photo for those who sent one),
+a follow-up in the same session for every third turn. Per turn it records the time from
+sending to the ``ranking`` event (the first product card a buyer sees), to the first
+``token`` event, and to ``done``; the report gives p50/p95 and a plot.
+
+Example:
+    >>> report = run_benchmark(get_settings(), turns=20)  # doctest: +SKIP
+    >>> report["first_card_ms"]["p50"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+__all__ = ["run_benchmark"]
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "mean": 0.0, "n": 0}
+    arr = np.asarray(values)
+    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1),
+            "mean": round(float(arr.mean()), 1), "n": len(values)}  # fmt: skip
+
+
+def _turn(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    marks: dict[str, float] = {}
+    done: dict[str, Any] = {}
+    with client.stream("POST", "/v1/chat", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"/v1/chat answered {response.status_code}: {response.read()[:200]!r}")
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+                now = (time.perf_counter() - t0) * 1000
+                if event == "ranking":
+                    marks.setdefault("first_card_ms", now)
+                elif event == "token":
+                    marks.setdefault("first_token_ms", now)
+            elif line.startswith("data: ") and event == "done":
+                done = json.loads(line[6:])
+                marks["done_ms"] = (time.perf_counter() - t0) * 1000
+    return {**marks, "session_id": done.get("session_id"), "degraded": [d["part"] for d in done.get("degraded", [])],
+            "items": len(done.get("items", []))}  # fmt: skip
+
+
+def run_benchmark(settings: Any, *, turns: int = 60, reports: Path | None = None) -> dict[str, Any]:
+    """Serve the product, send ``turns`` streamed chat turns, write ``chat_latency.{json,md,png}``."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.console import progress_bar
+    from api.embedded_llm import embedded_llm_worker
+    from eval.bench_retrieval import machine_info
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import ensure_buyers
+    from retrieval.catalogue import load_catalogue
+
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
+    with embedded_llm_worker(settings) as worker:
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"workers": [worker]}),
+                                               "api": settings.api.model_copy(update={"keys": []})})  # fmt: skip
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None,
+                                               access_log=False))  # fmt: skip
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the API did not start")
+            time.sleep(0.1)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        rows: list[dict[str, Any]] = []
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client, progress_bar() as bar:
+                task = bar.add_task("chat turns", total=turns)
+                session: str | None = None
+                for i in range(turns):
+                    buyer = buyers[i % len(buyers)]
+                    message: dict[str, Any] = {"text": buyer.query_text}
+                    follow_up = i % 3 == 2 and session is not None
+                    if follow_up:
+                        message = {"text": "in black, not this brand"}
+                    elif buyer.query_image and (p := cat.get(buyer.query_image)) and p.image_path:
+                        message["image_base64"] = base64.b64encode(p.image_path.read_bytes()).decode()
+                    body: dict[str, Any] = {"message": message, "top_k": 10, "stream": True,
+                                            "buyer": {"profile": buyer.profile.describe(),
+                                                      "history": list(buyer.history)}}  # fmt: skip
+                    if follow_up:
+                        body["session_id"] = session
+                    row = _turn(client, body)
+                    row.update(kind="follow-up" if follow_up else ("photo+text" if "image_base64" in message
+                                                                   else "text"))  # fmt: skip
+                    session = row["session_id"]
+                    if i > 0:  # the first turn pays for lazy initialisation in both processes
+                        rows.append(row)
+                    bar.advance(task)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=15)
+    report: dict[str, Any] = {
+        "turns": len(rows),
+        "first_card_ms": _percentiles([r["first_card_ms"] for r in rows if "first_card_ms" in r]),
+        "first_token_ms": _percentiles([r["first_token_ms"] for r in rows if "first_token_ms" in r]),
+        "done_ms": _percentiles([r["done_ms"] for r in rows if "done_ms" in r]),
+        "degraded_share": {
+            part: round(sum(part in r["degraded"] for r in rows) / max(1, len(rows)), 3)
+            for part in ("ranker", "explainer", "cold_start")
+        },
+        "by_kind": {
+            kind: _percentiles([r["first_card_ms"] for r in rows if r["kind"] == kind])
+            for kind in ("text", "photo+text", "follow-up")
+        },
+        "machine": machine_info(),
+        "models": {"base": str(settings.base_model_dir), "ranker": str(settings.ranker_dir)},
+        "synthetic_buyers": True,
+        "rows": rows,
+    }
+    if reports is not None:
+        _write(report, reports)
+    return report
+
+
+def _write(report: dict[str, Any], reports: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "chat_latency.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("first_card_ms", "first product card"), ("first_token_ms", "first explanation token"),
+                       ("done_ms", "turn done")):  # fmt: skip
+        values = np.sort([r[key] for r in rows if key in r])
+        if len(values):
+            ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=label)
+    ax.set_xlabel("milliseconds from sending the message")
+    ax.set_ylabel("share of turns")
+    ax.set_title("Chat latency, streamed /v1/chat (CPU, small models)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(reports / "chat_latency.png", dpi=120)
+    plt.close(fig)
+    m = report["machine"]
+    card, token, done = report["first_card_ms"], report["first_token_ms"], report["done_ms"]
+    lines = [
+        "# Chat latency: first product card and first explanation token",
+        "",
+        "> Requests are those of **SYNTHETIC** test buyers (`finetune/buyers.py`); retrieval, the models and the"
+        " HTTP path are real: the API as `make run` serves it, Tandem's embedded worker (the small base model and"
+        " the LoRA ranker) in its own process, one turn at a time, streamed.",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('logical_cores', '?')} cores, {m.get('ram_gb', '?')} GB RAM,"
+        f" GPU: {m.get('gpu') or 'none'}. Turns measured: {report['turns']} (the first, warm-up, not counted).",
+        "",
+        "| time from sending | p50 ms | p95 ms | mean ms |",
+        "| --- | ---: | ---: | ---: |",
+        f"| first product card (`ranking` event) | {card['p50']} | {card['p95']} | {card['mean']} |",
+        f"| first explanation token (`token` event) | {token['p50']} | {token['p95']} | {token['mean']} |",
+        f"| turn done (`done` event) | {done['p50']} | {done['p95']} | {done['mean']} |",
+        "",
+        "First card by kind of turn: "
+        + ", ".join(f"{k} p50 {v['p50']} ms (n={v['n']})" for k, v in report["by_kind"].items()),
+        "",
+        f"Share of turns that degraded (fell back): {report['degraded_share']}.",
+        "",
+        "![latency](chat_latency.png)",
+    ]
+    (reports / "chat_latency.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    from api.settings import get_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=60)
+    parser.add_argument("--reports", type=Path, default=Path("eval/reports"))
+    args = parser.parse_args()
+    report = run_benchmark(get_settings(), turns=args.turns, reports=args.reports)
+    card, token = report["first_card_ms"], report["first_token_ms"]
+    print(
+        f"first card p50 {card['p50']} ms, p95 {card['p95']} ms; first token p50 {token['p50']} ms, "
+        f"p95 {token['p95']} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

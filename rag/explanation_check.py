@@ -1,0 +1,95 @@
+"""Check an explanation against the ranking it explains: every product it names must be in the ranking.
+
+The explainer is a base model prompted with the ranked products; it may still name a
+product from elsewhere in the catalogue, or write a catalogue id that is not ranked.
+:class:`ExplanationChecker` finds every catalogue title (whole words, any case) and every
+catalogue id in the text, and flags those that are not in the ranking.
+
+Example:
+    >>> checker = ExplanationChecker(catalogue)  # doctest: +SKIP
+    >>> checker.check("The Puma Men Black Shoes fit ...", ranked).ok  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from retrieval.catalogue import Product
+
+__all__ = ["ExplanationCheck", "ExplanationChecker", "Mention"]
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+
+
+def _words(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A product the text names: by ``title`` or by catalogue ``id``, and whether the ranking holds it."""
+
+    kind: str
+    text: str
+    product_ids: tuple[str, ...]
+    ranked: bool
+
+
+@dataclass(frozen=True)
+class ExplanationCheck:
+    """The products an explanation names; ``flagged`` are those outside the ranking."""
+
+    mentions: list[Mention] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[Mention]:
+        return [m for m in self.mentions if not m.ranked]
+
+    @property
+    def ok(self) -> bool:
+        return not self.flagged
+
+    @property
+    def names_ranked(self) -> bool:
+        """Whether the text names at least one ranked product."""
+        return any(m.ranked for m in self.mentions)
+
+
+class ExplanationChecker:
+    """Finds catalogue titles and ids in a text; built once per catalogue (a word-prefix index of titles)."""
+
+    def __init__(self, products: Iterable[Product]) -> None:
+        self._titles: dict[tuple[str, ...], set[str]] = {}
+        self._by_first: dict[str, set[int]] = {}
+        self._ids: set[str] = set()
+        for p in products:
+            self._ids.add(p.product_id)
+            words = tuple(_words(p.title))
+            if len(words) < 2:  # one-word titles are ordinary words, not product names
+                continue
+            self._titles.setdefault(words, set()).add(p.product_id)
+            self._by_first.setdefault(words[0], set()).add(len(words))
+
+    def check(self, text: str, ranked: Sequence[Product]) -> ExplanationCheck:
+        ranked_ids = {p.product_id for p in ranked}
+        ranked_titles = {tuple(_words(p.title)) for p in ranked}
+        words = _words(text)
+        mentions: list[Mention] = []
+        i = 0
+        while i < len(words):
+            lengths = sorted(self._by_first.get(words[i], ()), reverse=True)
+            hit = next((n for n in lengths if tuple(words[i : i + n]) in self._titles), None)
+            if hit is None:
+                if words[i] in self._ids:
+                    mentions.append(Mention("id", words[i], (words[i],), words[i] in ranked_ids))
+                i += 1
+                continue
+            title = tuple(words[i : i + hit])
+            ids = tuple(sorted(self._titles[title]))
+            # Titles repeat in a catalogue: naming a ranked product's title is fine whichever product shares it.
+            mentions.append(Mention("title", " ".join(title), ids, title in ranked_titles))
+            i += hit
+        return ExplanationCheck(mentions)

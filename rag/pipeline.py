@@ -1,0 +1,455 @@
+"""One conversation turn: terms → retrieval → LoRA ranker with tools → validation → streamed explanation.
+
+Every LLM call goes through the injected :class:`LlmBackend` (in production, the LLM
+dispatcher: bounded queue, balancing, failover). The turn degrades instead of failing: a
+ranker that is down, slow or answers garbage leaves retrieval order (flagged ``ranker``); an
+explainer that fails, or names a product outside the ranking, leaves a plain sentence
+(flagged ``explainer``). Only retrieval failing fails the turn, since without candidates there
+is nothing to show.
+
+Events, in order: :class:`CandidatesEvent`, :class:`RankingEvent`, :class:`TokenEvent` …,
+:class:`DoneEvent` (the whole turn).
+
+Example:
+    >>> pipeline = Pipeline(search, products, llm, PipelineConfig())  # doctest: +SKIP
+    >>> async for event in pipeline.run(TurnRequest(text="navy shirts for men")):  # doctest: +SKIP
+    ...     print(type(event).__name__)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from prompts import load_prompt, load_tools
+from rag.errors import InvalidTurnError, RetrievalUnavailableError
+from rag.explainer_prompt import explainer_messages
+from rag.explanation_check import ExplanationChecker
+from rag.ranker_format import ranker_system_message, ranker_user_message
+from rag.ranker_tools import RankerToolbox, run_ranker
+from rag.session import Session, SessionStore, Turn
+from rag.terms import TermVocabulary, TurnTerms
+from rag.validation import validate_ranking
+from retrieval.catalogue import Product
+
+__all__ = [
+    "BuyerContext",
+    "CandidatesEvent",
+    "Degradation",
+    "DoneEvent",
+    "LlmBackend",
+    "PartFailedEvent",
+    "Pipeline",
+    "PipelineConfig",
+    "RankedProduct",
+    "RankingEvent",
+    "Sampling",
+    "Scored",
+    "TokenEvent",
+    "TurnEvent",
+    "TurnRequest",
+    "TurnResult",
+]
+
+
+class LlmBackend(Protocol):
+    """What the pipeline needs of the LLM dispatcher (``llms.dispatcher.Dispatcher`` is one)."""
+
+    async def complete(self, payload: Mapping[str, Any], *, deadline_s: float | None = None) -> Any: ...
+
+    def stream(
+        self, payload: Mapping[str, Any], *, deadline_s: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A retrieved product and its retrieval score."""
+
+    product: Product
+    score: float
+
+
+Search = Callable[[str | None, Image.Image | None, int], Awaitable[list[Scored]]]
+Lookup = Callable[[Sequence[str]], Mapping[str, Product]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The ranker's per-request sampling knobs (None: the server's default)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p), ("top_k", self.top_k),
+                                  ("seed", self.seed)) if v is not None}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuyerContext:
+    """What the platform knows about the buyer (all optional)."""
+
+    buyer_id: str | None = None
+    profile: str | None = None
+    history: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One buyer message (words, a photo or both) in a session."""
+
+    text: str | None = None
+    image: Image.Image | None = None
+    session_id: str | None = None
+    buyer: BuyerContext | None = None
+    top_k: int = 10
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Models, pool sizes, caps and deadlines of a turn."""
+
+    ranker_model: str = "tandem-ranker"
+    explainer_model: str = "tandem-base"
+    pool: int = 40  # retrieved, before shown/excluded products are taken out
+    ranker_candidates: int = 20  # what the ranker sees (at most 26 candidate ids)
+    max_tool_rounds: int = 3
+    ranker_max_tokens: int = 160
+    ranker_deadline_s: float = 20.0
+    explainer_max_tokens: int = 160
+    explainer_deadline_s: float = 30.0
+    explained: int = 5  # the products the explanation is about
+    history_shown: int = 6
+    cold_start_topics: int = 4
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A part of the turn that fell back, and why."""
+
+    part: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RankedProduct:
+    """A product in the final list: retrieval score and, when the ranker placed it, its rank reason."""
+
+    product: Product
+    score: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """Everything a turn produced."""
+
+    session_id: str
+    query: str
+    items: list[RankedProduct]
+    explanation: str
+    degraded: list[Degradation]
+    timing_ms: dict[str, float]
+    ranker: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CandidatesEvent:
+    session_id: str
+    query: str
+    candidates: list[Scored]
+
+
+@dataclass(frozen=True)
+class RankingEvent:
+    items: list[RankedProduct]
+    degraded: list[Degradation]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    result: TurnResult
+
+
+@dataclass(frozen=True)
+class PartFailedEvent:
+    """A streamed part broke after it had started (the explanation, mid-stream); the turn still ends with Done."""
+
+    part: str
+    error: Exception
+
+
+TurnEvent = CandidatesEvent | RankingEvent | TokenEvent | PartFailedEvent | DoneEvent
+_JSON_LIST = re.compile(r"\[.*?\]", re.S)
+
+
+def _reason(product: Product, terms: TurnTerms, history: Sequence[Product]) -> str:
+    """A short, checkable reason for a card: the request facets it matches, and past orders like it."""
+    matched = []
+    if terms.kind and product.category[-1].lower() == terms.kind:
+        matched.append(product.category[-1])
+    colour = product.attributes.get("base_colour", "")
+    if terms.colour and colour.lower() == terms.colour:
+        matched.append(colour)
+    usage = product.attributes.get("usage", "")
+    if terms.usage and usage.lower() == terms.usage:
+        matched.append(usage)
+    parts = [f"matches {', '.join(matched)}"] if matched else []
+    if any(h.category == product.category for h in history):
+        parts.append("like past orders")
+    return "; ".join(parts) or "close to the request"
+
+
+class Pipeline:
+    """Runs turns; one instance per service, shared by all sessions.
+
+    Example:
+        >>> result = await pipeline.answer(TurnRequest(text="red kurtas"))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        search: Search,
+        lookup: Lookup,
+        llm: LlmBackend,
+        config: PipelineConfig | None = None,
+        *,
+        vocabulary: TermVocabulary,
+        checker: ExplanationChecker,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.search = search
+        self.lookup = lookup
+        self.llm = llm
+        self.config = config or PipelineConfig()
+        self.vocabulary = vocabulary
+        self.checker = checker
+        self.sessions = sessions or SessionStore()
+
+    async def answer(self, request: TurnRequest) -> TurnResult:
+        """The whole turn, not streamed."""
+        async for event in self.run(request):
+            if isinstance(event, DoneEvent):
+                return event.result
+        raise RuntimeError("a turn ended without its result")  # pragma: no cover - run() always ends with Done
+
+    async def run(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
+        """The turn as events; the session is locked for its duration, so turns of one session never interleave."""
+        text = (request.text or "").strip()
+        if not text and request.image is None:
+            raise InvalidTurnError("a message needs text, a photo, or both")
+        session = self.sessions.open(request.session_id)
+        async with session.lock:
+            async for event in self._turn(session, text, request):
+                yield event
+
+    async def _turn(self, session: Session, text: str, request: TurnRequest) -> AsyncIterator[TurnEvent]:
+        cfg = self.config
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+        degraded: list[Degradation] = []
+        last = self.lookup(session.last_products[:1])
+        shown_brand = TermVocabulary.brand_of(next(iter(last.values()))) if last else None
+        terms = self.vocabulary.update(session.terms, text, shown_brand=shown_brand) if text else (
+            session.terms or TurnTerms())  # fmt: skip
+        query = terms.query() or text
+
+        buyer = request.buyer or BuyerContext()
+        history_map = self.lookup(buyer.history[-cfg.history_shown :])
+        history = [history_map[h] for h in buyer.history[-cfg.history_shown :] if h in history_map]
+        topics: list[str] = []
+        if request.buyer is not None and not buyer.history:
+            topics = await self._cold_start(buyer, query, degraded)
+
+        try:
+            hits = await self.search(query or None, request.image, cfg.pool)
+            for topic in topics:
+                hits += await self.search(topic, None, max(3, cfg.pool // 8))
+        except Exception as exc:
+            raise RetrievalUnavailableError(f"retrieval failed: {exc}") from exc
+        seen: set[str] = set()
+        pool: list[Scored] = []
+        for hit in hits:
+            pid = hit.product.product_id
+            if pid in seen or terms.excludes(hit.product) or (pid in session.shown and not terms.repeat_shown):
+                continue
+            seen.add(pid)
+            pool.append(hit)
+        candidates = pool[: cfg.ranker_candidates]
+        timing["retrieval"] = round((time.perf_counter() - t0) * 1000, 3)
+        yield CandidatesEvent(session.session_id, query, candidates)
+
+        t1 = time.perf_counter()
+        ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded)
+        by_id = {c.product.product_id: c for c in candidates}
+        items = [
+            RankedProduct(by_id[pid].product, by_id[pid].score, _reason(by_id[pid].product, terms, history))
+            for pid in ranked_ids[: request.top_k]
+        ]
+        timing["ranking"] = round((time.perf_counter() - t1) * 1000, 3)
+        timing["first_card"] = round((time.perf_counter() - t0) * 1000, 3)
+        yield RankingEvent(items, list(degraded))
+
+        t2 = time.perf_counter()
+        explanation = ""
+        if items:
+            async for piece in self._explain(text or query, items, degraded, timing, t0):
+                if isinstance(piece, str):
+                    explanation = piece
+                else:
+                    yield piece
+        else:
+            explanation = "Nothing new matches this request; try other words or ask to see earlier products again."
+        timing["explanation"] = round((time.perf_counter() - t2) * 1000, 3)
+        timing["total"] = round((time.perf_counter() - t0) * 1000, 3)
+        session.record(Turn(text, request.image is not None, terms, tuple(i.product.product_id for i in items)))
+        yield DoneEvent(TurnResult(session.session_id, query, items, explanation, degraded, timing, ranker_info))
+
+    async def _cold_start(self, buyer: BuyerContext, query: str, degraded: list[Degradation]) -> list[str]:
+        """A buyer without history: the base model lists interest topics (JSON) to retrieve on as well."""
+        n = self.config.cold_start_topics
+        messages = [
+            {"role": "system", "content": load_prompt("cold_start_system").format(n=n)},
+            {"role": "user", "content": f"Buyer: {buyer.profile or 'unknown business'}\nRequest: {query or '-'}"},
+        ]
+        payload = {"model": self.config.explainer_model, "messages": messages, "temperature": 0.0, "max_tokens": 80}
+        try:
+            completion = await self.llm.complete(payload, deadline_s=self.config.explainer_deadline_s)
+            content = str(completion.message.get("content") or "")
+            match = _JSON_LIST.search(content)
+            topics = json.loads(match.group(0)) if match else None
+        except Exception as exc:  # any failure of an optional step degrades it
+            degraded.append(Degradation("cold_start", f"{type(exc).__name__}: {exc}"[:200]))
+            return []
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics) or not topics:
+            degraded.append(Degradation("cold_start", "the model did not answer a JSON list of topics"))
+            return []
+        return [t.strip()[:80] for t in topics[:n] if t.strip()]
+
+    async def _rank(
+        self,
+        candidates: Sequence[Scored],
+        buyer: BuyerContext,
+        history: Sequence[Product],
+        topics: Sequence[str],
+        query: str,
+        request: TurnRequest,
+        degraded: list[Degradation],
+    ) -> tuple[list[str], dict[str, Any]]:
+        ids = [c.product.product_id for c in candidates]
+        info: dict[str, Any] = {"model": self.config.ranker_model, "candidates": len(ids)}
+        if len(ids) < 2:
+            return ids, info
+        products = [c.product for c in candidates]
+        profile = buyer.profile or "not given"
+        user = ranker_user_message(profile, history, query, products)
+        if topics and not history:
+            user = user.replace("- nothing yet", "- nothing yet; interests: " + ", ".join(topics), 1)
+        messages = [ranker_system_message(), {"role": "user", "content": user}]
+
+        async def complete(transcript: list[dict[str, Any]]) -> dict[str, Any]:
+            payload = {"model": self.config.ranker_model, "messages": transcript, "tools": load_tools(),
+                       "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
+                       **request.sampling.payload()}  # fmt: skip
+            completion = await self.llm.complete(payload, deadline_s=self.config.ranker_deadline_s)
+            message: dict[str, Any] = completion.message
+            return message
+
+        async def search(q: str, k: int) -> list[Product]:
+            return [s.product for s in await self.search(q, None, k)]
+
+        toolbox = RankerToolbox(_Products(products, self.lookup), products, search=search)
+        try:
+            outcome = await asyncio.wait_for(
+                run_ranker(complete, messages, toolbox, max_rounds=self.config.max_tool_rounds),
+                timeout=self.config.ranker_deadline_s,
+            )
+        except Exception as exc:
+            degraded.append(Degradation("ranker", f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__))
+            info["error"] = type(exc).__name__
+            return ids, info
+        info["tool_calls"] = outcome.tool_calls
+        if outcome.ids is None:
+            degraded.append(Degradation("ranker", "no valid submit_ranking call; retrieval order used"))
+            info["raw"] = outcome.raw[:300]
+            return ids, info
+        checked = validate_ranking(outcome.ids, ids)
+        info.update(returned=checked.returned, hallucinated=checked.hallucinated, duplicates=checked.duplicates,
+                    filled=checked.filled)  # fmt: skip
+        if checked.returned == checked.hallucinated + checked.duplicates:
+            degraded.append(Degradation("ranker", "the ranking named no candidate; retrieval order used"))
+        return checked.ranking, info
+
+    async def _explain(
+        self,
+        request_text: str,
+        items: Sequence[RankedProduct],
+        degraded: list[Degradation],
+        timing: dict[str, float],
+        t0: float,
+    ) -> AsyncIterator[TokenEvent | PartFailedEvent | str]:
+        """Stream the base model's explanation; yields tokens, then the final text (checked, or the fallback)."""
+        ranked = [i.product for i in items[: self.config.explained]]
+        payload = {"model": self.config.explainer_model, "messages": explainer_messages(request_text, ranked),
+                   "max_tokens": self.config.explainer_max_tokens, "temperature": 0.3}  # fmt: skip
+        parts: list[str] = []
+        try:
+            async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
+                for choice in chunk.get("choices", []):
+                    delta = choice.get("delta", {}).get("content")
+                    if delta:
+                        if not parts:
+                            timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
+                        parts.append(delta)
+                        yield TokenEvent(delta)
+        except Exception as exc:
+            degraded.append(Degradation("explainer", f"{type(exc).__name__}: {exc}"[:200]))
+            if parts:  # the buyer saw half a sentence: say so in-band before the fallback replaces it
+                yield PartFailedEvent("explainer", exc)
+            yield _fallback(request_text, ranked)
+            return
+        text = "".join(parts).strip()
+        if not text:
+            degraded.append(Degradation("explainer", "the explainer wrote nothing"))
+            yield _fallback(request_text, ranked)
+            return
+        check = self.checker.check(text, ranked)
+        if not check.ok:
+            names = ", ".join(m.text for m in check.flagged)[:200]
+            degraded.append(Degradation("explainer", f"named products outside the ranking ({names}); replaced"))
+            yield _fallback(request_text, ranked)
+            return
+        yield text
+
+
+class _Products:
+    """The candidates plus the catalogue, as the toolbox's product source."""
+
+    def __init__(self, candidates: Sequence[Product], lookup: Lookup) -> None:
+        self._candidates = {p.product_id: p for p in candidates}
+        self._lookup = lookup
+
+    def get(self, product_id: str) -> Product | None:
+        return self._candidates.get(product_id) or self._lookup([product_id]).get(product_id)
+
+
+def _fallback(request_text: str, ranked: Sequence[Product]) -> str:
+    names = [p.title for p in ranked[:3]]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"Closest matches for “{request_text}”: {listed}."

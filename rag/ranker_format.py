@@ -1,0 +1,109 @@
+"""How the ranker sees a request: candidate ids, candidate and history lines, look-up answers.
+
+Training (``finetune/``) and serving (the RAG pipeline) share these functions, so a LoRA
+ranker is served the exact format it was trained on.
+
+Candidates carry short **candidate ids** (``A``, ``B``, … in retrieval order), as LlamaRec's
+index letters and RankGPT's ``[1]…[N]`` do: a one-token id is what a small model copies
+reliably and keeps the prompt short; :func:`resolve_ids` maps an answer back to catalogue
+ids, and an id outside the list stays as it was, so validation counts it as hallucinated.
+
+Example:
+    >>> from retrieval.catalogue import Product
+    >>> shirt = Product("15970", "Turtle Men Navy Blue Shirt", ("Apparel", "Topwear", "Shirts"),
+    ...                 {"base_colour": "Navy Blue", "usage": "Casual"}, None)
+    >>> candidate_line("A", shirt)
+    'A: shirts | navy blue | casual | men'
+    >>> resolve_ids(["a", "Q"], ["15970"])
+    ['15970', 'Q']
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from typing import Any
+
+from prompts import load_prompt
+from retrieval.catalogue import Product
+
+__all__ = [
+    "HANDLES",
+    "candidate_line",
+    "describe_product",
+    "handles",
+    "history_line",
+    "product_gender",
+    "product_line",
+    "ranker_system_message",
+    "ranker_user_message",
+    "resolve_ids",
+]
+
+HANDLES = string.ascii_uppercase  # the most candidates one ranking request can carry
+_GENDER_WORD = re.compile(r"\b(Men|Women|Boys|Girls|Unisex|Kids)\b")
+
+
+def product_gender(title: str) -> str | None:
+    """The gender a title names (``Kids`` counts for boys and girls), or None: the catalogue has no gender column."""
+    match = _GENDER_WORD.search(title)
+    return match.group(1) if match else None
+
+
+def _facets(product: Product, *, lower: bool = False) -> str:
+    gender = product_gender(product.title) or "Unisex"
+    colour = product.attributes.get("base_colour", "") or "-"
+    usage = product.attributes.get("usage", "") or "-"
+    text = f"{product.category[-1]} | {colour} | {usage} | {gender}"
+    return text.lower() if lower else text
+
+
+def product_line(product: Product) -> str:
+    """A product as the explainer sees it: catalogue id, title and attributes."""
+    return f"[{product.product_id}] {product.title} | {_facets(product)}"
+
+
+# The ranker's facets are lower-cased like the request's key terms: "shirts" in the request and in a
+# candidate line are then the same token, which is what a small model can match (" Shirts" is another).
+def candidate_line(handle: str, product: Product) -> str:
+    """A candidate as the ranker sees it: its candidate id and the facets buyers choose by, lower-cased."""
+    return f"{handle}: {_facets(product, lower=True)}"
+
+
+def history_line(product: Product) -> str:
+    return f"- {_facets(product, lower=True)}"
+
+
+def handles(n: int) -> str:
+    """The candidate ids of a list of ``n`` candidates."""
+    if n > len(HANDLES):
+        raise ValueError(f"at most {len(HANDLES)} candidates per ranking request, got {n}")
+    return HANDLES[:n]
+
+
+def resolve_ids(ids: Sequence[object], candidates: Sequence[str]) -> list[str]:
+    """Candidate ids (``A``, ``B``, …) back to catalogue ids; a candidate's catalogue id is accepted as is."""
+    by_handle = dict(zip(handles(len(candidates)), candidates, strict=True))
+    return [by_handle.get(str(raw).strip().upper(), str(raw)) for raw in ids]
+
+
+def describe_product(product: Product, handle: str | None = None) -> dict[str, Any]:
+    """What ``get_products`` answers for one product."""
+    head = {"id": handle} if handle else {}
+    return {**head, "product_id": product.product_id, "title": product.title,
+            "category": " > ".join(product.category), **product.attributes}  # fmt: skip
+
+
+def ranker_system_message() -> dict[str, Any]:
+    return {"role": "system", "content": load_prompt("ranker_system")}
+
+
+def ranker_user_message(profile: str, history: Sequence[Product], request: str, candidates: Sequence[Product]) -> str:
+    """The ranker's user turn: the buyer, recent orders, the request, and the candidates with their ids."""
+    return load_prompt("ranker_user").format(
+        profile=profile,
+        history="\n".join(history_line(p) for p in history) or "- nothing yet",
+        request=request,
+        candidates="\n".join(candidate_line(h, p) for h, p in zip(handles(len(candidates)), candidates, strict=True)),
+    )

@@ -1,0 +1,142 @@
+"""The ranker's tools over one request, and the tool loop that ends in ``submit_ranking``.
+
+The ranker may look candidates up (``get_products``) or search the catalogue
+(``search_catalog``) before it submits; :func:`run_ranker` executes those calls, feeds the
+answers back, and stops at the first ``submit_ranking`` call or after ``max_rounds``.
+
+Example:
+    >>> toolbox = RankerToolbox(catalogue, candidates)  # doctest: +SKIP
+    >>> outcome = await run_ranker(complete, messages, toolbox)  # doctest: +SKIP
+    >>> outcome.ids  # catalogue ids, in the model's order  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rag.ranker_format import describe_product, handles, resolve_ids
+from retrieval.catalogue import Product
+
+__all__ = ["Complete", "ProductSource", "RankerOutcome", "RankerToolbox", "SearchProducts", "run_ranker"]
+
+SearchProducts = Callable[[str, int], Awaitable[Sequence[Product]]]
+Complete = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
+
+
+class ProductSource(Protocol):
+    """Where look-ups find products by catalogue id (a ``Catalogue`` is one)."""
+
+    def get(self, product_id: str) -> Product | None: ...
+
+
+class RankerToolbox:
+    """Executes ``get_products`` and ``search_catalog`` for one request's candidates; answers are JSON text.
+
+    Example:
+        >>> toolbox = RankerToolbox(catalogue, candidates)  # doctest: +SKIP
+        >>> await toolbox.call("get_products", {"ids": ["A"]})  # doctest: +SKIP
+        '[{"id": "A", "product_id": "15970", ...}]'
+    """
+
+    def __init__(
+        self,
+        catalogue: ProductSource,
+        candidates: Sequence[Product],
+        search: SearchProducts | None = None,
+        *,
+        max_results: int = 10,
+    ) -> None:
+        self.catalogue = catalogue
+        self.candidates = list(candidates)
+        self.candidate_ids = [p.product_id for p in self.candidates]
+        self._by_handle = dict(zip(handles(len(self.candidates)), self.candidates, strict=True))
+        self._handle_of = {p.product_id: h for h, p in self._by_handle.items()}
+        self.search = search
+        self.max_results = max_results
+
+    async def call(self, name: str, arguments: Any) -> str:
+        """The tool's answer; a bad call gets an ``error`` the model can read, never an exception."""
+        if not isinstance(arguments, dict):
+            return json.dumps({"error": "arguments must be a JSON object"})
+        if name == "get_products":
+            return self._get_products(arguments.get("ids"))
+        if name == "search_catalog":
+            return await self._search(arguments)
+        return json.dumps({"error": f"unknown tool {name!r}"})
+
+    def _get_products(self, ids: Any) -> str:
+        if not isinstance(ids, list) or not ids:
+            return json.dumps({"error": "ids must be a non-empty list"})
+        answer: list[dict[str, Any]] = []
+        for raw in ids[:26]:
+            key = str(raw).strip()
+            product = self._by_handle.get(key.upper()) or self.catalogue.get(key)
+            if product is None:
+                answer.append({"id": key, "error": "no such candidate or product"})
+            else:
+                answer.append(describe_product(product, self._handle_of.get(product.product_id)))
+        return json.dumps(answer, ensure_ascii=False)
+
+    async def _search(self, arguments: dict[str, Any]) -> str:
+        query = arguments.get("query")
+        if not isinstance(query, str) or not query.strip():
+            return json.dumps({"error": "query must be a non-empty string"})
+        if self.search is None:
+            return json.dumps({"error": "search is not available here; rank the candidates given"})
+        try:
+            found = await self.search(query.strip(), self.max_results)
+        except Exception as exc:  # the model reads the failure and may still rank the candidates it has
+            return json.dumps({"error": f"search failed: {type(exc).__name__}"})
+        return json.dumps([describe_product(p, self._handle_of.get(p.product_id)) for p in found], ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class RankerOutcome:
+    """What the ranker submitted (catalogue ids, or None without a valid ``submit_ranking``) and how."""
+
+    ids: list[str] | None
+    tool_calls: list[str] = field(default_factory=list)
+    raw: str = ""
+
+
+def _arguments(call: dict[str, Any]) -> Any:
+    raw = call.get("function", {}).get("arguments")
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+    return raw
+
+
+async def run_ranker(
+    complete: Complete, messages: list[dict[str, Any]], toolbox: RankerToolbox, *, max_rounds: int = 3
+) -> RankerOutcome:
+    """Call the model, run its tools, and return its ``submit_ranking`` ids resolved to catalogue ids."""
+    transcript = list(messages)
+    made: list[str] = []
+    raw = ""
+    for _ in range(max_rounds):
+        message = await complete(transcript)
+        calls = message.get("tool_calls") or []
+        raw = str(message.get("content") or "")
+        if not calls:
+            break
+        for call in calls:
+            name = str(call.get("function", {}).get("name", ""))
+            made.append(name)
+            if name == "submit_ranking":
+                args = _arguments(call)
+                ids = args.get("ids") if isinstance(args, dict) else None
+                if isinstance(ids, list):
+                    return RankerOutcome(resolve_ids(ids, toolbox.candidate_ids), made, json.dumps(args))
+                return RankerOutcome(None, made, str(call.get("function", {}).get("arguments", "")))
+        transcript.append({"role": "assistant", "content": message.get("content") or "", "tool_calls": calls})
+        for call in calls:
+            name = str(call.get("function", {}).get("name", ""))
+            transcript.append({"role": "tool", "tool_call_id": call.get("id", ""), "name": name,
+                               "content": await toolbox.call(name, _arguments(call))})  # fmt: skip
+    return RankerOutcome(None, made, raw)

@@ -1,0 +1,64 @@
+"""The web chat in a real headless Chromium (Debian's, driven by Playwright): a photo plus words → cards and text.
+
+Screenshots go to ``tests/artifacts/`` (kept by CI as artifacts; a copy is committed in ``eval/reports/``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import API_KEY, LiveServer
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it with apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        yield page
+        browser.close()
+
+
+def test_photo_and_words_show_cards_then_a_streamed_explanation_and_a_follow_up(
+    page: Any, chat_live: LiveServer, small_catalogue_dir: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(chat_live.url + "/")
+    page.fill("#key", API_KEY)
+    page.dispatch_event("#key", "change")
+    page.locator("#temperature").fill("0.7")
+    photo = sorted((small_catalogue_dir / "images").glob("*.jpg"))[5]
+    page.set_input_files("#photo", str(photo))
+    page.wait_for_function("document.getElementById('photo-name').textContent.endsWith('.jpg')")
+    page.fill("#text", "like this, for men")
+    page.click("#send")
+    page.wait_for_selector(".turn .card", timeout=120_000)  # cards appear on the ranking event
+    page.wait_for_selector(".turn[data-done='true']", timeout=120_000)
+    first = page.locator(".turn").nth(0)
+    assert first.locator(".card").count() == 8  # the "products" slider's default
+    assert first.locator(".card img").first.get_attribute("src").startswith("http")
+    assert first.locator(".explanation").inner_text().strip()
+    assert first.locator(".ask img").count() == 1  # the photo is shown with the question
+    page.screenshot(path=str(ARTIFACTS / "web_chat_photo.png"), full_page=True)
+
+    page.fill("#text", "in black")
+    page.click("#send")
+    page.wait_for_selector(".turn:nth-child(2)[data-done='true']", timeout=120_000)
+    second = page.locator(".turn").nth(1)
+    shown = set(first.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.productId)"))
+    again = set(second.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.productId)"))
+    assert again and shown.isdisjoint(again)  # the follow-up refined the session, nothing repeated
+    assert page.locator("#session").inner_text().startswith("session ")
+    page.screenshot(path=str(ARTIFACTS / "web_chat_follow_up.png"), full_page=True)

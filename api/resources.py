@@ -38,7 +38,7 @@ from retrieval.catalogue import Catalogue, Product, load_catalogue
 from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError
 from retrieval.hierarchical import HierarchicalRetriever, SearchResult
 from retrieval.search import SearchQuery
-from retrieval.store import VectorStore
+from retrieval.store import SearchFilter, VectorStore
 
 __all__ = ["Resources"]
 
@@ -163,8 +163,10 @@ class Resources:
         batcher = self.batcher
         assert batcher is not None
 
-        async def search(text: str | None, image: Image.Image | None, k: int) -> list[Scored]:
-            result = await batcher.submit(BatchQuery(SearchQuery(text=text, image=image), k=k))
+        async def search(
+            text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None
+        ) -> list[Scored]:
+            result = await batcher.submit(BatchQuery(SearchQuery(text=text, image=image, filter=search_filter), k=k))
             return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
                                    Path(h.image) if h.image else None), h.score) for h in result.hits]  # fmt: skip
 
@@ -187,8 +189,12 @@ class Resources:
             lambda: (TermVocabulary.from_products(catalogue.products), ExplanationChecker(catalogue.products))
         )
         sessions = SessionStore(max_sessions=chat.max_sessions, ttl_s=chat.session_ttl_s, max_turns=chat.max_turns)
+        values: dict[str, set[str]] = {}
+        for p in catalogue.products:
+            for name, value in p.attributes.items():
+                values.setdefault(name, set()).add(value)
         pipeline = Pipeline(search, lookup, self.dispatcher, config, vocabulary=vocabulary, checker=checker,
-                            sessions=sessions)  # fmt: skip
+                            sessions=sessions, attribute_values={k: sorted(v) for k, v in values.items()})  # fmt: skip
         self.chat = ChatService(pipeline, self.fetcher, settings.images, settings)
 
     async def aclose(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from finetune.ranking_data import RankingCase, request_text
-from rag.explainer_prompt import explainer_messages
+from rag.explainer_prompt import expand_references, explainer_messages
 from rag.explanation_check import ExplanationChecker
 from retrieval.catalogue import Catalogue
 
@@ -47,7 +47,7 @@ def evaluate_explainer(
                 "max_tokens": max_tokens}  # fmt: skip
         async with gate:
             answer = await service.complete(ChatCompletionRequest.model_validate(body))
-        text = str(answer["choices"][0]["message"].get("content") or "")
+        text = expand_references(str(answer["choices"][0]["message"].get("content") or ""), ranked)
         check = checker.check(text, ranked)
         return text, [m.text for m in check.flagged], check.ok, check.names_ranked
 

@@ -8,7 +8,8 @@ Tandem's own small one learns just enough of each here, from four kinds of docum
    ``search_catalog`` call in the Hermes ``<tool_call>`` format, the tool's answer (products
    that match the request's category and colour), and a short answer citing their attributes;
 3. **explanations** in the explainer's prompt format: a request and a ranking in, two or three
-   sentences out that name only ranked products, by title, with their attributes;
+   sentences out that refer to ranked products by rank (``#1``; Tandem writes the titles in),
+   with their attributes;
 4. **generic rankings** in the ranker's prompt format: candidates in, one ``submit_ranking``
    call out, ordered by how many request words a candidate matches (ties keep the listed
    order). This is the "zero-shot" skill a general model brings; what buyers' profiles and
@@ -85,24 +86,24 @@ _OPENERS = [
     "Good matches for {request}: {first}.",
 ]
 _FOLLOW = [
-    "{title} adds a {colour} option for {usage} wear",
-    "{title} is a {colour} {kind} as well",
-    "{title} is another {usage} choice in {colour}",
+    "#{rank} adds a {colour} option for {usage} wear",
+    "#{rank} is a {colour} {kind} as well",
+    "#{rank} is another {usage} choice in {colour}",
 ]
 
 
-def _mention(p: Product) -> str:
+def _mention(rank: int, p: Product) -> str:
     kind, colour, usage = _attrs(p)
-    return f"the {p.title} is a {colour} {kind} for {usage} wear"
+    return f"#{rank} is a {colour} {kind} for {usage} wear"
 
 
 def explanation(request: str, ranked: Sequence[Product], rng: random.Random) -> str:
-    """Two or three sentences that name only ``ranked`` products, by title, with their attributes."""
-    first = _mention(ranked[0])
-    text = rng.choice(_OPENERS).format(request=request, first=first, first_cap=first[0].upper() + first[1:])
-    for p in ranked[1 : 1 + rng.randint(1, 2)]:
+    """Two or three sentences about ``ranked`` products, referred to by rank (#1, #2, …), citing their attributes."""
+    first = _mention(1, ranked[0])
+    text = rng.choice(_OPENERS).format(request=request, first=first, first_cap=first)
+    for rank, p in enumerate(ranked[1 : 1 + rng.randint(1, 2)], 2):
         kind, colour, usage = _attrs(p)
-        text += " " + rng.choice(_FOLLOW).format(title=p.title, colour=colour, usage=usage, kind=kind) + "."
+        text += " " + rng.choice(_FOLLOW).format(rank=rank, colour=colour, usage=usage, kind=kind) + "."
     return text
 
 

@@ -1,9 +1,10 @@
 """Check an explanation against the ranking it explains: every product it names must be in the ranking.
 
 The explainer is a base model prompted with the ranked products; it may still name a
-product from elsewhere in the catalogue, or write a catalogue id that is not ranked.
-:class:`ExplanationChecker` finds every catalogue title (whole words, any case) and every
-catalogue id in the text, and flags those that are not in the ranking.
+product from elsewhere in the catalogue, write a catalogue id that is not ranked, or refer
+to a rank past the list (``#9`` of five). :class:`ExplanationChecker` finds every catalogue
+title (whole words, any case), every catalogue id and every ``#k`` in the text, and flags
+those that are not in the ranking.
 
 Example:
     >>> checker = ExplanationChecker(catalogue)  # doctest: +SKIP
@@ -22,6 +23,7 @@ from retrieval.catalogue import Product
 __all__ = ["ExplanationCheck", "ExplanationChecker", "Mention"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+_REF = re.compile(r"#(\d+)")
 
 
 def _words(text: str) -> list[str]:
@@ -30,7 +32,7 @@ def _words(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Mention:
-    """A product the text names: by ``title`` or by catalogue ``id``, and whether the ranking holds it."""
+    """A product the text names: by ``title``, catalogue ``id`` or ``rank`` (#k), and whether the ranking holds it."""
 
     kind: str
     text: str
@@ -76,8 +78,9 @@ class ExplanationChecker:
     def check(self, text: str, ranked: Sequence[Product]) -> ExplanationCheck:
         ranked_ids = {p.product_id for p in ranked}
         ranked_titles = {tuple(_words(p.title)) for p in ranked}
+        # A rank reference left unexpanded points past the ranking (see rag.explainer_prompt).
+        mentions = [Mention("rank", m.group(0), (), 1 <= int(m.group(1)) <= len(ranked)) for m in _REF.finditer(text)]
         words = _words(text)
-        mentions: list[Mention] = []
         i = 0
         while i < len(words):
             lengths = sorted(self._by_first.get(words[i], ()), reverse=True)

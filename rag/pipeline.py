@@ -30,7 +30,7 @@ from PIL import Image
 
 from prompts import load_prompt, load_tools
 from rag.errors import InvalidTurnError, RetrievalUnavailableError
-from rag.explainer_prompt import explainer_messages
+from rag.explainer_prompt import ReferenceExpander, explainer_messages
 from rag.explanation_check import ExplanationChecker
 from rag.ranker_format import ranker_system_message, ranker_user_message
 from rag.ranker_tools import RankerToolbox, run_ranker
@@ -38,6 +38,7 @@ from rag.session import Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
 from rag.validation import validate_ranking
 from retrieval.catalogue import Product
+from retrieval.store import SearchFilter
 
 __all__ = [
     "BuyerContext",
@@ -77,7 +78,7 @@ class Scored:
     score: float
 
 
-Search = Callable[[str | None, Image.Image | None, int], Awaitable[list[Scored]]]
+Search = Callable[[str | None, Image.Image | None, int, SearchFilter | None], Awaitable[list[Scored]]]
 Lookup = Callable[[Sequence[str]], Mapping[str, Product]]
 
 
@@ -233,6 +234,7 @@ class Pipeline:
         vocabulary: TermVocabulary,
         checker: ExplanationChecker,
         sessions: SessionStore | None = None,
+        attribute_values: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.search = search
         self.lookup = lookup
@@ -241,6 +243,7 @@ class Pipeline:
         self.vocabulary = vocabulary
         self.checker = checker
         self.sessions = sessions or SessionStore()
+        self.attribute_values = attribute_values or {}
 
     async def answer(self, request: TurnRequest) -> TurnResult:
         """The whole turn, not streamed."""
@@ -278,9 +281,9 @@ class Pipeline:
             topics = await self._cold_start(buyer, query, degraded)
 
         try:
-            hits = await self.search(query or None, request.image, cfg.pool)
+            hits = await self.search(query or None, request.image, cfg.pool, None)
             for topic in topics:
-                hits += await self.search(topic, None, max(3, cfg.pool // 8))
+                hits += await self.search(topic, None, max(3, cfg.pool // 8), None)
         except Exception as exc:
             raise RetrievalUnavailableError(f"retrieval failed: {exc}") from exc
         seen: set[str] = set()
@@ -371,10 +374,11 @@ class Pipeline:
             message: dict[str, Any] = completion.message
             return message
 
-        async def search(q: str, k: int) -> list[Product]:
-            return [s.product for s in await self.search(q, None, k)]
+        async def search(q: str, k: int, search_filter: SearchFilter | None) -> list[Product]:
+            return [s.product for s in await self.search(q, None, k, search_filter)]
 
-        toolbox = RankerToolbox(_Products(products, self.lookup), products, search=search)
+        toolbox = RankerToolbox(_Products(products, self.lookup), products, search=search,
+                                attribute_values=self.attribute_values)  # fmt: skip
         try:
             outcome = await asyncio.wait_for(
                 run_ranker(complete, messages, toolbox, max_rounds=self.config.max_tool_rounds),
@@ -409,15 +413,20 @@ class Pipeline:
         payload = {"model": self.config.explainer_model, "messages": explainer_messages(request_text, ranked),
                    "max_tokens": self.config.explainer_max_tokens, "temperature": 0.3}  # fmt: skip
         parts: list[str] = []
+        names = ReferenceExpander(ranked)  # "#2" in the model's text becomes the second product's title
         try:
             async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
                 for choice in chunk.get("choices", []):
-                    delta = choice.get("delta", {}).get("content")
+                    delta = names.feed(choice.get("delta", {}).get("content") or "")
                     if delta:
                         if not parts:
                             timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
                         parts.append(delta)
                         yield TokenEvent(delta)
+            rest = names.flush()
+            if rest:
+                parts.append(rest)
+                yield TokenEvent(rest)
         except Exception as exc:
             degraded.append(Degradation("explainer", f"{type(exc).__name__}: {exc}"[:200]))
             if parts:  # the buyer saw half a sentence: say so in-band before the fallback replaces it
@@ -431,8 +440,8 @@ class Pipeline:
             return
         check = self.checker.check(text, ranked)
         if not check.ok:
-            names = ", ".join(m.text for m in check.flagged)[:200]
-            degraded.append(Degradation("explainer", f"named products outside the ranking ({names}); replaced"))
+            flagged = ", ".join(m.text for m in check.flagged)[:200]
+            degraded.append(Degradation("explainer", f"named products outside the ranking ({flagged}); replaced"))
             yield _fallback(request_text, ranked)
             return
         yield text

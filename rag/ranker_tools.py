@@ -13,16 +13,17 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rag.ranker_format import describe_product, handles, resolve_ids
-from retrieval.catalogue import Product
+from retrieval.catalogue import CATEGORY_SEPARATOR, Product
+from retrieval.store import SearchFilter
 
 __all__ = ["Complete", "ProductSource", "RankerOutcome", "RankerToolbox", "SearchProducts", "run_ranker"]
 
-SearchProducts = Callable[[str, int], Awaitable[Sequence[Product]]]
+SearchProducts = Callable[[str, int, SearchFilter | None], Awaitable[Sequence[Product]]]
 Complete = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
 
@@ -48,6 +49,7 @@ class RankerToolbox:
         search: SearchProducts | None = None,
         *,
         max_results: int = 10,
+        attribute_values: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.candidates = list(candidates)
@@ -56,6 +58,8 @@ class RankerToolbox:
         self._handle_of = {p.product_id: h for h, p in self._by_handle.items()}
         self.search = search
         self.max_results = max_results
+        # attribute → lower-cased value → the catalogue's spelling ("navy blue" → "Navy Blue")
+        self._values = {name: {v.lower(): v for v in values} for name, values in (attribute_values or {}).items()}
 
     async def call(self, name: str, arguments: Any) -> str:
         """The tool's answer; a bad call gets an ``error`` the model can read, never an exception."""
@@ -86,11 +90,35 @@ class RankerToolbox:
             return json.dumps({"error": "query must be a non-empty string"})
         if self.search is None:
             return json.dumps({"error": "search is not available here; rank the candidates given"})
+        search_filter = self._filter(arguments.get("category"), arguments.get("attributes"))
+        if isinstance(search_filter, str):
+            return json.dumps({"error": search_filter})
         try:
-            found = await self.search(query.strip(), self.max_results)
+            found = await self.search(query.strip(), self.max_results, search_filter)
         except Exception as exc:  # the model reads the failure and may still rank the candidates it has
             return json.dumps({"error": f"search failed: {type(exc).__name__}"})
         return json.dumps([describe_product(p, self._handle_of.get(p.product_id)) for p in found], ensure_ascii=False)
+
+    def _filter(self, category: Any, attributes: Any) -> SearchFilter | str | None:
+        """The search filter of a ``search_catalog`` call, or what is wrong with it."""
+        prefix = None
+        if category not in (None, ""):
+            if not isinstance(category, str):
+                return "category must be a string such as 'Apparel > Topwear'"
+            prefix = [part.strip() for part in category.split(CATEGORY_SEPARATOR.strip()) if part.strip()]
+        wanted: dict[str, list[str]] = {}
+        if attributes not in (None, {}):
+            if not isinstance(attributes, dict):
+                return 'attributes must be an object such as {"base_colour": "Red"}'
+            for name, raw in attributes.items():
+                values = raw if isinstance(raw, list) else [raw]
+                known = self._values.get(str(name))
+                if self._values and known is None:
+                    return f"unknown attribute {name!r}; known: {', '.join(sorted(self._values))}"
+                wanted[str(name)] = [known.get(str(v).lower(), str(v)) if known else str(v) for v in values]
+        if not prefix and not wanted:
+            return None
+        return SearchFilter(category_prefix=prefix, attributes=wanted)
 
 
 @dataclass(frozen=True)

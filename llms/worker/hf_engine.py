@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -240,9 +241,12 @@ class TransformersEngine:
             names = list(adapters)
             current = names[0]
             try:
-                peft_model = PeftModel.from_pretrained(
-                    model, str(adapters[current]), adapter_name=current, is_trainable=False
-                )
+                with warnings.catch_warnings():
+                    # peft asks transformers' deprecated is_gradient_checkpointing: noise in every CLI run.
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    peft_model = PeftModel.from_pretrained(
+                        model, str(adapters[current]), adapter_name=current, is_trainable=False
+                    )
                 for current in names[1:]:
                     peft_model.load_adapter(str(adapters[current]), adapter_name=current, is_trainable=False)
                 model = peft_model.to(torch_device)

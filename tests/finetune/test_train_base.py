@@ -42,18 +42,24 @@ def test_corpus_has_every_kind_of_document_and_is_seeded(catalogue: Catalogue) -
     assert len(docs) == 100
     searches = [d for d in docs if '"name": "search_catalog", "arguments"' in d]
     rankings = [d for d in docs if "<tool_call>" in d and '"name": "submit_ranking", "arguments"' in d]
-    explains = [d for d in docs if "Ranking:\n1. [" in d]
+    explains = [d for d in docs if "Ranking:\n#1 [" in d]
     assert len(searches) == 20 and len(rankings) == 10 and len(explains) == 20
     assert all("<tool_response>" in d for d in searches)
 
 
-def test_explanations_name_only_ranked_products(catalogue: Catalogue) -> None:
-    rng = random.Random(0)
-    ranked = catalogue.products[:4]
-    text = explanation("red shirts", ranked, rng)
-    assert ranked[0].title in text
-    others = [p.title for p in catalogue.products[4:400] if p.title not in {r.title for r in ranked}]
-    assert not any(t in text for t in others)
+def test_explanations_refer_to_ranked_products_by_rank_with_their_attributes(catalogue: Catalogue) -> None:
+    from rag.explainer_prompt import expand_references
+    from rag.explanation_check import ExplanationChecker
+
+    checker = ExplanationChecker(catalogue.products)
+    for seed in range(20):
+        ranked = catalogue.products[seed * 4 : seed * 4 + 4]
+        text = explanation("red shirts", ranked, random.Random(seed))
+        assert text.count("#1 ") == 1 and "#5" not in text and not any(p.title in text for p in ranked)
+        assert ranked[0].attributes["base_colour"].lower() in text.split("#2")[0]
+        named = expand_references(text, ranked)
+        assert ranked[0].title in named
+        assert checker.check(named, ranked).ok
 
 
 def test_request_match_ranking_puts_matching_candidates_first(catalogue: Catalogue) -> None:

@@ -50,3 +50,30 @@ def test_the_longest_title_wins_and_shared_titles_count_as_ranked() -> None:
     assert [(m.text, m.product_ids) for m in check.flagged] == [("puma men grey t-shirt pack of 2", ("9",))]
     shared = checker.check("Fabindia Men Striped Green Shirt fits.", [CATALOGUE[7]])
     assert shared.ok and shared.mentions[0].product_ids == ("30805", "30806")
+
+
+def test_rank_references_past_the_list_are_flagged() -> None:
+    checker = ExplanationChecker(CATALOGUE)
+    check = checker.check("#1 suits offices and #2 parties; #3 is for weekends.", CATALOGUE[:2])
+    assert [(m.kind, m.text, m.ranked) for m in check.mentions] == [
+        ("rank", "#1", True),
+        ("rank", "#2", True),
+        ("rank", "#3", False),
+    ]
+    assert [m.text for m in check.flagged] == ["#3"]
+
+
+def test_reference_expander_names_products_on_a_stream_split_anywhere() -> None:
+    from rag.explainer_prompt import ReferenceExpander, expand_references
+
+    ranked = CATALOGUE[:2]
+    text = "For you, #1 is navy; #2 adds jeans and #12 is not ranked. #"
+    expected = expand_references(text, ranked)
+    assert expected.startswith("For you, Turtle Check Men Navy Blue Shirt is navy; Peter England Men Party Blue Jeans")
+    assert "#12" in expected and expected.endswith("#")
+    for size in (1, 2, 3, 7):
+        expander = ReferenceExpander(ranked)
+        pieces = [expander.feed(text[i : i + size]) for i in range(0, len(text), size)]
+        streamed = "".join(pieces) + expander.flush()
+        assert streamed == expected, size
+        assert not any("#1 " in piece for piece in pieces)  # a reference is never sent half-expanded

@@ -73,7 +73,7 @@ class ScriptedLlm:
     ) -> AsyncIterator[dict[str, Any]]:
         self.calls.append(dict(payload))
         ranked = [line.split("] ", 1)[1].split(" | ")[0] for line in payload["messages"][1]["content"].splitlines()
-                  if line[:1].isdigit()]  # fmt: skip
+                  if line.startswith("#")]  # fmt: skip
         text = self.explanation(ranked) if callable(self.explanation) else self.explanation
         for i, word in enumerate(text.split(" ")):
             if self.break_after is not None and i >= self.break_after:
@@ -88,7 +88,7 @@ class WordSearch:
         self.products = products
         self.queries: list[tuple[str | None, bool]] = []
 
-    async def __call__(self, text: str | None, image: Image.Image | None, k: int) -> list[Scored]:
+    async def __call__(self, text: str | None, image: Image.Image | None, k: int, search_filter: Any) -> list[Scored]:
         self.queries.append((text, image is not None))
         words = set((text or "").lower().split()) | ({"shirts"} if image is not None else set())
         scored = []
@@ -251,3 +251,15 @@ def test_events_are_frozen_dataclasses() -> None:
     event = CandidatesEvent("s", "q", [])
     with pytest.raises(AttributeError):
         event.query = "x"  # type: ignore[misc]
+
+
+def test_rank_references_become_names_while_streaming_and_a_bad_rank_is_caught(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("B", "A"), "For shirts, #1 is blue and #2 is a casual choice.")
+    events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="shirts", top_k=3))
+    first, second = (i.product.title for i in result.items[:2])
+    assert result.explanation == f"For shirts, {first} is blue and {second} is a casual choice."
+    assert "".join(e.text for e in events if isinstance(e, TokenEvent)) == result.explanation
+    assert result.degraded == []
+    past = ScriptedLlm(submit("A"), "Take #1 and #7.")
+    _, result = run(make_pipeline(products, past)[0], TurnRequest(text="shirts", top_k=3))
+    assert [d.part for d in result.degraded] == ["explainer"] and "#7" in result.degraded[0].reason

@@ -72,9 +72,31 @@ def test_no_submission_is_none_and_bad_arguments_never_raise() -> None:
 def test_search_answers_with_candidate_ids_where_it_can() -> None:
     cat = _catalogue()
 
-    async def search(query: str, k: int) -> list[Product]:
+    async def search(query: str, k: int, search_filter: Any) -> list[Product]:
         return cat.products[1:4][:k]
 
     toolbox = RankerToolbox(cat, cat.products[:2], search=search)
     rows = json.loads(asyncio.run(toolbox.call("search_catalog", {"query": "blue shirts"})))
     assert [(r.get("id"), r["product_id"]) for r in rows] == [("B", "101"), (None, "102"), (None, "103")]
+
+
+def test_search_filters_are_parsed_checked_and_spelled_as_the_catalogue_does() -> None:
+    cat = _catalogue()
+    seen: list[Any] = []
+
+    async def search(query: str, k: int, search_filter: Any) -> list[Product]:
+        seen.append(search_filter)
+        return cat.products[:1]
+
+    values = {"base_colour": ["Navy Blue", "Red"], "usage": ["Casual"]}
+    toolbox = RankerToolbox(cat, cat.products[:2], search=search, attribute_values=values)
+    args = {"query": "shirts", "category": "Apparel > Topwear", "attributes": {"base_colour": ["navy blue", "RED"]}}
+    asyncio.run(toolbox.call("search_catalog", args))
+    assert seen[-1].category_prefix == ["Apparel", "Topwear"]
+    assert seen[-1].attributes == {"base_colour": ["Navy Blue", "Red"]}
+    asyncio.run(toolbox.call("search_catalog", {"query": "shirts"}))
+    assert seen[-1] is None
+    bad = json.loads(asyncio.run(toolbox.call("search_catalog", {"query": "x", "attributes": {"price": "low"}})))
+    assert "unknown attribute 'price'" in bad["error"] and len(seen) == 2
+    bad = json.loads(asyncio.run(toolbox.call("search_catalog", {"query": "x", "category": 5})))
+    assert "category must be a string" in bad["error"]

@@ -112,6 +112,21 @@ class ClientStore:
             raise StoreError(f"Qdrant retrieve failed: {exc}") from exc
         return {str((r.payload or {})["product_id"]) for r in records}
 
+    def vectors(self, product_ids: Sequence[str], *, using: str) -> dict[str, np.ndarray]:
+        self._require()
+        try:
+            records = self._client.retrieve(
+                self._collection, [point_id(p) for p in product_ids], with_payload=["product_id"], with_vectors=[using]
+            )
+        except _CLIENT_ERRORS as exc:
+            raise StoreError(f"Qdrant retrieve failed: {exc}") from exc
+        out: dict[str, np.ndarray] = {}
+        for r in records:
+            vec = r.vector if isinstance(r.vector, dict) else {}
+            if using in vec:
+                out[str((r.payload or {})["product_id"])] = np.asarray(vec[using], dtype=np.float32)
+        return out
+
     def upsert(self, records: Sequence[VectorRecord]) -> None:
         self._require()
         points = [

@@ -117,6 +117,20 @@ class EdgeStore:
         records = shard.retrieve(ids, with_payload=["product_id"], with_vector=False)
         return {str((r.payload or {})["product_id"]) for r in records}
 
+    def vectors(self, product_ids: Sequence[str], *, using: str) -> dict[str, np.ndarray]:
+        shard = self._require()
+        ids: list[qe.PointId] = [point_id(p) for p in product_ids]
+        try:
+            records = shard.retrieve(ids, with_payload=["product_id"], with_vector=[using])
+        except (RuntimeError, ValueError) as exc:
+            raise StoreError(f"Qdrant Edge retrieve failed: {exc}") from exc
+        out: dict[str, np.ndarray] = {}
+        for r in records:
+            vec = r.vector if isinstance(r.vector, dict) else {}
+            if using in vec:
+                out[str((r.payload or {})["product_id"])] = np.asarray(vec[using], dtype=np.float32)
+        return out
+
     def upsert(self, records: Sequence[VectorRecord]) -> None:
         shard = self._require()
         points = [

@@ -164,6 +164,10 @@ class VectorStore(Protocol):
 
     def upsert(self, records: Sequence[VectorRecord]) -> None: ...
 
+    def vectors(self, product_ids: Sequence[str], *, using: str) -> dict[str, np.ndarray]:
+        """The stored ``using`` vector of each of ``product_ids`` that exists (for MMR and diversity)."""
+        ...
+
     def search(
         self, vector: np.ndarray, *, using: str, k: int, filter: SearchFilter | None = None
     ) -> list[StoredHit]: ...

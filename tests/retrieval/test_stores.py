@@ -148,6 +148,13 @@ def test_scroll_returns_every_point_with_vectors(filled: VectorStore, data: dict
     np.testing.assert_allclose(seen["p9"], data[IMAGE_VECTOR][9], atol=1e-5)  # type: ignore[index]
 
 
+def test_vectors_by_id_match_what_was_stored(filled: VectorStore, data: dict[str, object]) -> None:
+    got = filled.vectors(["p3", "p17", "nope"], using=TEXT_VECTOR)
+    assert sorted(got) == ["p17", "p3"]
+    np.testing.assert_allclose(got["p17"], data[TEXT_VECTOR][17], atol=1e-5)  # type: ignore[index]
+    assert filled.vectors([], using=IMAGE_VECTOR) == {}
+
+
 def test_fused_search_is_reciprocal_rank_fusion(filled: VectorStore, data: dict[str, object]) -> None:
     q_img, q_txt = data["queries"][1], data["queries"][2]  # type: ignore[index]
     prefetch = 50

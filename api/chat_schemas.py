@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.schemas import RecommendedItem
+from api.schemas import DiversityInfo, RecommendedItem
 
 __all__ = [
     "MAX_CHAT_TOP_K",
@@ -87,7 +87,22 @@ class ChatRequest(_Strict):
     buyer: ChatBuyer | None = None
     top_k: int = Field(default=10, ge=1, le=MAX_CHAT_TOP_K)
     sampling: ChatSampling | None = None
+    candidates: int | None = Field(default=None, ge=2, le=26, description="How many candidates the ranker sees.")
+    mmr_lambda: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="MMR over the ranked list: 1 = the ranker's order, 0 = most diverse."
+    )
+    diversity: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Target diversity, mapped to knob settings by Tandem's calibration."
+    )
     stream: bool = Field(default=False, description="Server-Sent Events: candidates, ranking, token…, done, error.")
+
+    @model_validator(mode="after")
+    def _one_diversity_knob(self) -> ChatRequest:
+        if self.diversity is not None and (self.mmr_lambda is not None or self.sampling is not None):
+            raise ValueError("give diversity, or sampling / mmr_lambda, not both")
+        if self.candidates is not None and self.candidates < self.top_k:
+            raise ValueError(f"candidates ({self.candidates}) must be at least top_k ({self.top_k})")
+        return self
 
 
 class ChatItem(RecommendedItem):
@@ -113,3 +128,4 @@ class ChatResponse(BaseModel):
     explanation: str
     degraded: list[DegradedPart]
     timing_ms: dict[str, float]
+    diversity: DiversityInfo

@@ -7,16 +7,21 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 from urllib.parse import quote
 
 from PIL import Image
 
 from api.chat_schemas import ChatItem, ChatRequest, ChatResponse, DegradedPart
+from api.diversity import DiversityCalibration, list_diversity
 from api.errors import error_body, to_api_error
 from api.image_fetch import ImageFetcher, decode_base64_image
+from api.recommender import VectorLookup
+from api.schemas import DiversityInfo
 from api.settings import Settings
 from rag.pipeline import (
     BuyerContext,
@@ -33,6 +38,7 @@ from rag.pipeline import (
     TurnResult,
 )
 from retrieval.images import ImageLimits, decode_image
+from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR
 
 __all__ = ["ChatService", "sse"]
 
@@ -40,11 +46,22 @@ __all__ = ["ChatService", "sse"]
 class ChatService:
     """Answers chat turns through one shared :class:`rag.pipeline.Pipeline`."""
 
-    def __init__(self, pipeline: Pipeline, fetcher: ImageFetcher, limits: ImageLimits, settings: Settings) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        fetcher: ImageFetcher,
+        limits: ImageLimits,
+        settings: Settings,
+        *,
+        vectors: VectorLookup | None = None,
+        calibration: DiversityCalibration | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.fetcher = fetcher
         self.limits = limits
         self.image_base_url = settings.api.public_image_base_url
+        self.vectors = vectors
+        self.calibration = calibration or DiversityCalibration.default()
 
     async def _image(self, request: ChatRequest) -> Image.Image | None:
         message = request.message
@@ -57,19 +74,48 @@ class ChatService:
             return decode_image(data, self.limits, name="the image at image_url")
         return None
 
-    async def turn(self, request: ChatRequest) -> TurnRequest:
+    def knobs(self, request: ChatRequest) -> tuple[Sampling, float | None, dict[str, Any]]:
+        """The ranker's sampling and MMR's λ for this turn, from the request or its target diversity."""
         sampling = request.sampling
+        chosen = (
+            Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed) if sampling else Sampling()
+        )
+        lam = request.mmr_lambda
+        settings: dict[str, Any] = dict(chosen.payload())
+        if request.diversity is not None:
+            pick = self.calibration.settings_for(request.diversity)
+            settings = {"diversity": request.diversity, pick["knob"]: pick["value"], "calibrated": pick["calibrated"]}
+            if pick["knob"] == "mmr_lambda":
+                lam = float(pick["value"])
+            else:
+                chosen = replace(chosen, **{pick["knob"]: pick["value"]})
+        if lam is not None:
+            settings["mmr_lambda"] = lam
+        settings["candidates"] = request.candidates or self.pipeline.config.ranker_candidates
+        return chosen, lam, settings
+
+    async def turn(self, request: ChatRequest) -> TurnRequest:
         buyer = request.buyer
+        sampling, lam, _ = self.knobs(request)
         return TurnRequest(
             text=request.message.text,
             image=await self._image(request),
             session_id=request.session_id,
             buyer=BuyerContext(buyer.id, buyer.profile, tuple(buyer.history)) if buyer else None,
             top_k=request.top_k,
-            sampling=Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed)
-            if sampling
-            else Sampling(),
+            sampling=sampling,
+            candidates=request.candidates,
+            mmr_lambda=lam,
         )
+
+    async def diversity(self, result: TurnResult, settings: dict[str, Any]) -> DiversityInfo:
+        ids = [i.product.product_id for i in result.items]
+        image = text = None
+        if self.vectors is not None and ids:
+            image = await asyncio.to_thread(self.vectors, ids, IMAGE_VECTOR)
+            text = await asyncio.to_thread(self.vectors, ids, TEXT_VECTOR)
+        reached = list_diversity(ids, [i.product.category for i in result.items], image=image, text=text)
+        return DiversityInfo(**asdict(reached), settings=settings)
 
     def _image_url(self, product_id: str, image: str | None, base_url: str) -> str | None:
         if image is None:
@@ -90,7 +136,9 @@ class ChatService:
             reason=item.reason if isinstance(item, RankedProduct) else None,
         )
 
-    def response(self, result: TurnResult, request_id: str, base_url: str) -> ChatResponse:
+    async def response(
+        self, result: TurnResult, request_id: str, base_url: str, settings: dict[str, Any]
+    ) -> ChatResponse:
         return ChatResponse(
             session_id=result.session_id,
             request_id=request_id,
@@ -99,14 +147,15 @@ class ChatService:
             explanation=result.explanation,
             degraded=[DegradedPart(part=d.part, reason=d.reason) for d in result.degraded],
             timing_ms=result.timing_ms,
+            diversity=await self.diversity(result, settings),
         )
 
     async def answer(self, request: ChatRequest, *, request_id: str, base_url: str) -> ChatResponse:
         result = await self.pipeline.answer(await self.turn(request))
-        return self.response(result, request_id, base_url)
+        return await self.response(result, request_id, base_url, self.knobs(request)[2])
 
     async def events(
-        self, turn: TurnRequest, *, request_id: str, base_url: str
+        self, turn: TurnRequest, *, request_id: str, base_url: str, settings: dict[str, Any]
     ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """(event name, data) pairs: candidates, ranking, token…, done."""
         async for event in self.pipeline.run(turn):
@@ -122,7 +171,8 @@ class ChatService:
                 error = to_api_error(event.error)
                 yield "error", {**error_body(error, request_id), "part": event.part, "fatal": False}
             elif isinstance(event, DoneEvent):
-                yield "done", self.response(event.result, request_id, base_url).model_dump(mode="json")
+                done = await self.response(event.result, request_id, base_url, settings)
+                yield "done", done.model_dump(mode="json")
 
 
 def _dump(cards: Any) -> list[dict[str, Any]]:

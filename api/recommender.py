@@ -10,23 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import PurePath
+from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 from PIL import Image
 
+from api.diversity import DiversityCalibration, list_diversity
 from api.errors import ValidationFailedError
 from api.image_fetch import ImageFetcher, decode_base64_image
 from api.metrics import ApiMetrics
-from api.schemas import RecommendedItem, RecommendFilters, RecommendRequest, RecommendResponse, StageTimings
+from api.schemas import (
+    DiversityInfo,
+    RecommendedItem,
+    RecommendFilters,
+    RecommendRequest,
+    RecommendResponse,
+    StageTimings,
+)
+from rag.mmr import mmr_order
 from retrieval.batch_search import BatchQuery
 from retrieval.batching import MicroBatcher
 from retrieval.hierarchical import SearchResult
 from retrieval.images import ImageLimits, decode_image
 from retrieval.search import SearchHit, SearchQuery
-from retrieval.store import SearchFilter
+from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
 
-__all__ = ["RecommendationService"]
+__all__ = ["RecommendationService", "VectorLookup"]
+
+VectorLookup = Callable[[Sequence[str], str], dict[str, np.ndarray]]
 
 # Decoding a catalogue-sized JPEG takes ~0.1 ms: cheaper inline than a thread hop. Larger
 # uploads are decoded in a thread so a 90-megapixel photo never stalls other requests.
@@ -45,6 +60,8 @@ class RecommendationService:
         *,
         attribute_fields: list[str],
         image_base_url: str | None,
+        vectors: VectorLookup | None = None,
+        calibration: DiversityCalibration | None = None,
     ) -> None:
         self.fetcher = fetcher
         self.batcher = batcher
@@ -52,6 +69,8 @@ class RecommendationService:
         self.metrics = metrics
         self.attribute_fields = set(attribute_fields)
         self.image_base_url = image_base_url
+        self.vectors = vectors
+        self.calibration = calibration or DiversityCalibration.default()
 
     async def _decode(self, data: bytes, name: str) -> Image.Image:
         if len(data) <= _INLINE_DECODE_BYTES:
@@ -101,7 +120,19 @@ class RecommendationService:
         t1 = time.perf_counter()
         text = request.text.strip() if request.text and request.text.strip() else None
         query = SearchQuery(text=text, image=image, filter=search_filter)
-        result = await self.batcher.submit(BatchQuery(query, k=request.top_k, mode=request.mode))
+        lam, settings = self.mmr_setting(request.mmr_lambda, request.diversity)
+        pool = request.pool or (4 * request.top_k if lam is not None else request.top_k)
+        result = await self.batcher.submit(BatchQuery(query, k=pool, mode=request.mode))
+        hits = result.hits
+        image_vectors = await self.lookup_vectors([h.product_id for h in hits], IMAGE_VECTOR)
+        if lam is not None and len(hits) > 1 and len(image_vectors) == len(hits):
+            order = mmr_order([h.score for h in hits], np.vstack([image_vectors[h.product_id] for h in hits]),
+                              lam=lam, k=request.top_k)  # fmt: skip
+            hits = [hits[i] for i in order]
+        hits = hits[: request.top_k]
+        ids = [h.product_id for h in hits]
+        text_vectors = await self.lookup_vectors(ids, TEXT_VECTOR)
+        reached = list_diversity(ids, [h.category for h in hits], image=image_vectors, text=text_vectors)
         t2 = time.perf_counter()
         search_ms = result.timing_ms.get("search", 0.0)
         timing = StageTimings(
@@ -115,7 +146,23 @@ class RecommendationService:
         return RecommendResponse(
             request_id=request_id,
             mode=result.mode,
-            items=[self.item(h, base_url) for h in result.hits],
+            items=[self.item(h, base_url) for h in hits],
             timing_ms=timing,
             searched_fraction=round(result.searched_fraction, 6),
+            diversity=DiversityInfo(**asdict(reached), settings={**settings, "pool": pool}),
         )
+
+    def mmr_setting(self, mmr_lambda: float | None, diversity: float | None) -> tuple[float | None, dict[str, Any]]:
+        """MMR's λ for this request (None: relevance order), and the settings to report."""
+        if diversity is not None:
+            chosen = self.calibration.settings_for(diversity, knobs={"mmr_lambda"})
+            return float(chosen["value"]), {"diversity": diversity, "mmr_lambda": chosen["value"],
+                                            "calibrated": chosen["calibrated"]}  # fmt: skip
+        if mmr_lambda is not None:
+            return mmr_lambda, {"mmr_lambda": mmr_lambda}
+        return None, {}
+
+    async def lookup_vectors(self, ids: list[str], using: str) -> dict[str, np.ndarray]:
+        if self.vectors is None or not ids:
+            return {}
+        return await asyncio.to_thread(self.vectors, ids, using)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from api.chat_service import ChatService
 from api.components import build_image_encoder, build_retriever, build_store, build_text_encoder
+from api.diversity import DiversityCalibration
 from api.image_fetch import ImageFetcher
 from api.metrics import ApiMetrics
 from api.recommender import RecommendationService
@@ -38,7 +40,7 @@ from retrieval.catalogue import Catalogue, Product, load_catalogue
 from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError
 from retrieval.hierarchical import HierarchicalRetriever, SearchResult
 from retrieval.search import SearchQuery
-from retrieval.store import SearchFilter, VectorStore
+from retrieval.store import IMAGE_VECTOR, SearchFilter, VectorStore
 
 __all__ = ["Resources"]
 
@@ -56,6 +58,10 @@ def _pin_torch_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def _vectors(store: VectorStore, ids: Sequence[str], using: str) -> dict[str, np.ndarray]:
+    return store.vectors(ids, using=using)
 
 
 @dataclass
@@ -135,6 +141,8 @@ class Resources:
             metrics,
             attribute_fields=manifest.attribute_fields,
             image_base_url=settings.api.public_image_base_url,
+            vectors=partial(_vectors, res.store),
+            calibration=DiversityCalibration.load(settings.diversity_calibration_path),
         )
         await res._open_chat()
         res.info = {
@@ -195,7 +203,15 @@ class Resources:
                 values.setdefault(name, set()).add(value)
         pipeline = Pipeline(search, lookup, self.dispatcher, config, vocabulary=vocabulary, checker=checker,
                             sessions=sessions, attribute_values={k: sorted(v) for k, v in values.items()})  # fmt: skip
-        self.chat = ChatService(pipeline, self.fetcher, settings.images, settings)
+        store = self.store
+        assert store is not None
+
+        async def image_vectors(ids: Sequence[str]) -> dict[str, np.ndarray]:
+            return await asyncio.to_thread(store.vectors, ids, using=IMAGE_VECTOR)
+
+        pipeline.vectors = image_vectors
+        self.chat = ChatService(pipeline, self.fetcher, settings.images, settings, vectors=partial(_vectors, store),
+                                calibration=DiversityCalibration.load(settings.diversity_calibration_path))  # fmt: skip
 
     async def aclose(self) -> None:
         await self.dispatcher.aclose()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, Json, model_validator
 from retrieval.hierarchical import SearchMode
 
 __all__ = [
+    "DiversityInfo",
     "ErrorDetail",
     "ErrorResponse",
     "HealthResponse",
@@ -59,6 +60,26 @@ class _QueryFields(_Strict):
     mode: SearchMode = Field(
         default="hierarchical", description="hierarchical (categories first) or flat (whole catalogue, baseline)."
     )
+    pool: int | None = Field(
+        default=None,
+        ge=1,
+        le=500,
+        description="Candidates retrieved before re-ranking (default top_k; 4×top_k with MMR).",
+    )
+    mmr_lambda: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="MMR re-ranking over the pool: 1 = relevance only, 0 = most diverse."
+    )
+    diversity: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Target diversity, mapped to knob settings by Tandem's calibration."
+    )
+
+    @model_validator(mode="after")
+    def _one_diversity_knob(self) -> _QueryFields:
+        if self.mmr_lambda is not None and self.diversity is not None:
+            raise ValueError("give mmr_lambda or diversity, not both")
+        if self.pool is not None and self.pool < self.top_k:
+            raise ValueError(f"pool ({self.pool}) must be at least top_k ({self.top_k})")
+        return self
 
 
 class RecommendRequest(_QueryFields):
@@ -121,6 +142,16 @@ class StageTimings(BaseModel):
     total: float
 
 
+class DiversityInfo(BaseModel):
+    """How diverse the returned list is, and the knob settings that made it."""
+
+    ild_image: float | None = Field(description="ILD@K on image embeddings: mean pairwise 1 − cosine.")
+    ild_text: float | None = Field(description="ILD@K on text embeddings.")
+    ild_category: float = Field(description="Mean pairwise category-tree distance (0 same category, 1 other branch).")
+    distinct_categories: float = Field(description="Share of distinct category paths in the list.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="The knob settings used (pool, MMR λ, …).")
+
+
 class RecommendResponse(BaseModel):
     """The top-K products for a query."""
 
@@ -129,6 +160,7 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     timing_ms: StageTimings
     searched_fraction: float = Field(description="Share of the catalogue level 2 searched (1.0 in flat mode).")
+    diversity: DiversityInfo
 
 
 class ErrorDetail(BaseModel):

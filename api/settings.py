@@ -213,6 +213,11 @@ class Settings(BaseSettings):
         return self.models_dir / "tandem-base"
 
     @property
+    def diversity_calibration_path(self) -> Path:
+        """Written by ``tandem experiment diversity``; maps a target diversity to knob settings."""
+        return self.home / "models" / "diversity_calibration.json"
+
+    @property
     def ranker_dir(self) -> Path:
         """Where ``tandem train ranker`` writes the LoRA ranker adapter."""
         return self.models_dir / "tandem-ranker"

@@ -26,12 +26,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image
 
 from prompts import load_prompt, load_tools
 from rag.errors import InvalidTurnError, RetrievalUnavailableError
 from rag.explainer_prompt import ReferenceExpander, explainer_messages
 from rag.explanation_check import ExplanationChecker
+from rag.mmr import mmr_order
 from rag.ranker_format import ranker_system_message, ranker_user_message
 from rag.ranker_tools import RankerToolbox, run_ranker
 from rag.session import Session, SessionStore, Turn
@@ -79,6 +81,7 @@ class Scored:
 
 
 Search = Callable[[str | None, Image.Image | None, int, SearchFilter | None], Awaitable[list[Scored]]]
+Vectors = Callable[[Sequence[str]], Awaitable[Mapping[str, np.ndarray]]]
 Lookup = Callable[[Sequence[str]], Mapping[str, Product]]
 
 
@@ -115,6 +118,8 @@ class TurnRequest:
     buyer: BuyerContext | None = None
     top_k: int = 10
     sampling: Sampling = field(default_factory=Sampling)
+    candidates: int | None = None  # how many the ranker sees (default: the pipeline's ranker_candidates)
+    mmr_lambda: float | None = None  # MMR over the ranked list, on image vectors (None: the ranker's order)
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ class Pipeline:
         checker: ExplanationChecker,
         sessions: SessionStore | None = None,
         attribute_values: Mapping[str, Sequence[str]] | None = None,
+        vectors: Vectors | None = None,
     ) -> None:
         self.search = search
         self.lookup = lookup
@@ -244,6 +250,7 @@ class Pipeline:
         self.checker = checker
         self.sessions = sessions or SessionStore()
         self.attribute_values = attribute_values or {}
+        self.vectors = vectors
 
     async def answer(self, request: TurnRequest) -> TurnResult:
         """The whole turn, not streamed."""
@@ -294,12 +301,14 @@ class Pipeline:
                 continue
             seen.add(pid)
             pool.append(hit)
-        candidates = pool[: cfg.ranker_candidates]
+        candidates = pool[: min(request.candidates or cfg.ranker_candidates, 26)]
         timing["retrieval"] = round((time.perf_counter() - t0) * 1000, 3)
         yield CandidatesEvent(session.session_id, query, candidates)
 
         t1 = time.perf_counter()
         ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded)
+        if request.mmr_lambda is not None and self.vectors is not None and len(ranked_ids) > 1:
+            ranked_ids = await self._mmr(ranked_ids, request.mmr_lambda, request.top_k)
         by_id = {c.product.product_id: c for c in candidates}
         items = [
             RankedProduct(by_id[pid].product, by_id[pid].score, _reason(by_id[pid].product, terms, history))
@@ -323,6 +332,16 @@ class Pipeline:
         timing["total"] = round((time.perf_counter() - t0) * 1000, 3)
         session.record(Turn(text, request.image is not None, terms, tuple(i.product.product_id for i in items)))
         yield DoneEvent(TurnResult(session.session_id, query, items, explanation, degraded, timing, ranker_info))
+
+    async def _mmr(self, ranked_ids: list[str], lam: float, k: int) -> list[str]:
+        """MMR over the validated ranking: its order is the relevance, image vectors the similarity."""
+        assert self.vectors is not None
+        found = await self.vectors(ranked_ids)
+        if len(found) < len(ranked_ids):
+            return ranked_ids  # a product without a stored vector: keep the ranker's order
+        n = len(ranked_ids)
+        order = mmr_order([1.0 - i / n for i in range(n)], np.vstack([found[i] for i in ranked_ids]), lam=lam, k=k)
+        return [ranked_ids[i] for i in order]
 
     async def _cold_start(self, buyer: BuyerContext, query: str, degraded: list[Degradation]) -> list[str]:
         """A buyer without history: the base model lists interest topics (JSON) to retrieve on as well."""

@@ -59,7 +59,7 @@ async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: R
         except TimeoutError as exc:
             raise DeadlineExceededError(f"the turn did not finish within its deadline of {deadline:g} s") from exc
     turn = await chat.turn(body)
-    events = chat.events(turn, request_id=request_id, base_url=base_url)
+    events = chat.events(turn, request_id=request_id, base_url=base_url, settings=chat.knobs(body)[2])
     # The first event comes after retrieval: bad input, an unknown session or a failed retrieval are
     # real HTTP statuses, not an error inside a 200 stream.
     first = await anext(events)

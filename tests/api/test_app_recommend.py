@@ -178,3 +178,38 @@ def test_catalogue_images_are_served_for_cards(client: Any) -> None:
     assert r.status_code == 200
     assert r.content[:2] == b"\xff\xd8"  # a JPEG
     assert client.get("/images/..%2Fproducts.csv").status_code == 404
+
+
+def test_every_answer_reports_its_diversity_and_mmr_raises_it(client: Any) -> None:
+    from eval.diversity import category_ild
+
+    plain = client.post(URL, json={"text": "casual shirts for men", "top_k": 8, "mode": "flat"}).json()
+    info = plain["diversity"]
+    assert set(info) == {"ild_image", "ild_text", "ild_category", "distinct_categories", "settings"}
+    assert info["settings"] == {"pool": 8}
+    assert info["ild_category"] == pytest.approx(category_ild([i["category_path"] for i in plain["items"]]), abs=1e-4)
+    assert 0.0 <= info["ild_image"] <= 2.0 and 0.0 <= info["ild_text"] <= 2.0
+    diverse = client.post(URL, json={"text": "casual shirts for men", "top_k": 8, "mode": "flat", "mmr_lambda": 0.0,
+                                     "pool": 40}).json()  # fmt: skip
+    assert diverse["diversity"]["settings"] == {"mmr_lambda": 0.0, "pool": 40}
+    assert diverse["diversity"]["ild_image"] > info["ild_image"]
+    # λ = 1 over the same pool is the relevance order: the plain top 8.
+    same = client.post(URL, json={"text": "casual shirts for men", "top_k": 8, "mode": "flat", "mmr_lambda": 1.0,
+                                  "pool": 40}).json()  # fmt: skip
+    assert [i["product_id"] for i in same["items"]] == [i["product_id"] for i in plain["items"]]
+    target = client.post(URL, json={"text": "casual shirts", "top_k": 5, "diversity": 0.8}).json()
+    assert target["diversity"]["settings"]["diversity"] == 0.8
+    assert target["diversity"]["settings"]["mmr_lambda"] == pytest.approx(0.2)  # no calibration: λ = 1 − diversity
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"text": "x", "mmr_lambda": 0.5, "diversity": 0.5}, "not both"),
+        ({"text": "x", "top_k": 10, "pool": 5}, "at least top_k"),
+        ({"text": "x", "diversity": 1.5}, "less than or equal"),
+    ],
+)
+def test_bad_diversity_knobs_are_422(client: Any, body: dict[str, Any], message: str) -> None:
+    r = client.post(URL, json=body)
+    assert r.status_code == 422 and message in r.json()["error"]["message"]

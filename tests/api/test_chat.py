@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.api.conftest import API_KEY, LiveServer, start_live
 from tests.llms.scripted import Behaviour, ScriptedTransport
@@ -127,3 +128,17 @@ def test_worker_reset_mid_stream_ends_with_a_clean_error_event_then_done(
     assert done["items"] and done["explanation"].startswith("Closest matches")
     assert {d["part"] for d in done["degraded"]} == {"ranker", "explainer"}  # id "1" is no candidate
     assert behaviours["ranker"].payloads[0]["tools"][-1]["function"]["name"] == "submit_ranking"
+
+
+def test_diversity_knobs_and_the_ild_report(chat_live: LiveServer) -> None:
+    with httpx.Client(base_url=chat_live.url, headers=HEADERS, timeout=120) as client:
+        plain = client.post("/v1/chat", json={"message": {"text": "casual shirts"}, "top_k": 5}).json()
+        info = plain["diversity"]
+        assert info["settings"]["candidates"] == 20 and 0.0 <= info["ild_image"] <= 2.0
+        assert 0.0 <= info["ild_category"] <= 1.0
+        body = {"message": {"text": "casual shirts"}, "top_k": 5, "diversity": 0.9, "candidates": 12}
+        target = client.post("/v1/chat", json=body).json()
+        assert target["diversity"]["settings"] == {"diversity": 0.9, "mmr_lambda": pytest.approx(0.1),
+                                                   "calibrated": False, "candidates": 12}  # fmt: skip
+        both = client.post("/v1/chat", json={**body, "sampling": {"temperature": 1.0}})
+        assert both.status_code == 422 and "not both" in both.json()["error"]["message"]

@@ -62,3 +62,11 @@ def test_photo_and_words_show_cards_then_a_streamed_explanation_and_a_follow_up(
     assert again and shown.isdisjoint(again)  # the follow-up refined the session, nothing repeated
     assert page.locator("#session").inner_text().startswith("session ")
     page.screenshot(path=str(ARTIFACTS / "web_chat_follow_up.png"), full_page=True)
+
+    page.check("#use-diversity")
+    assert page.locator("#temperature").is_disabled()
+    page.locator("#diversity").fill("0.9")
+    page.fill("#text", "watches")
+    page.click("#send")
+    page.wait_for_selector(".turn:nth-child(3)[data-done='true']", timeout=120_000)
+    assert page.locator(".turn").nth(2).locator(".degraded").inner_text().startswith("ILD ")

@@ -263,3 +263,26 @@ def test_rank_references_become_names_while_streaming_and_a_bad_rank_is_caught(p
     past = ScriptedLlm(submit("A"), "Take #1 and #7.")
     _, result = run(make_pipeline(products, past)[0], TurnRequest(text="shirts", top_k=3))
     assert [d.part for d in result.degraded] == ["explainer"] and "#7" in result.degraded[0].reason
+
+
+def test_mmr_over_the_ranking_spreads_near_duplicates(products: list[Product]) -> None:
+    import numpy as np
+
+    pipeline, _ = make_pipeline(products, ScriptedLlm(submit(*"ABCDEFGHIJ"), naming()))
+    rng = np.random.default_rng(0)
+    ids = [p.product_id for p in products]
+    same = rng.normal(size=8)
+    table = {pid: (same if i % 2 == 0 else rng.normal(size=8)) for i, pid in enumerate(ids)}
+
+    async def vectors(wanted: Any) -> dict[str, Any]:
+        return {pid: table[pid] for pid in wanted}
+
+    pipeline.vectors = vectors
+    events, plain = run(pipeline, TurnRequest(text="shirts", top_k=4))
+    order = [c.product.product_id for c in events[0].candidates]
+    assert [i.product.product_id for i in plain.items] == order[:4]  # the ranker's order
+    _, diverse = run(pipeline, TurnRequest(text="shirts", top_k=4, mmr_lambda=0.0))
+    twins = [i for i in diverse.items if ids.index(i.product.product_id) % 2 == 0]
+    assert diverse.items[0].product.product_id == order[0] and len(twins) == 1  # one of the identical ones only
+    _, one = run(pipeline, TurnRequest(text="shirts", top_k=4, mmr_lambda=1.0))
+    assert [i.product.product_id for i in one.items] == [i.product.product_id for i in plain.items]

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from api.cli_bench import bench
 from api.cli_eval import eval_app
+from api.cli_experiment import experiment_app
 from api.cli_train import train_app
 from api.cli_worker import worker
 from api.console import CliError, err, out, progress_bar, report_issues
@@ -34,6 +35,7 @@ catalogue_app = typer.Typer(help="Inspect a product catalogue.", no_args_is_help
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(experiment_app, name="experiment")
 app.command("bench")(bench)
 app.command("worker")(worker)
 

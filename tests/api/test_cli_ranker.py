@@ -51,3 +51,20 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
     assert 0.0 <= explainer["flagged_rate"] <= 1.0 and len(explainer["examples"]) <= 3
     md = (tmp_path / "reports" / "ranker_eval.md").read_text()
     assert "SYNTHETIC" in md and "LoRA ranker" in md and "## Explainer" in md
+
+    # The diversity experiment on the same small models: a budget of one request's calls.
+    reports = str(tmp_path / "reports")
+    code, out, err = run_cli(["experiment", "diversity", "--budget", "14", "--seeds", "1", "--json",
+                              str(tmp_path / "diversity.json"), "--report-dir", reports], capsys)  # fmt: skip
+    assert code == 0, err
+    diversity = json.loads((tmp_path / "diversity.json").read_text())
+    assert set(diversity) >= {"settings", "ild_range_ratio", "ndcg_gap_vs_mmr_at_equal_ild"}
+    assert {s["knob"] for s in diversity["settings"]} == {"temperature", "top_p", "top_k", "mmr_lambda"}
+    assert all(set(s) >= {"knob", "value", "ndcg@10", "ild@10", "ild_std"} for s in diversity["settings"])
+    assert (tmp_path / "reports" / "diversity.png").is_file()
+    from api.diversity import DiversityCalibration
+
+    calibration = DiversityCalibration.load(small_env / "models" / "diversity_calibration.json")
+    assert calibration.calibrated and calibration.settings_for(1.0)["calibrated"] is True
+    code, _, err = run_cli(["experiment", "diversity", "--budget", "20", "--seeds", "3"], capsys)  # 40 calls a request
+    assert code == 1 and "below one request's 40 ranker calls" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,98 @@
+"""``tandem experiment …``: experiments whose results shape the product (the diversity calibration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.console import CliError, out, staged_progress
+from api.settings import get_settings
+
+__all__ = ["experiment_app"]
+
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments: relevance–diversity trade-off.")
+
+
+@experiment_app.command("diversity")
+def diversity(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Where diversity.md/json/png go.")] = Path(
+        "eval/reports"
+    ),
+    budget: Annotated[int, typer.Option("--budget", min=14, help="At most this many ranker requests in all.")] = 1600,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, max=10, help="Seeds per sampling setting.")] = 3,
+) -> None:
+    """Sweep temperature, top-p, top-k and MMR λ over the same pools: NDCG@10 against ILD@10, plots, calibration."""
+    from api.components import build_retriever, build_store
+    from api.diversity import CalibrationPoint, DiversityCalibration
+    from eval.bench_retrieval import machine_info
+    from eval.diversity_experiment import SAMPLING, Request, ranker_orders, run_experiment, write_report
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import ensure_buyers
+    from llms.worker.hf_engine import TransformersEngine
+    from llms.worker.service import WorkerService
+    from retrieval.catalogue import load_catalogue
+    from retrieval.images import ImageLimits, read_image_file
+    from retrieval.search import SearchQuery
+    from retrieval.store import IMAGE_VECTOR
+
+    settings = get_settings()
+    base_dir, adapter_dir = settings.base_model_dir, settings.ranker_dir
+    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
+    calls_per_request = sum(1 if s["temperature"] == 0.0 else seeds for _, _, s in SAMPLING)
+    wanted = budget // calls_per_request
+    if wanted < 1:
+        raise CliError(f"--budget {budget} is below one request's {calls_per_request} ranker calls")
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
+    limits = ImageLimits()
+    store = build_store(settings)
+    requests: list[Request] = []
+    try:
+        retriever = build_retriever(settings, store)
+        with staged_progress() as progress:
+            for buyer in buyers:
+                photo = cat.get(buyer.query_image) if buyer.query_image else None
+                image = read_image_file(photo.image_path, limits) if photo and photo.image_path else None
+                queries = [("words", SearchQuery(text=buyer.query_text, image=image))]
+                if image is not None:
+                    queries.append(("photo", SearchQuery(image=image)))
+                for kind, query in queries:
+                    hits = retriever.search(query, k=20).hits
+                    if len(hits) == 20 and len(requests) < wanted:
+                        requests.append(Request(buyer, kind, tuple(h.product_id for h in hits),
+                                                tuple(h.score for h in hits)))  # fmt: skip
+                progress("candidate pools", len(requests), wanted)
+                if len(requests) >= wanted:
+                    break
+            ids = sorted({p for r in requests for p in r.pool})
+            vectors = store.vectors(ids, using=IMAGE_VECTOR)
+    finally:
+        store.close()
+    out.print(f"{len(requests)} requests ({sum(r.kind == 'photo' for r in requests)} photo-only) of SYNTHETIC test"
+              f" buyers, {calls_per_request} ranker calls each")  # fmt: skip
+    service = WorkerService(TransformersEngine.load(base_dir, {"tandem-ranker": adapter_dir}))
+    with staged_progress() as progress:
+        report = run_experiment(
+            requests,
+            cat,
+            vectors,
+            lambda sampling, seed: ranker_orders(service, "tandem-ranker", cat, requests, sampling, seed),
+            seeds=seeds,
+            progress=progress,
+        )
+    write_report(report, report_dir, machine_info())
+    points = [CalibrationPoint(s["knob"], s["value"], s["ndcg@10"], s["ild@10"]) for s in report["settings"]]
+    DiversityCalibration(points, source=str(report_dir / "diversity.json")).save(settings.diversity_calibration_path)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+    gap = report["ndcg_gap_vs_mmr_at_equal_ild"]
+    calibration = settings.diversity_calibration_path
+    out.print(f"ILD@10 range of the sampling knobs: {report['ild_range_ratio']:.2f}x; NDCG@10 gap vs MMR at equal"
+              f" ILD: {gap}; report: {report_dir / 'diversity.md'}; calibration: {calibration}")  # fmt: skip

@@ -157,29 +157,63 @@ def run_search(
     *,
     mode: SearchMode = "hierarchical",
     title: str | None = None,
+    pool: int | None = None,
+    mmr_lambda: float | None = None,
+    diversity: float | None = None,
 ) -> None:
+    from dataclasses import asdict
+
+    import numpy as np
+
     from api.components import build_retriever, build_store
+    from api.diversity import DiversityCalibration, list_diversity
     from api.image_source import open_image_source
+    from rag.mmr import mmr_order
     from retrieval.search import SearchQuery
+    from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR
 
     if not text and not image:
         raise CliError("give --text, --image, or both")
+    if mmr_lambda is not None and diversity is not None:
+        raise CliError("give --mmr or --diversity, not both")
+    settings_used: dict[str, object] = {}
+    if diversity is not None:
+        chosen = DiversityCalibration.load(settings.diversity_calibration_path).settings_for(diversity, {"mmr_lambda"})
+        mmr_lambda = float(chosen["value"])
+        settings_used = {"diversity": diversity, "calibrated": chosen["calibrated"]}
+    pool = max(pool or (4 * k if mmr_lambda is not None else k), k)
     pil = open_image_source(image, settings.images) if image else None
     store = build_store(settings)
     try:
-        result = build_retriever(settings, store).search(SearchQuery(text=text, image=pil), k=k, mode=mode)
+        result = build_retriever(settings, store).search(SearchQuery(text=text, image=pil), k=pool, mode=mode)
+        hits = result.hits
+        image_vectors = store.vectors([h.product_id for h in hits], using=IMAGE_VECTOR)
+        if mmr_lambda is not None and len(hits) > 1 and len(image_vectors) == len(hits):
+            matrix = np.vstack([image_vectors[h.product_id] for h in hits])
+            hits = [hits[i] for i in mmr_order([h.score for h in hits], matrix, lam=mmr_lambda, k=k)]
+            settings_used["mmr_lambda"] = mmr_lambda
+        hits = hits[:k]
+        ids = [h.product_id for h in hits]
+        text_vectors = store.vectors(ids, using=TEXT_VECTOR)
     finally:
         store.close()
+    reached = asdict(list_diversity(ids, [h.category for h in hits], image=image_vectors, text=text_vectors))
+    reached["settings"] = {**settings_used, "pool": pool}
     if as_json:
-        sys.stdout.write(json.dumps({"items": [h.as_dict() for h in result.hits]}, ensure_ascii=False) + "\n")
+        body = {"items": [h.as_dict() for h in hits], "diversity": reached}
+        sys.stdout.write(json.dumps(body, ensure_ascii=False) + "\n")
         return
     what = " + ".join(x for x in (repr(text) if text else "", image or "") if x)
     table = Table(title=title or f"top {k} for {what}")
     for col in ("#", "product_id", "title", "category", "score", "image"):
         table.add_column(col, overflow="fold")
-    for rank, h in enumerate(result.hits, 1):
+    for rank, h in enumerate(hits, 1):
         table.add_row(str(rank), h.product_id, h.title, " > ".join(h.category), f"{h.score:.4f}", h.image or "")
     out.print(table)
+    ild_image = reached["ild_image"]
+    out.print(f"diversity: ILD@{len(hits)} image {ild_image if ild_image is not None else '-'}, text "
+              f"{reached['ild_text'] if reached['ild_text'] is not None else '-'}, category {reached['ild_category']}"
+              f" ({reached['settings']})")  # fmt: skip
     if result.level1 is not None:
         kept = ", ".join(result.level1.kept[:5]) + (" ..." if len(result.level1.kept) > 5 else "")
         out.print(
@@ -197,13 +231,21 @@ def search(
     mode: Annotated[
         str | None, typer.Option("--mode", help="hierarchical (category-pruned) or flat (whole catalogue).")
     ] = None,
+    pool: Annotated[int | None, typer.Option("--pool", min=1, max=1000, help="Candidates before re-ranking.")] = None,
+    mmr: Annotated[
+        float | None, typer.Option("--mmr", min=0.0, max=1.0, help="MMR λ: 1 = relevance order, 0 = most diverse.")
+    ] = None,
+    diversity: Annotated[
+        float | None, typer.Option("--diversity", min=0.0, max=1.0, help="Target diversity (calibrated).")
+    ] = None,
 ) -> None:
-    """Search the indexed catalogue by text, photo, or both."""
+    """Search the indexed catalogue by text, photo, or both; prints the list's diversity (ILD) too."""
     settings = get_settings()
     chosen = mode or settings.retrieval.mode
     if chosen not in ("hierarchical", "flat"):
         raise CliError(f"unknown --mode {chosen!r}; choose hierarchical or flat")
-    run_search(settings, text, image, k, as_json, mode=chosen)  # type: ignore[arg-type]
+    run_search(settings, text, image, k, as_json, mode=chosen, pool=pool, mmr_lambda=mmr,  # type: ignore[arg-type]
+               diversity=diversity)  # fmt: skip
 
 
 def prepare(settings: Settings, limit: int | None) -> None:

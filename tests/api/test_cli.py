@@ -61,7 +61,21 @@ def test_search_image_finds_its_own_product_first(
 def test_search_table_output(indexed_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["search", "--text", "watch", "-k", "3"], capsys)
     assert code == 0
-    assert "product_id" in out and "score" in out
+    assert "product_id" in out and "score" in out and "diversity: ILD@3 image" in out
+
+
+def test_search_reports_diversity_and_mmr_raises_it(indexed_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["search", "--text", "casual shirts", "-k", "6", "--json", "--mode", "flat"], capsys)
+    assert code == 0
+    plain = json.loads(out)["diversity"]
+    assert plain["settings"] == {"pool": 6} and 0.0 <= plain["ild_category"] <= 1.0
+    code, out, _ = run_cli(["search", "--text", "casual shirts", "-k", "6", "--json", "--mode", "flat", "--mmr", "0",
+                            "--pool", "40"], capsys)  # fmt: skip
+    assert code == 0
+    diverse = json.loads(out)["diversity"]
+    assert diverse["settings"] == {"mmr_lambda": 0.0, "pool": 40} and diverse["ild_image"] > plain["ild_image"]
+    code, _, err = run_cli(["search", "--text", "x", "--mmr", "0.5", "--diversity", "0.5"], capsys)
+    assert code == 1 and "not both" in err
 
 
 def test_reindex_skips_what_is_done(indexed_env: Path, small_catalogue_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from finetune.buyers import Buyer, CatalogueCodes, buyer_utility
 from prompts import load_tools
 from rag.ranker_format import (
+    PHOTO_NOTE,
     candidate_line,
     describe_product,
     handles,
@@ -75,8 +76,7 @@ class RankingCase:
 
 
 def request_text(buyer: Buyer) -> str:
-    photo = " [photo of a similar product attached]" if buyer.query_image else ""
-    return buyer.query_text + photo
+    return buyer.query_text + (PHOTO_NOTE if buyer.query_image else "")
 
 
 def ranker_messages(buyer: Buyer, candidates: Sequence[Product], catalogue: Catalogue) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from rag.errors import InvalidTurnError, RetrievalUnavailableError
 from rag.explainer_prompt import ReferenceExpander, explainer_messages
 from rag.explanation_check import ExplanationChecker
 from rag.mmr import mmr_order
-from rag.ranker_format import ranker_system_message, ranker_user_message
+from rag.ranker_format import PHOTO_NOTE, ranker_system_message, ranker_user_message
 from rag.ranker_tools import RankerToolbox, run_ranker
 from rag.session import Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
@@ -380,7 +380,9 @@ class Pipeline:
             return ids, info
         products = [c.product for c in candidates]
         profile = buyer.profile or "not given"
-        user = ranker_user_message(profile, history, query, products)
+        # Worded as in training (finetune.ranking_data.request_text), so the adapter sees what it learned on.
+        request_line = (query or "products like the photo") + (PHOTO_NOTE if request.image is not None else "")
+        user = ranker_user_message(profile, history, request_line, products)
         if topics and not history:
             user = user.replace("- nothing yet", "- nothing yet; interests: " + ", ".join(topics), 1)
         messages = [ranker_system_message(), {"role": "user", "content": user}]

@@ -30,6 +30,7 @@ from retrieval.catalogue import Product
 
 __all__ = [
     "HANDLES",
+    "PHOTO_NOTE",
     "candidate_line",
     "describe_product",
     "handles",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 HANDLES = string.ascii_uppercase  # the most candidates one ranking request can carry
+PHOTO_NOTE = " [photo of a similar product attached]"  # appended to the request when the buyer sent a photo
 _GENDER_WORD = re.compile(r"\b(Men|Women|Boys|Girls|Unisex|Kids)\b")
 
 

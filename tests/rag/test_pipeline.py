@@ -153,8 +153,11 @@ def test_text_turn_streams_candidates_ranking_tokens_done_in_order(products: lis
 
 def test_photo_turn_and_photo_plus_text_turn(products: list[Product]) -> None:
     photo = Image.new("RGB", (60, 80), "navy")
-    pipeline, search = make_pipeline(products, ScriptedLlm(submit("A"), naming()))
+    llm = ScriptedLlm(submit("A"), naming())
+    pipeline, search = make_pipeline(products, llm)
     _, only_photo = run(pipeline, TurnRequest(image=photo))
+    prompt = next(c for c in llm.calls if c["model"] == "tandem-ranker")["messages"][1]["content"]
+    assert "Request: products like the photo [photo of a similar product attached]" in prompt  # as in training
     assert only_photo.items and all(i.product.category[-1] == "Shirts" for i in only_photo.items)
     _, both = run(pipeline, TurnRequest(text="kurtas", image=photo))
     assert search.queries == [(None, True), ("kurtas", True)]

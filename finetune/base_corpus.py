@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from finetune.buyers import AGE_BANDS, BUSINESS_TYPES, GENDERS, REGIONS, BuyerProfile
+from finetune.ranking_data import request_match_scores
 from prompts import load_prompt, load_tools
 from rag.explainer_prompt import explainer_messages
-from rag.ranker_format import candidate_line, handles, product_gender, ranker_user_message
+from rag.ranker_format import handles, product_gender, ranker_user_message
 from retrieval.catalogue import Catalogue, Product
 
 __all__ = ["CorpusConfig", "build_corpus", "explanation", "request_for", "request_match_ranking"]
 
 Render = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], str]
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -107,16 +106,11 @@ def explanation(request: str, ranked: Sequence[Product], rng: random.Random) -> 
     return text
 
 
-def _words(text: str) -> set[str]:
-    return set(_WORD.findall(text.lower()))
-
-
 def request_match_ranking(request: str, candidates: Sequence[Product]) -> list[str]:
     """Candidate ids (``A``, ``B``, …) by how many request words their line matches; ties keep the listed order."""
-    wanted = _words(request) - {"for", "need", "looking", "wholesale", "bulk", "order"}
-    scored = [(-len(wanted & _words(candidate_line(h, p))), i, h)
-              for i, (h, p) in enumerate(zip(handles(len(candidates)), candidates, strict=True))]  # fmt: skip
-    return [h for _, _, h in sorted(scored)]
+    scores = request_match_scores(request, candidates)
+    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+    return [handles(len(candidates))[i] for i in order]
 
 
 class _Pools:

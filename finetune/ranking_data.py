@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,6 +57,7 @@ __all__ = [
     "product_line",
     "ranker_messages",
     "ranker_user_message",
+    "request_match_scores",
     "resolve_ids",
     "sft_conversation",
     "teacher_ranking",
@@ -128,13 +130,30 @@ def make_case(
     return RankingCase(buyer, tuple(candidates), relevance, protocol)
 
 
-def teacher_ranking(case: RankingCase, codes: CatalogueCodes) -> list[str]:
-    """Relevance first, then the buyer's latent utility, then retrieval order: the answer SFT teaches."""
+_MATCH_STOP = {"for", "need", "looking", "wholesale", "bulk", "order"}
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def request_match_scores(request: str, candidates: Sequence[Product]) -> list[int]:
+    """How many of the request's words each candidate's line (as the ranker sees it) contains."""
+    wanted = set(_WORD.findall(request.lower())) - _MATCH_STOP
+    lines = (candidate_line(h, p) for h, p in zip(handles(len(candidates)), candidates, strict=True))
+    return [len(wanted & set(_WORD.findall(line.lower()))) for line in lines]
+
+
+def teacher_ranking(case: RankingCase, codes: CatalogueCodes, catalogue: Catalogue) -> list[str]:
+    """The answer SFT teaches: request match first, then the buyer's preference, then retrieval order.
+
+    Both keys are readable from the prompt: the request's words against each candidate line, and
+    the buyer's preferences, which the SYNTHETIC generator's utility holds and the buyer's profile
+    and orders reveal. The next purchase itself is not (it is one draw from those preferences):
+    a run that taught it first collapsed to copying the retrieval order.
+    """
+    products = [catalogue.get(c) for c in case.candidates]
+    known = [p for p in products if p is not None]
+    match = request_match_scores(case.buyer.query_text, known) if len(known) == len(products) else [0] * len(products)
     utility = buyer_utility(case.buyer, codes, case.candidates)
-    order = sorted(
-        range(len(case.candidates)),
-        key=lambda i: (-case.relevance.get(case.candidates[i], 0), -float(utility[i]), i),
-    )
+    order = sorted(range(len(case.candidates)), key=lambda i: (-match[i], -float(utility[i]), i))
     return [case.candidates[i] for i in order]
 
 
@@ -165,6 +184,6 @@ def sft_conversation(
         facts = [describe_product(p, h) for h, p in zip(looked, products, strict=False)]
         messages.append({"role": "assistant", "content": "", "tool_calls": [_call("get_products", {"ids": looked})]})
         messages.append({"role": "tool", "name": "get_products", "content": json.dumps(facts, ensure_ascii=False)})
-    ranking = [to_handle[pid] for pid in teacher_ranking(case, codes)[:top_n]]
+    ranking = [to_handle[pid] for pid in teacher_ranking(case, codes, catalogue)[:top_n]]
     messages.append({"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ranking})]})
     return {"messages": messages, "tools": load_tools()}

@@ -23,6 +23,7 @@ from finetune.ranking_data import (
     candidate_line,
     make_case,
     ranker_messages,
+    request_match_scores,
     resolve_ids,
     sft_conversation,
     teacher_ranking,
@@ -118,23 +119,28 @@ def test_one_of_20_case_and_full_list_case(catalogue: Catalogue, buyers: list) -
     assert full is not None and full.candidates == tuple(hits[:20]) and full.relevance[b.target] == 3
 
 
-def test_teacher_answer_is_a_permutation_led_by_relevance(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
+def test_teacher_answer_is_a_permutation_by_request_match_then_preference(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
     codes = CatalogueCodes(catalogue.products)
     b = buyers[1]
     hits = [b.target, *[p.product_id for p in catalogue.products[:40] if p.product_id != b.target]]
     case = make_case(b, hits, catalogue, protocol="full_list")
     assert case is not None
-    ranking = teacher_ranking(case, codes)
+    ranking = teacher_ranking(case, codes, catalogue)
     assert sorted(ranking) == sorted(case.candidates)
-    grades = [case.relevance[p] for p in ranking]
-    assert grades == sorted(grades, reverse=True)
-    assert ranking[0] == b.target
+    products = [catalogue.get(p) for p in ranking]
+    match = request_match_scores(b.query_text, products)  # type: ignore[arg-type]
+    utility = buyer_utility(b, codes, ranking)
+    assert match == sorted(match, reverse=True)
+    for i in range(len(ranking) - 1):
+        if match[i] == match[i + 1]:
+            assert utility[i] >= utility[i + 1]
+    assert match[0] >= 1  # the request names the wanted product's article type: something matches
     example = sft_conversation(case, catalogue, codes, rng=random.Random(1), lookup_share=1.0)
     names = [m["tool_calls"][0]["function"]["name"] for m in example["messages"] if m.get("tool_calls")]
     assert names == ["get_products", "submit_ranking"]
     final = example["messages"][-1]["tool_calls"][0]["function"]["arguments"]["ids"]
     assert resolve_ids(final, case.candidates) == ranking[:10]
-    assert final[0] == "ABCDEFGHIJKLMNOPQRST"[case.candidates.index(b.target)]
+    assert final[0] == "ABCDEFGHIJKLMNOPQRST"[case.candidates.index(ranking[0])]
     assert {t["function"]["name"] for t in example["tools"]} == {"search_catalog", "get_products", "submit_ranking"}
     json.dumps(example)  # serialisable for a datasets.Dataset
 

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import math
@@ -36,10 +35,10 @@ import numpy as np
 
 from eval.diversity import ild
 from eval.metrics import ndcg_at_k
+from eval.ranker_eval import llm_ranker
 from finetune.buyers import Buyer
-from finetune.ranking_data import graded_relevance, ranker_messages
+from finetune.ranking_data import RankingCase, graded_relevance
 from rag.mmr import mmr_order
-from rag.ranker_tools import RankerToolbox, run_ranker
 from rag.validation import validate_ranking
 from retrieval.catalogue import Catalogue
 
@@ -105,34 +104,11 @@ def ranker_orders(
     requests: Sequence[Request],
     sampling: dict[str, Any],
     seed: int,
-    *,
-    concurrency: int = 8,
 ) -> list[list[str]]:
     """The validated ranking of every pool by the LLM ranker with these sampling knobs and this seed."""
-    from llms.protocol import ChatCompletionRequest
-    from prompts import load_tools
-
-    tools = load_tools()
-
-    async def one(request: Request, gate: asyncio.Semaphore) -> list[str]:
-        products = [p for p in (catalogue.get(c) for c in request.pool) if p is not None]
-
-        async def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
-            body = {"model": model, "messages": messages, "tools": tools, "max_tokens": 160, "seed": seed, **sampling}
-            answer = await service.complete(ChatCompletionRequest.model_validate(body))
-            message: dict[str, Any] = answer["choices"][0]["message"]
-            return message
-
-        async with gate:
-            outcome = await run_ranker(complete, ranker_messages(request.buyer, products, catalogue),
-                                       RankerToolbox(catalogue, products))  # fmt: skip
-        return validate_ranking(outcome.ids, list(request.pool)).ranking
-
-    async def main() -> list[list[str]]:
-        gate = asyncio.Semaphore(concurrency)
-        return list(await asyncio.gather(*(one(r, gate) for r in requests)))
-
-    return asyncio.run(main())
+    cases = [RankingCase(r.buyer, r.pool) for r in requests]
+    answers = llm_ranker(service, model, catalogue, sampling={**sampling, "seed": seed})(cases)
+    return [validate_ranking(a.ids, list(r.pool)).ranking for a, r in zip(answers, requests, strict=True)]
 
 
 def gap_at_equal_ild(sampling: Sequence[Setting], mmr: Sequence[Setting]) -> float | None:

@@ -64,8 +64,13 @@ def llm_ranker(
     max_tokens: int = 160,
     concurrency: int = 8,
     search: SearchProducts | None = None,
+    sampling: Mapping[str, Any] | None = None,
 ) -> Ranker:
-    """A ranker that asks ``model`` through a worker service (greedy, tools offered and run) for each case."""
+    """A ranker that asks ``model`` through a worker service (tools offered and run) for each case.
+
+    Greedy unless ``sampling`` (temperature, top_p, top_k, seed) says otherwise.
+    """
+    knobs = dict(sampling) if sampling is not None else {"temperature": 0.0}
     from llms.protocol import ChatCompletionRequest
 
     tools = load_tools()
@@ -74,7 +79,7 @@ def llm_ranker(
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
 
         async def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
-            body = {"model": model, "messages": messages, "tools": tools, "temperature": 0.0, "max_tokens": max_tokens}
+            body = {"model": model, "messages": messages, "tools": tools, "max_tokens": max_tokens, **knobs}
             answer = await service.complete(ChatCompletionRequest.model_validate(body))
             message: dict[str, Any] = answer["choices"][0]["message"]
             return message

@@ -31,6 +31,7 @@ from retrieval.store import (
     hits_from_points,
     level_field,
     point_id,
+    vectors_by_product,
 )
 
 __all__ = ["ClientStore"]
@@ -120,12 +121,7 @@ class ClientStore:
             )
         except _CLIENT_ERRORS as exc:
             raise StoreError(f"Qdrant retrieve failed: {exc}") from exc
-        out: dict[str, np.ndarray] = {}
-        for r in records:
-            vec = r.vector if isinstance(r.vector, dict) else {}
-            if using in vec:
-                out[str((r.payload or {})["product_id"])] = np.asarray(vec[using], dtype=np.float32)
-        return out
+        return vectors_by_product(records, using)
 
     def upsert(self, records: Sequence[VectorRecord]) -> None:
         self._require()

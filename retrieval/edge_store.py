@@ -28,6 +28,7 @@ from retrieval.store import (
     level_field,
     manifest_path,
     point_id,
+    vectors_by_product,
 )
 
 __all__ = ["EdgeStore"]
@@ -124,12 +125,7 @@ class EdgeStore:
             records = shard.retrieve(ids, with_payload=["product_id"], with_vector=[using])
         except (RuntimeError, ValueError) as exc:
             raise StoreError(f"Qdrant Edge retrieve failed: {exc}") from exc
-        out: dict[str, np.ndarray] = {}
-        for r in records:
-            vec = r.vector if isinstance(r.vector, dict) else {}
-            if using in vec:
-                out[str((r.payload or {})["product_id"])] = np.asarray(vec[using], dtype=np.float32)
-        return out
+        return vectors_by_product(records, using)
 
     def upsert(self, records: Sequence[VectorRecord]) -> None:
         shard = self._require()

@@ -34,6 +34,7 @@ __all__ = [
     "hits_from_points",
     "level_field",
     "point_id",
+    "vectors_by_product",
 ]
 
 IMAGE_VECTOR = "image"
@@ -145,6 +146,16 @@ class SearchFilter:
         for name, values in self.attributes.items():
             out.append((f"attributes.{name}", list(values)))
         return out
+
+
+def vectors_by_product(records: Sequence[Any], using: str) -> dict[str, np.ndarray]:
+    """``{product_id: vector}`` from retrieved points (Qdrant Edge or qdrant-client records) that hold ``using``."""
+    out: dict[str, np.ndarray] = {}
+    for r in records:
+        vec = r.vector if isinstance(r.vector, dict) else {}
+        if using in vec:
+            out[str((r.payload or {})["product_id"])] = np.asarray(vec[using], dtype=np.float32)
+    return out
 
 
 class VectorStore(Protocol):

@@ -12,7 +12,6 @@ import json
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
-from urllib.parse import quote
 
 from PIL import Image
 
@@ -20,7 +19,7 @@ from api.chat_schemas import ChatItem, ChatRequest, ChatResponse, DegradedPart
 from api.diversity import DiversityCalibration, list_diversity
 from api.errors import error_body, to_api_error
 from api.image_fetch import ImageFetcher, decode_base64_image
-from api.recommender import VectorLookup
+from api.recommender import VectorLookup, card_image_url
 from api.schemas import DiversityInfo
 from api.settings import Settings
 from rag.pipeline import (
@@ -94,10 +93,11 @@ class ChatService:
         settings["candidates"] = request.candidates or self.pipeline.config.ranker_candidates
         return chosen, lam, settings
 
-    async def turn(self, request: ChatRequest) -> TurnRequest:
+    async def turn(self, request: ChatRequest) -> tuple[TurnRequest, dict[str, Any]]:
+        """The pipeline's request for this chat request, and the knob settings to report with the answer."""
         buyer = request.buyer
-        sampling, lam, _ = self.knobs(request)
-        return TurnRequest(
+        sampling, lam, settings = self.knobs(request)
+        turn = TurnRequest(
             text=request.message.text,
             image=await self._image(request),
             session_id=request.session_id,
@@ -107,6 +107,7 @@ class ChatService:
             candidates=request.candidates,
             mmr_lambda=lam,
         )
+        return turn, settings
 
     async def diversity(self, result: TurnResult, settings: dict[str, Any]) -> DiversityInfo:
         ids = [i.product.product_id for i in result.items]
@@ -117,22 +118,16 @@ class ChatService:
         reached = list_diversity(ids, [i.product.category for i in result.items], image=image, text=text)
         return DiversityInfo(**asdict(reached), settings=settings)
 
-    def _image_url(self, product_id: str, image: str | None, base_url: str) -> str | None:
-        if image is None:
-            return None
-        base = self.image_base_url or f"{base_url.rstrip('/')}/images"
-        return f"{base.rstrip('/')}/{quote(image)}"
-
     def card(self, item: RankedProduct | Scored, base_url: str) -> ChatItem:
         p = item.product
-        image = p.image_path.name if p.image_path is not None else None
+        image = str(p.image_path) if p.image_path is not None else None
         return ChatItem(
             product_id=p.product_id,
             name=p.title,
             category=" > ".join(p.category),
             category_path=list(p.category),
             score=round(item.score, 6),
-            image_url=self._image_url(p.product_id, image, base_url),
+            image_url=card_image_url(image, base_url, self.image_base_url),
             reason=item.reason if isinstance(item, RankedProduct) else None,
         )
 
@@ -151,8 +146,8 @@ class ChatService:
         )
 
     async def answer(self, request: ChatRequest, *, request_id: str, base_url: str) -> ChatResponse:
-        result = await self.pipeline.answer(await self.turn(request))
-        return await self.response(result, request_id, base_url, self.knobs(request)[2])
+        turn, settings = await self.turn(request)
+        return await self.response(await self.pipeline.answer(turn), request_id, base_url, settings)
 
     async def events(
         self, turn: TurnRequest, *, request_id: str, base_url: str, settings: dict[str, Any]

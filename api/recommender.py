@@ -39,13 +39,21 @@ from retrieval.images import ImageLimits, decode_image
 from retrieval.search import SearchHit, SearchQuery
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
 
-__all__ = ["RecommendationService", "VectorLookup"]
+__all__ = ["RecommendationService", "VectorLookup", "card_image_url"]
 
 VectorLookup = Callable[[Sequence[str], str], dict[str, np.ndarray]]
 
 # Decoding a catalogue-sized JPEG takes ~0.1 ms: cheaper inline than a thread hop. Larger
 # uploads are decoded in a thread so a 90-megapixel photo never stalls other requests.
 _INLINE_DECODE_BYTES = 64 * 1024
+
+
+def card_image_url(image: str | None, base_url: str, public_base: str | None) -> str | None:
+    """A product card's photo URL: the public image base when set, else this service's ``/images``."""
+    if not image:
+        return None
+    base = public_base or f"{base_url.rstrip('/')}/images"
+    return f"{base.rstrip('/')}/{quote(PurePath(image).name)}"
 
 
 class RecommendationService:
@@ -98,10 +106,7 @@ class RecommendationService:
         return SearchFilter(category_prefix=filters.category_prefix, attributes=filters.attributes)
 
     def item(self, hit: SearchHit, base_url: str) -> RecommendedItem:
-        image_url = None
-        if hit.image:
-            base = self.image_base_url or f"{base_url.rstrip('/')}/images"
-            image_url = f"{base.rstrip('/')}/{quote(PurePath(hit.image).name)}"
+        image_url = card_image_url(hit.image, base_url, self.image_base_url)
         return RecommendedItem(
             product_id=hit.product_id,
             name=hit.title,

@@ -201,15 +201,15 @@ class Resources:
         for p in catalogue.products:
             for name, value in p.attributes.items():
                 values.setdefault(name, set()).add(value)
-        pipeline = Pipeline(search, lookup, self.dispatcher, config, vocabulary=vocabulary, checker=checker,
-                            sessions=sessions, attribute_values={k: sorted(v) for k, v in values.items()})  # fmt: skip
         store = self.store
         assert store is not None
 
         async def image_vectors(ids: Sequence[str]) -> dict[str, np.ndarray]:
             return await asyncio.to_thread(store.vectors, ids, using=IMAGE_VECTOR)
 
-        pipeline.vectors = image_vectors
+        pipeline = Pipeline(search, lookup, self.dispatcher, config, vocabulary=vocabulary, checker=checker,
+                            sessions=sessions, attribute_values={k: sorted(v) for k, v in values.items()},
+                            vectors=image_vectors)  # fmt: skip
         self.chat = ChatService(pipeline, self.fetcher, settings.images, settings, vectors=partial(_vectors, store),
                                 calibration=DiversityCalibration.load(settings.diversity_calibration_path))  # fmt: skip
 

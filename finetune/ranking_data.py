@@ -37,28 +37,19 @@ from rag.ranker_format import (
     candidate_line,
     describe_product,
     handles,
-    history_line,
-    product_line,
     ranker_system_message,
     ranker_user_message,
-    resolve_ids,
 )
 from retrieval.catalogue import Catalogue, Product
 
 __all__ = [
     "Protocol",
     "RankingCase",
-    "candidate_line",
-    "describe_product",
     "graded_relevance",
-    "handles",
-    "history_line",
     "make_case",
-    "product_line",
     "ranker_messages",
-    "ranker_user_message",
     "request_match_scores",
-    "resolve_ids",
+    "request_text",
     "sft_conversation",
     "teacher_ranking",
 ]

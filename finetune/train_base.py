@@ -173,6 +173,7 @@ def train_base(
     encoded = tokenizer(docs, add_special_tokens=False)["input_ids"]
     rng = random.Random(config.seed)
     blocks = _pack(encoded, config.block_size, eos, tokenizer.pad_token_id)
+    real_per_block = sum(len(ids) + 1 for ids in encoded if len(ids) < config.block_size) / max(1, len(blocks))
     rng.shuffle(blocks)
     n_eval = max(1, int(len(blocks) * config.eval_share)) if len(blocks) > 10 else 0
     eval_blocks, train_blocks = blocks[:n_eval], blocks[n_eval:]
@@ -249,7 +250,8 @@ def train_base(
         config=config.to_json(),
         parameters=parameters,
         documents=len(docs),
-        train_tokens=int(result.global_step) * config.batch_size * config.block_size,
+        # Padding after the last whole document of a block is not training text.
+        train_tokens=int(int(result.global_step) * config.batch_size * real_per_block),
         steps=int(result.global_step),
         seconds_corpus=round(seconds_corpus, 1),
         seconds_train=round(seconds_train, 1),

@@ -21,7 +21,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from rag.ranker_format import product_gender
 from retrieval.catalogue import Product
 
 __all__ = ["TermVocabulary", "TurnTerms"]
@@ -150,13 +149,3 @@ class TermVocabulary:
             exclude=tuple(dict.fromkeys([*previous.exclude, *exclude])),
             repeat_shown=repeat,
         )
-
-
-def product_facets(product: Product) -> dict[str, str | None]:
-    """A product's facets in the vocabulary's terms (for a card's reason)."""
-    return {
-        "kind": product.category[-1].lower(),
-        "colour": product.attributes.get("base_colour", "").lower() or None,
-        "usage": product.attributes.get("usage", "").lower() or None,
-        "gender": (product_gender(product.title) or "").lower() or None,
-    }

@@ -58,8 +58,8 @@ async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: R
                 return await chat.answer(body, request_id=request_id, base_url=base_url)
         except TimeoutError as exc:
             raise DeadlineExceededError(f"the turn did not finish within its deadline of {deadline:g} s") from exc
-    turn = await chat.turn(body)
-    events = chat.events(turn, request_id=request_id, base_url=base_url, settings=chat.knobs(body)[2])
+    turn, settings = await chat.turn(body)
+    events = chat.events(turn, request_id=request_id, base_url=base_url, settings=settings)
     # The first event comes after retrieval: bad input, an unknown session or a failed retrieval are
     # real HTTP statuses, not an error inside a 200 stream.
     first = await anext(events)

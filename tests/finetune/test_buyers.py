@@ -19,15 +19,8 @@ from finetune.buyers import (
     product_gender,
     save_buyers,
 )
-from finetune.ranking_data import (
-    candidate_line,
-    make_case,
-    ranker_messages,
-    request_match_scores,
-    resolve_ids,
-    sft_conversation,
-    teacher_ranking,
-)
+from finetune.ranking_data import make_case, ranker_messages, request_match_scores, sft_conversation, teacher_ranking
+from rag.ranker_format import candidate_line, resolve_ids
 from retrieval.catalogue import Catalogue, load_catalogue
 
 

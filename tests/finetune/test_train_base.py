@@ -76,6 +76,8 @@ def test_tiny_training_learns_and_saves_a_hub_style_folder(trained: Path) -> Non
     report = json.loads((trained / REPORT_FILE).read_text())
     assert report["final_loss"] < report["first_loss"]
     assert report["steps"] == 12
+    config = BaseModelConfig.tiny()
+    assert 0 < report["train_tokens"] <= 12 * config.batch_size * config.block_size  # padding is not counted
     assert BaseModelConfig.from_json(report["config"]) == BaseModelConfig.tiny()
     tok = AutoTokenizer.from_pretrained(trained, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(trained, local_files_only=True)

@@ -29,6 +29,7 @@ def diversity(
     from api.components import build_retriever, build_store
     from api.diversity import CalibrationPoint, DiversityCalibration
     from eval.bench_retrieval import machine_info
+    from eval.diversity import purchase_popularity
     from eval.diversity_experiment import SAMPLING, Request, ranker_orders, run_experiment, write_report
     from finetune.buyers import BuyerConfig
     from finetune.ranker_cases import ensure_buyers
@@ -49,7 +50,11 @@ def diversity(
     if wanted < 1:
         raise CliError(f"--budget {budget} is below one request's {calls_per_request} ranker calls")
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
-    buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
+    by_split = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())
+    buyers = by_split["test"]
+    # Novelty against what the SYNTHETIC train buyers bought: the popularity a live system would log.
+    popularity = purchase_popularity((pid for b in by_split["train"] for pid in (*b.history, b.target)),
+                                     (p.product_id for p in cat.products))  # fmt: skip
     limits = ImageLimits()
     store = build_store(settings)
     requests: list[Request] = []
@@ -84,6 +89,7 @@ def diversity(
             vectors,
             lambda sampling, seed: ranker_orders(service, "tandem-ranker", cat, requests, sampling, seed),
             seeds=seeds,
+            popularity=popularity,
             progress=progress,
         )
     write_report(report, report_dir, machine_info())

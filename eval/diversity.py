@@ -36,6 +36,7 @@ __all__ = [
     "distinct_path_share",
     "ild",
     "novelty",
+    "purchase_popularity",
     "tree_distance",
 ]
 
@@ -94,6 +95,21 @@ def novelty(items: Iterable[K], popularity: Mapping[K, float], *, floor: float =
     """Mean ``−log2 p(item)``; an item missing from ``popularity`` counts at ``floor`` (maximally novel)."""
     values = [-math.log2(max(float(popularity.get(i, 0.0)), floor)) for i in items]
     return float(np.mean(values)) if values else 0.0
+
+
+def purchase_popularity(purchases: Iterable[K], items: Iterable[K]) -> dict[K, float]:
+    """Each item's share of the purchases, add-one smoothed so an item nobody bought is novel, not infinite.
+
+    Example:
+        >>> purchase_popularity(["a", "a", "b"], ["a", "b", "c"])
+        {'a': 0.5, 'b': 0.3333333333333333, 'c': 0.16666666666666666}
+    """
+    counts: dict[K, int] = {}
+    for item in purchases:
+        counts[item] = counts.get(item, 0) + 1
+    universe = list(dict.fromkeys([*items, *counts]))
+    total = sum(counts.values()) + len(universe)
+    return {item: (counts.get(item, 0) + 1) / total for item in universe}
 
 
 @dataclass

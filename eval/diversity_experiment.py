@@ -10,7 +10,10 @@ queries, every request gets one candidate pool from Tandem's real hierarchical r
 
 For each setting: NDCG@10 against the buyer's graded relevance (3 = the wanted product,
 2 = same category and colour, 1 = same category), ILD@10 on image embeddings, the spread
-of both across seeds (the standard deviation of the per-seed means). Headline figures:
+of both across seeds (the standard deviation of the per-seed means), and beside them the
+category-tree ILD@10, novelty@10 and the coverage of the pooled products and categories. A
+uniformly random order of each pool is measured too: hotter sampling heads there, so its ILD@10
+bounds what the sampling knobs can reach on these pools. Headline figures:
 ``ild_range_ratio`` (highest over lowest mean ILD@10 the sampling knobs reach) and
 ``ndcg_gap_vs_mmr_at_equal_ild`` (the best sampling setting's NDCG@10 minus MMR's,
 interpolated at the same ILD; ≥ 0 means the ranker's knobs are at least as good as MMR).
@@ -26,14 +29,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eval.diversity import ild
+from eval.diversity import CoverageTracker, category_ild, ild, novelty
 from eval.metrics import ndcg_at_k
 from eval.ranker_eval import llm_ranker
 from finetune.buyers import Buyer
@@ -42,7 +46,7 @@ from rag.mmr import mmr_order
 from rag.validation import validate_ranking
 from retrieval.catalogue import Catalogue
 
-__all__ = ["Request", "Setting", "run_experiment", "summarise"]
+__all__ = ["ListScore", "Request", "Setting", "run_experiment", "summarise"]
 
 K = 10
 SAMPLING: list[tuple[str, float, dict[str, Any]]] = [
@@ -64,6 +68,16 @@ class Request:
 
 
 @dataclass(frozen=True)
+class ListScore:
+    """One ranked list's relevance and diversity at K."""
+
+    ndcg: float
+    ild: float  # image embeddings
+    ild_category: float = 0.0  # category-tree distance
+    novelty: float = 0.0  # mean -log2 purchase popularity
+
+
+@dataclass(frozen=True)
 class Setting:
     knob: str
     value: float
@@ -72,6 +86,10 @@ class Setting:
     ild_std: float
     ndcg_std: float
     seeds: int
+    ild_category: float = 0.0
+    novelty: float = 0.0
+    product_coverage: float = 0.0  # share of the pooled products that some top-K list shows
+    category_coverage: float = 0.0  # share of the pooled categories that some top-K list shows
 
 
 Progress = Callable[[str, int, int], None]
@@ -84,17 +102,66 @@ def _relevance(request: Request, catalogue: Catalogue) -> dict[str, int]:
     return {pid: graded_relevance(target, p) for pid in request.pool if (p := catalogue.get(pid)) is not None}
 
 
-def _measure(ranking: Sequence[str], relevance: dict[str, int], vectors: dict[str, np.ndarray]) -> tuple[float, float]:
-    top = list(ranking[:K])
-    return ndcg_at_k(top, relevance, K), ild(np.vstack([vectors[p] for p in top]))
+class _Scorer:
+    """Scores top-K lists of the experiment's pools: relevance, ILD (image, category), novelty, coverage."""
+
+    def __init__(
+        self,
+        requests: Sequence[Request],
+        catalogue: Catalogue,
+        vectors: Mapping[str, np.ndarray],
+        popularity: Mapping[str, float] | None,
+    ) -> None:
+        self.vectors = vectors
+        self.popularity = popularity
+        pooled = {pid for r in requests for pid in r.pool}
+        self.paths = {pid: tuple(p.category) if (p := catalogue.get(pid)) is not None else () for pid in pooled}
+        self.n_products = len(pooled)
+        self.n_categories = len(set(self.paths.values()))
+
+    def score(self, ranking: Sequence[str], relevance: dict[str, int]) -> ListScore:
+        top = list(ranking[:K])
+        return ListScore(
+            ndcg_at_k(top, relevance, K),
+            ild(np.vstack([self.vectors[p] for p in top])),
+            category_ild([self.paths[p] for p in top]),
+            novelty(top, self.popularity) if self.popularity is not None else 0.0,
+        )
+
+    def coverage(self, rankings: Sequence[Sequence[str]]) -> tuple[float, float]:
+        tracker = CoverageTracker(max(1, self.n_products), max(1, self.n_categories))
+        for ranking in rankings:
+            top = list(ranking[:K])
+            tracker.add(top, [self.paths[p] for p in top])
+        return tracker.product_coverage, tracker.category_coverage
 
 
-def summarise(knob: str, value: float, per_seed: Sequence[Sequence[tuple[float, float]]]) -> Setting:
-    """Mean NDCG@10 and ILD@10 over requests and seeds; the spreads are across the per-seed means."""
-    ndcg_means = [float(np.mean([n for n, _ in rows])) for rows in per_seed]
-    ild_means = [float(np.mean([d for _, d in rows])) for rows in per_seed]
-    return Setting(knob, value, round(float(np.mean(ndcg_means)), 4), round(float(np.mean(ild_means)), 4),
-                   round(float(np.std(ild_means)), 4), round(float(np.std(ndcg_means)), 4), len(per_seed))  # fmt: skip
+def _mean(values: Sequence[float]) -> float:
+    return round(float(np.mean(values)), 4) if len(values) else 0.0
+
+
+def summarise(
+    knob: str,
+    value: float,
+    per_seed: Sequence[Sequence[ListScore]],
+    coverage: Sequence[tuple[float, float]] = (),
+) -> Setting:
+    """Means over requests and seeds; the spreads are across the per-seed means."""
+    ndcg_means = [float(np.mean([s.ndcg for s in rows])) for rows in per_seed]
+    ild_means = [float(np.mean([s.ild for s in rows])) for rows in per_seed]
+    return Setting(
+        knob,
+        value,
+        _mean(ndcg_means),
+        _mean(ild_means),
+        round(float(np.std(ild_means)), 4),
+        round(float(np.std(ndcg_means)), 4),
+        len(per_seed),
+        ild_category=_mean([s.ild_category for rows in per_seed for s in rows]),
+        novelty=_mean([s.novelty for rows in per_seed for s in rows]),
+        product_coverage=_mean([c[0] for c in coverage]),
+        category_coverage=_mean([c[1] for c in coverage]),
+    )
 
 
 def ranker_orders(
@@ -130,35 +197,58 @@ def run_experiment(
     rank: Callable[[dict[str, Any], int], list[list[str]]],
     *,
     seeds: int = 3,
+    popularity: Mapping[str, float] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Sweep every knob over the same pools; ``rank(sampling, seed)`` orders every pool with the LLM ranker."""
+    """Sweep every knob over the same pools; ``rank(sampling, seed)`` orders every pool with the LLM ranker.
+
+    ``popularity`` (product id → share of purchases) adds novelty; coverage is over the pooled products.
+    """
     report_progress = progress or (lambda stage, done, total: None)
     relevance = [_relevance(r, catalogue) for r in requests]
+    scorer = _Scorer(requests, catalogue, vectors, popularity)
     settings: list[Setting] = []
     total = sum(1 if s["temperature"] == 0.0 else seeds for _, _, s in SAMPLING)
     done = 0
     for knob, value, sampling in SAMPLING:
-        per_seed = []
+        per_seed, coverage = [], []
         # Greedy decoding ignores the seed: one run stands for all.
         for seed in range(1 if sampling["temperature"] == 0.0 else seeds):
             orders = rank(sampling, seed)
-            per_seed.append([_measure(o, rel, vectors) for o, rel in zip(orders, relevance, strict=True)])
+            per_seed.append([scorer.score(o, rel) for o, rel in zip(orders, relevance, strict=True)])
+            coverage.append(scorer.coverage(orders))
             done += 1
             report_progress("ranker sampling sweep", done, total)
-        settings.append(summarise(knob, value, per_seed))
+        settings.append(summarise(knob, value, per_seed, coverage))
     for lam in MMR_LAMBDAS:
-        rows = []
-        for request, rel in zip(requests, relevance, strict=True):
+        orders = []
+        for request in requests:
             order = mmr_order(request.scores, np.vstack([vectors[p] for p in request.pool]), lam=lam, k=K)
-            rows.append(_measure([request.pool[i] for i in order], rel, vectors))
-        settings.append(summarise("mmr_lambda", lam, [rows]))
-    retrieval = summarise("retrieval", 0.0, [[_measure(r.pool, rel, vectors) for r, rel in
-                                             zip(requests, relevance, strict=True)]])  # fmt: skip
+            orders.append([request.pool[i] for i in order])
+        rows = [scorer.score(o, rel) for o, rel in zip(orders, relevance, strict=True)]
+        settings.append(summarise("mmr_lambda", lam, [rows], [scorer.coverage(orders)]))
+    pools = [list(r.pool) for r in requests]
+    retrieval = summarise("retrieval", 0.0, [[scorer.score(o, rel) for o, rel in zip(pools, relevance, strict=True)]],
+                          [scorer.coverage(pools)])  # fmt: skip
+    # A uniformly random order of the same pool is where any sampling heads as it gets hotter: its ILD is the
+    # most the sampling knobs can reach on these pools, whatever the ranker.
+    shuffled_runs = [[random.Random(seed).sample(pool, len(pool)) for pool in pools] for seed in range(max(1, seeds))]
+    random_order = summarise(
+        "random",
+        0.0,
+        [[scorer.score(o, rel) for o, rel in zip(run, relevance, strict=True)] for run in shuffled_runs],
+        [scorer.coverage(run) for run in shuffled_runs],
+    )
     sampled = [s for s in settings if s.knob in {"temperature", "top_p", "top_k"}]
     mmr = [s for s in settings if s.knob == "mmr_lambda"]
     lowest = min(s.ild for s in sampled)
     temps = [s.ild for s in settings if s.knob == "temperature"]
+
+    def reference(s: Setting) -> dict[str, float]:
+        return {"ndcg@10": s.ndcg, "ild@10": s.ild, "ild_std": s.ild_std, "ild_category@10": s.ild_category,
+                "novelty@10": s.novelty, "product_coverage": s.product_coverage,
+                "category_coverage": s.category_coverage}  # fmt: skip
+
     return {
         "settings": [
             {
@@ -169,13 +259,21 @@ def run_experiment(
                 "ild_std": s.ild_std,
                 "ndcg_std": s.ndcg_std,
                 "seeds": s.seeds,
+                "ild_category@10": s.ild_category,
+                "novelty@10": s.novelty,
+                "product_coverage": s.product_coverage,
+                "category_coverage": s.category_coverage,
             }
             for s in settings
         ],
         "ild_range_ratio": round(max(s.ild for s in sampled) / lowest, 4) if lowest > 0 else math.inf,
         "ndcg_gap_vs_mmr_at_equal_ild": gap_at_equal_ild(sampled, mmr),
         "temperature_monotone": all(b >= a for a, b in itertools.pairwise(temps)),
-        "retrieval_order": {"ndcg@10": retrieval.ndcg, "ild@10": retrieval.ild},
+        "retrieval_order": reference(retrieval),
+        "random_order": reference(random_order),
+        # The highest ILD@10 any sampling can reach on these pools, over the greedy ranker's: the 2x target is
+        # out of reach of the sampling knobs whenever this is below 2.
+        "sampling_ild_ceiling_ratio": round(random_order.ild / lowest, 4) if lowest > 0 else math.inf,
         "requests": {
             "total": len(requests),
             "words": sum(r.kind == "words" for r in requests),
@@ -209,6 +307,10 @@ def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any])
                         textcoords="offset points")  # fmt: skip
     base = report["retrieval_order"]
     ax.scatter([base["ild@10"]], [base["ndcg@10"]], marker="*", s=150, color="black", label="retrieval order", zorder=5)
+    if "random_order" in report:
+        rnd = report["random_order"]
+        ax.scatter([rnd["ild@10"]], [rnd["ndcg@10"]], marker="X", s=110, color="grey", zorder=5,
+                   label="random order of the pool (hottest sampling's limit)")  # fmt: skip
     ax.set_xlabel("ILD@10 (image embeddings, mean pairwise 1 − cos)")
     ax.set_ylabel("NDCG@10 (graded relevance, SYNTHETIC buyers)")
     ax.set_title("Relevance against diversity, per knob (error bars: spread across seeds)")
@@ -230,14 +332,23 @@ def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any])
         f"{machine.get('gpu') or 'none'}. Requests: {report['requests']}; seeds per sampling setting:"
         f" {report['seeds']}; pool 20, K = 10.",
         "",
-        "| knob | value | NDCG@10 | ± | ILD@10 | ± |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "ILD@10 is on image embeddings (the headline figure); beside it the category-tree ILD@10, novelty@10 (mean"
+        " −log2 of a product's share of the SYNTHETIC train buyers' purchases, add-one smoothed) and coverage (the"
+        " share of all pooled products / categories that some top-10 list shows, across the requests).",
+        "",
+        "| knob | value | NDCG@10 | ± | ILD@10 | ± | category ILD@10 | novelty@10 | product coverage |"
+        " category coverage |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *[
-            f"| {s['knob']} | {s['value']:g} | {s['ndcg@10']:.4f} | {s['ndcg_std']:.4f} | {s['ild@10']:.4f} |"
-            f" {s['ild_std']:.4f} |"
+            _row(s["knob"], f"{s['value']:g}", s, f"{s['ndcg_std']:.4f}", f"{s['ild_std']:.4f}")
             for s in report["settings"]
         ],
-        f"| retrieval order | – | {base['ndcg@10']:.4f} | – | {base['ild@10']:.4f} | – |",
+        _row("retrieval order", "–", base, "–", "–"),
+        *(
+            [_row("random order", "–", report["random_order"], "–", f"{report['random_order']['ild_std']:.4f}")]
+            if "random_order" in report
+            else []
+        ),
         "",
         "| target | measured | result |",
         "| --- | --- | ---: |",
@@ -255,6 +366,12 @@ def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any])
         *_reading(report),
     ]
     (reports / "diversity.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _row(knob: str, value: str, s: Mapping[str, Any], ndcg_std: str, ild_std: str) -> str:
+    return (f"| {knob} | {value} | {s['ndcg@10']:.4f} | {ndcg_std} | {s['ild@10']:.4f} | {ild_std} |"
+            f" {s.get('ild_category@10', 0.0):.4f} | {s.get('novelty@10', 0.0):.2f} |"
+            f" {s.get('product_coverage', 0.0):.3f} | {s.get('category_coverage', 0.0):.3f} |")  # fmt: skip
 
 
 def _reading(report: dict[str, Any]) -> list[str]:
@@ -278,6 +395,28 @@ def _reading(report: dict[str, Any]) -> list[str]:
         lines.append(f"- At equal ILD the best ranker setting falls short of MMR by {-gap:.3f} NDCG@10, as public"
                      " studies found for prompted LLM re-rankers: for a buyer-facing diversity dial MMR is the"
                      " cheaper knob, and the calibration picks whichever setting costs less relevance.")  # fmt: skip
+    low, high = max(mmr, key=lambda s: s["value"]), min(mmr, key=lambda s: s["value"])
+    lines.append(
+        f"- Beyond ILD: MMR λ {low['value']:g} → {high['value']:g} takes category-tree ILD@10"
+        f" {low.get('ild_category@10', 0.0):.3f} → {high.get('ild_category@10', 0.0):.3f}, novelty@10"
+        f" {low.get('novelty@10', 0.0):.2f} → {high.get('novelty@10', 0.0):.2f} bits and the share of pooled products"
+        f" shown {low.get('product_coverage', 0.0):.3f} → {high.get('product_coverage', 0.0):.3f}; temperature"
+        f" {cold['value']:g} → {hot['value']:g}: {cold.get('product_coverage', 0.0):.3f} →"
+        f" {hot.get('product_coverage', 0.0):.3f}."
+    )
+    if "random_order" in report:
+        rnd = report["random_order"]
+        lines.append(
+            f"- Ceiling for the sampling knobs: a uniformly random order of the same pools (where sampling heads as"
+            f" it gets hotter) has ILD@10 {rnd['ild@10']:.3f}, {report['sampling_ild_ceiling_ratio']:.2f}× the lowest"
+            f" sampling setting's, at NDCG@10 {rnd['ndcg@10']:.3f}"
+            + (
+                ": on pools of 20 from hierarchical retrieval, which keeps the few categories that match the request,"
+                " no sampling of the ranker can double ILD@10."
+                if report["sampling_ild_ceiling_ratio"] < 2
+                else "."
+            )
+        )
     greedy = by.get(("temperature", 0.0))
     if greedy:
         lines.append(f"- Greedy ranker: NDCG@10 {greedy['ndcg@10']:.3f} vs retrieval order"

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from eval.diversity import CoverageTracker, category_ild, distinct_path_share, ild, novelty, tree_distance
+from eval.diversity import (
+    CoverageTracker,
+    category_ild,
+    distinct_path_share,
+    ild,
+    novelty,
+    purchase_popularity,
+    tree_distance,
+)
 
 
 def test_ild_of_hand_made_lists() -> None:
@@ -67,3 +75,12 @@ def test_novelty_and_coverage() -> None:
     with pytest.raises(ValueError, match="positive"):
         CoverageTracker(0, 1)
     assert math.isclose(novelty(["a"] * 3, popularity), 1.0)
+
+
+def test_purchase_popularity_is_a_smoothed_distribution_over_every_item() -> None:
+    popularity = purchase_popularity(["a", "a", "a", "b"], ["a", "b", "c", "d"])
+    assert sum(popularity.values()) == pytest.approx(1.0)
+    assert popularity["a"] > popularity["b"] > popularity["c"] == popularity["d"] > 0
+    # an item bought but missing from the catalogue list still counts, so the shares stay a distribution
+    assert set(purchase_popularity(["x"], ["a"])) == {"a", "x"}
+    assert novelty(["c"], popularity) > novelty(["a"], popularity)

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from eval.diversity import ild
 from eval.diversity_experiment import (
     SAMPLING,
+    ListScore,
     Request,
     Setting,
     gap_at_equal_ild,
@@ -24,9 +26,12 @@ from retrieval.catalogue import Catalogue, Product
 
 
 def test_summarise_spreads_are_across_seed_means() -> None:
-    s = summarise("temperature", 1.0, [[(0.5, 0.2), (0.7, 0.4)], [(0.3, 0.6), (0.5, 0.8)]])
+    rows = [[ListScore(0.5, 0.2, 0.1, 3.0), ListScore(0.7, 0.4, 0.3, 5.0)], [ListScore(0.3, 0.6), ListScore(0.5, 0.8)]]
+    s = summarise("temperature", 1.0, rows, [(0.2, 0.5), (0.4, 1.0)])
     assert (s.ndcg, s.ild) == (0.5, 0.5)
     assert s.ndcg_std == pytest.approx(0.1) and s.ild_std == pytest.approx(0.2) and s.seeds == 2
+    assert s.ild_category == pytest.approx(0.1) and s.novelty == pytest.approx(2.0)
+    assert (s.product_coverage, s.category_coverage) == (pytest.approx(0.3), pytest.approx(0.75))
 
 
 def test_gap_is_interpolated_on_the_mmr_curve_without_extrapolating() -> None:
@@ -69,7 +74,8 @@ def test_run_experiment_sweeps_every_knob_over_the_same_pools(tmp_path: Path) ->
             out.append(head + pool[n:])
         return out
 
-    report = run_experiment(requests, cat, vectors, rank, seeds=2)
+    popularity = {p.product_id: (0.5 if int(p.product_id) % 20 < 5 else 0.01) for p in cat.products}
+    report = run_experiment(requests, cat, vectors, rank, seeds=2, popularity=popularity)
     assert len(calls) == sum(1 if s["temperature"] == 0.0 else 2 for _, _, s in SAMPLING)
     knobs = [s["knob"] for s in report["settings"]]
     assert knobs.count("temperature") == 6 and knobs.count("mmr_lambda") == 6
@@ -78,9 +84,23 @@ def test_run_experiment_sweeps_every_knob_over_the_same_pools(tmp_path: Path) ->
     assert greedy["ndcg@10"] == report["retrieval_order"]["ndcg@10"]  # T = 0 kept the pool order here
     mmr = {s["value"]: s for s in report["settings"] if s["knob"] == "mmr_lambda"}
     assert mmr[0.0]["ild@10"] > mmr[1.0]["ild@10"] and mmr[1.0]["ndcg@10"] == greedy["ndcg@10"]
+    # every top-10 of a 20-product pool shows half of it; the pools hold all four categories
+    assert greedy["product_coverage"] == pytest.approx(0.5) and greedy["category_coverage"] == 1.0
+    retrieval = report["retrieval_order"]
+    assert retrieval["ild_category@10"] == greedy["ild_category@10"] > 0
+    # the popular products lead every pool, so pushing the list down the pool raises novelty
+    assert retrieval["novelty@10"] < max(s["novelty@10"] for s in report["settings"] if s["knob"] == "temperature")
     assert report["requests"] == {"total": 4, "words": 4, "photo": 0}
+    # the hottest sampling's limit: a random order of each pool, against a brute-force reading
+    rnd = report["random_order"]
+    brute = [ild(np.vstack([vectors[p] for p in random.Random(s).sample(r.pool, 20)[:10]])) for s in range(2)
+             for r in requests]  # fmt: skip
+    assert rnd["ild@10"] == pytest.approx(float(np.mean(brute)), abs=1e-4)
+    lowest = min(s["ild@10"] for s in report["settings"] if s["knob"] in {"temperature", "top_p", "top_k"})
+    assert report["sampling_ild_ceiling_ratio"] == pytest.approx(rnd["ild@10"] / lowest, abs=1e-3)
     write_report(report, tmp_path, {"cpu": "test", "logical_cores": 2, "gpu": "none"})
     assert json.loads((tmp_path / "diversity.json").read_text())["ild_range_ratio"] == report["ild_range_ratio"]
     md = (tmp_path / "diversity.md").read_text()
-    assert "SYNTHETIC" in md and "## Reading" in md and "ILD@10 raised across" in md
+    assert "SYNTHETIC" in md and "## Reading" in md and "ILD@10 raised across" in md and "novelty@10" in md
+    assert "| random order |" in md and "Ceiling for the sampling knobs" in md
     assert (tmp_path / "diversity.png").stat().st_size > 10_000

@@ -91,6 +91,12 @@ class Setting:
     product_coverage: float = 0.0  # share of the pooled products that some top-K list shows
     category_coverage: float = 0.0  # share of the pooled categories that some top-K list shows
 
+    def metrics(self) -> dict[str, float]:
+        """The setting's measurements under the report's JSON keys."""
+        return {"ndcg@10": self.ndcg, "ild@10": self.ild, "ild_std": self.ild_std,
+                "ild_category@10": self.ild_category, "novelty@10": self.novelty,
+                "product_coverage": self.product_coverage, "category_coverage": self.category_coverage}  # fmt: skip
+
 
 Progress = Callable[[str, int, int], None]
 
@@ -244,35 +250,18 @@ def run_experiment(
     lowest = min(s.ild for s in sampled)
     temps = [s.ild for s in settings if s.knob == "temperature"]
 
-    def reference(s: Setting) -> dict[str, float]:
-        return {"ndcg@10": s.ndcg, "ild@10": s.ild, "ild_std": s.ild_std, "ild_category@10": s.ild_category,
-                "novelty@10": s.novelty, "product_coverage": s.product_coverage,
-                "category_coverage": s.category_coverage}  # fmt: skip
-
     return {
         "settings": [
-            {
-                "knob": s.knob,
-                "value": s.value,
-                "ndcg@10": s.ndcg,
-                "ild@10": s.ild,
-                "ild_std": s.ild_std,
-                "ndcg_std": s.ndcg_std,
-                "seeds": s.seeds,
-                "ild_category@10": s.ild_category,
-                "novelty@10": s.novelty,
-                "product_coverage": s.product_coverage,
-                "category_coverage": s.category_coverage,
-            }
+            {"knob": s.knob, "value": s.value, **s.metrics(), "ndcg_std": s.ndcg_std, "seeds": s.seeds}
             for s in settings
         ],
         "ild_range_ratio": round(max(s.ild for s in sampled) / lowest, 4) if lowest > 0 else math.inf,
         "ndcg_gap_vs_mmr_at_equal_ild": gap_at_equal_ild(sampled, mmr),
         "temperature_monotone": all(b >= a for a, b in itertools.pairwise(temps)),
-        "retrieval_order": reference(retrieval),
-        "random_order": reference(random_order),
-        # The highest ILD@10 any sampling can reach on these pools, over the greedy ranker's: the 2x target is
-        # out of reach of the sampling knobs whenever this is below 2.
+        "retrieval_order": retrieval.metrics(),
+        "random_order": random_order.metrics(),
+        # The ILD@10 that sampling heads for on these pools, over the lowest sampling setting's: the 2x target is
+        # out of the sampling knobs' reach whenever this is well below 2.
         "sampling_ild_ceiling_ratio": round(random_order.ild / lowest, 4) if lowest > 0 else math.inf,
         "requests": {
             "total": len(requests),

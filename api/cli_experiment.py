@@ -24,6 +24,10 @@ def diversity(
     ),
     budget: Annotated[int, typer.Option("--budget", min=14, help="At most this many ranker requests in all.")] = 1600,
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=10, help="Seeds per sampling setting.")] = 3,
+    pool: Annotated[int, typer.Option("--pool", min=11, max=26, help="Precise hits per pool (hierarchical).")] = 12,
+    explore: Annotated[
+        int, typer.Option("--explore", min=0, max=20, help="Nearby categories adding their 2 best products each.")
+    ] = 7,
 ) -> None:
     """Sweep temperature, top-p, top-k and MMR λ over the same pools: NDCG@10 against ILD@10, plots, calibration."""
     from api.components import build_retriever, build_store
@@ -35,11 +39,14 @@ def diversity(
     from finetune.ranker_cases import ensure_buyers
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
+    from rag.ranker_format import HANDLES
     from retrieval.catalogue import load_catalogue
     from retrieval.images import ImageLimits, read_image_file
     from retrieval.search import SearchQuery
     from retrieval.store import IMAGE_VECTOR
 
+    if pool + 2 * explore > len(HANDLES):
+        raise CliError(f"--pool {pool} plus 2 x --explore {explore} is over the ranker's {len(HANDLES)} candidate ids")
     settings = get_settings()
     base_dir, adapter_dir = settings.base_model_dir, settings.ranker_dir
     for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
@@ -68,8 +75,8 @@ def diversity(
                 if image is not None:
                     queries.append(("photo", SearchQuery(image=image)))
                 for kind, query in queries:
-                    hits = retriever.search(query, k=20).hits
-                    if len(hits) == 20 and len(requests) < wanted:
+                    hits = retriever.search(query, k=pool, explore=explore).hits
+                    if len(hits) >= pool + explore and len(requests) < wanted:
                         requests.append(Request(buyer, kind, tuple(h.product_id for h in hits),
                                                 tuple(h.score for h in hits)))  # fmt: skip
                 progress("candidate pools", len(requests), wanted)
@@ -91,6 +98,7 @@ def diversity(
             seeds=seeds,
             popularity=popularity,
             progress=progress,
+            pool=(pool, explore),
         )
     write_report(report, report_dir, machine_info())
     points = [CalibrationPoint(s["knob"], s["value"], s["ndcg@10"], s["ild@10"]) for s in report["settings"]]

@@ -79,7 +79,9 @@ def llm_ranker(
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
 
         async def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
-            body = {"model": model, "messages": messages, "tools": tools, "max_tokens": max_tokens, **knobs}
+            # As the pipeline asks: a tool call is required (guided decoding keeps it well-formed when sampling).
+            body = {"model": model, "messages": messages, "tools": tools, "tool_choice": "required",
+                    "max_tokens": max_tokens, **knobs}  # fmt: skip
             answer = await service.complete(ChatCompletionRequest.model_validate(body))
             message: dict[str, Any] = answer["choices"][0]["message"]
             return message

@@ -387,9 +387,11 @@ class Pipeline:
             user = user.replace("- nothing yet", "- nothing yet; interests: " + ", ".join(topics), 1)
         messages = [ranker_system_message(), {"role": "user", "content": user}]
 
+        # A tool call is required: a server with guided decoding (vLLM, the embedded worker) then always writes a
+        # well-formed one, whatever the sampling knobs; the ids in it are checked below.
         async def complete(transcript: list[dict[str, Any]]) -> dict[str, Any]:
             payload = {"model": self.config.ranker_model, "messages": transcript, "tools": load_tools(),
-                       "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
+                       "tool_choice": "required", "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
                        **request.sampling.payload()}  # fmt: skip
             completion = await self.llm.complete(payload, deadline_s=self.config.ranker_deadline_s)
             message: dict[str, Any] = completion.message

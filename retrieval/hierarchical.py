@@ -120,6 +120,13 @@ def score_categories(
     return scores
 
 
+def calibrated(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """P(category | query): a softmax of the level-1 scores at ``temperature``."""
+    z = np.exp((scores - scores.max()) / temperature)
+    probs: np.ndarray = z / z.sum()
+    return probs
+
+
 def select_categories(
     scores: np.ndarray,
     categories: CategoryIndex,
@@ -135,8 +142,7 @@ def select_categories(
     are kept in addition to the policy's choice.
     """
     order = np.argsort(-scores, kind="stable")
-    z = (scores - scores.max()) / config.temperature
-    probs = np.exp(z) / np.exp(z).sum()
+    probs = calibrated(scores, config.temperature)
     total = categories.total
     kept: list[int] = []
     size = 0
@@ -198,13 +204,50 @@ class HierarchicalRetriever:
         scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
         return select_categories(scores, self.categories, self.config, min_products=min_products, always=always)
 
-    def search(self, query: SearchQuery, *, k: int = 10, mode: SearchMode = "hierarchical") -> SearchResult:
+    def search(
+        self, query: SearchQuery, *, k: int = 10, mode: SearchMode = "hierarchical", explore: int = 0
+    ) -> SearchResult:
         t0 = time.perf_counter()
         vectors = self.retriever.encode(query)
         t1 = time.perf_counter()
         result = self.search_vectors(vectors, k=k, mode=mode, filter=query.filter)
+        if explore > 0 and result.level1 is not None:
+            result.hits += self.explore(vectors, result, explore, filter=query.filter)
         result.timing_ms = {"encode": (t1 - t0) * 1000, **result.timing_ms}
         return result
+
+    def explore(
+        self,
+        vectors: dict[str, np.ndarray],
+        result: SearchResult,
+        categories: int,
+        *,
+        per_category: int = 2,
+        filter: SearchFilter | None = None,
+    ) -> list[SearchHit]:
+        """The best ``per_category`` products of each of the next ``categories`` categories level 1 did not keep.
+
+        A pool for buyers without a precise target: the precise hits stay first, and a tail from
+        neighbouring categories gives a ranker (or its sampling) something else to choose from.
+        """
+        kept = set(result.level1.kept) if result.level1 else set()
+        scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
+        probs = calibrated(scores, self.config.temperature)
+        order = [int(i) for i in np.argsort(-scores, kind="stable") if self.categories.keys[i] not in kept]
+        seen = {h.product_id for h in result.hits}
+        base = filter or SearchFilter()
+        beta = self.config.prior_weight
+        tail: list[SearchHit] = []
+        for i in order[:categories]:
+            scoped = SearchFilter(categories=[self.categories.keys[i]], category_depth=self.categories.depth,
+                                  category_prefix=base.category_prefix, attributes=base.attributes)  # fmt: skip
+            # Scored as level 2 scores its hits (similarity + the category's log prior), so a pool's scores stay
+            # comparable: a left-out category's products fall behind the kept ones they resemble.
+            prior = beta * math.log(max(float(probs[i]), 1e-6)) if beta > 0 else 0.0
+            tail += [dataclasses.replace(h, score=h.score + prior)
+                     for h in self.retriever.search_vectors(vectors, k=per_category, filter=scoped)
+                     if h.product_id not in seen]  # fmt: skip
+        return sorted(tail, key=lambda h: -h.score)
 
     def search_vectors(
         self,

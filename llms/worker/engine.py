@@ -43,6 +43,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tools: list[dict[str, Any]] | None = None
     adapter: str | None = None  # None: the base model
+    # OpenAI's tool_choice: "required" or {"type": "function", "function": {"name": ...}} asks the engine to
+    # guarantee one schema-valid tool call (guided decoding, as vLLM does); "auto"/None leave the model free.
+    tool_choice: str | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

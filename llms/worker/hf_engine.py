@@ -5,8 +5,10 @@ Requests queue on a thread-safe inbox. The worker thread takes the first one, wa
 forward pass and then runs its own KV-cached decode loop for that static batch. Rows of one
 batch may use different adapters (peft's mixed-adapter batches, ``adapter_names=[...]``) and
 different sampling parameters; each sampled row owns a ``torch.Generator`` seeded from its
-request, so a seeded request samples the same tokens whoever its batch-mates are. Text
-deltas cross back to the caller's event loop with ``call_soon_threadsafe``.
+request, so a seeded request samples the same tokens whoever its batch-mates are. A request
+with ``tool_choice`` "required" or a named function is decoded under its tools' grammar
+(:mod:`llms.worker.guided`), as vLLM's guided decoding does. Text deltas cross back to the
+caller's event loop with ``call_soon_threadsafe``.
 
 Example:
     >>> engine = TransformersEngine.load(Path("var/models/tiny-chat"), {"ranker": Path("var/adapters/ranker")})
@@ -35,6 +37,7 @@ import torch
 
 from llms.errors import EngineError
 from llms.worker.engine import EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams
+from llms.worker.guided import GuidedRow, ToolCallGuide, is_guided
 
 __all__ = ["BASE_ADAPTER", "TransformersEngine"]
 
@@ -104,6 +107,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[GenerationEvent | EngineError]
     cancelled: bool = False
+    guided: GuidedRow | None = None  # the grammar of a required tool call
 
 
 @dataclass(eq=False)
@@ -164,6 +168,7 @@ class TransformersEngine:
         self._eos_ids = frozenset(eos)
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad) if pad is not None else min(eos, default=0)
+        self._guide: ToolCallGuide | None = None  # built at the first guided request (xgrammar's tokenizer scan)
 
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -323,15 +328,30 @@ class TransformersEngine:
         room = self._context_len - len(prompt_ids)
         if room < 1:
             raise EngineError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self._context_len}")
+        guided = None
+        if request.tools and is_guided(request.tools, request.tool_choice):
+            guided = self._tool_call_guide().start(request.tools, request.tool_choice)
         return self._stream(
-            prompt_ids, adapter or BASE_ADAPTER, request.sampling, min(request.sampling.max_tokens, room)
+            prompt_ids, adapter or BASE_ADAPTER, request.sampling, min(request.sampling.max_tokens, room), guided
         )
 
+    def _tool_call_guide(self) -> ToolCallGuide:
+        if self._guide is None:
+            self._guide = ToolCallGuide(
+                self._tokenizer, vocab_size=int(self._config.vocab_size), stop_token_ids=sorted(self._eos_ids)
+            )
+        return self._guide
+
     async def _stream(
-        self, prompt_ids: list[int], adapter: str, sampling: SamplingParams, max_new_tokens: int
+        self,
+        prompt_ids: list[int],
+        adapter: str,
+        sampling: SamplingParams,
+        max_new_tokens: int,
+        guided: GuidedRow | None = None,
     ) -> AsyncIterator[GenerationEvent]:
         events: asyncio.Queue[GenerationEvent | EngineError] = asyncio.Queue()
-        job = _Job(prompt_ids, adapter, sampling, max_new_tokens, asyncio.get_running_loop(), events)
+        job = _Job(prompt_ids, adapter, sampling, max_new_tokens, asyncio.get_running_loop(), events, guided=guided)
         # Under the lock so no job can land behind aclose()'s sentinel, where the worker would never see it.
         with self._lock:
             if self._closed:
@@ -431,6 +451,9 @@ class TransformersEngine:
         with torch.inference_mode():
             while active:
                 logits = self._forward(input_ids, mask, positions, cache, [row.job.adapter for row in active])
+                for i, row in enumerate(active):
+                    if row.job.guided is not None:
+                        row.job.guided.mask(logits[i])
                 greedy = logits.argmax(dim=-1).tolist()
                 keep: list[int] = []
                 next_ids: list[int] = []
@@ -442,6 +465,8 @@ class TransformersEngine:
                         continue
                     sampling = row.job.sampling
                     token = greedy[i] if sampling.temperature == 0 else self._sample(logits[i], sampling, row)
+                    if row.job.guided is not None:
+                        row.job.guided.accept(token)
                     if not self._advance(row, token):
                         keep.append(i)
                         next_ids.append(token)

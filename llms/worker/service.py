@@ -70,7 +70,9 @@ class WorkerService:
             raise InvalidChatRequestError(str(exc)) from exc
         if req.tool_choice == "required" and not req.tools:
             raise InvalidChatRequestError("tool_choice 'required' needs tools")
-        return GenerationRequest(messages=messages, sampling=req.sampling(), tools=req.tool_dicts(), adapter=adapter)
+        tools = req.tool_dicts()
+        return GenerationRequest(messages=messages, sampling=req.sampling(), tools=tools, adapter=adapter,
+                                 tool_choice=req.tool_choice if tools else None)  # fmt: skip
 
     async def _events(self, gen: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         try:

@@ -68,3 +68,5 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
     assert calibration.calibrated and calibration.settings_for(1.0)["calibrated"] is True
     code, _, err = run_cli(["experiment", "diversity", "--budget", "20", "--seeds", "3"], capsys)  # 40 calls a request
     assert code == 1 and "below one request's 40 ranker calls" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["experiment", "diversity", "--pool", "20", "--explore", "5"], capsys)
+    assert code == 1 and "over the ranker's 26 candidate ids" in err and len(err.strip().splitlines()) == 1

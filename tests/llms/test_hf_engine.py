@@ -255,3 +255,75 @@ def test_closed_engine_refuses_and_ends_running_streams(tiny: tuple[Path, dict[s
             eng.generate(ask("hi"))
 
     asyncio.run(main())
+
+
+RANK_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "submit_ranking",
+            "description": "Submit the ranking",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "ids": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": ["red shirt #1", "blue cap #1"]},
+                        "maxItems": 3,
+                    }
+                },
+                "required": ["ids"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "pick_colour",
+            "parameters": {
+                "type": "object",
+                "properties": {"colour": {"enum": ["red", "blue"]}},
+                "required": ["colour"],
+            },
+        },
+    },
+]  # bounded arguments: a random model's free text would run to max_tokens (cut off, as on vLLM)
+
+
+def test_required_tool_choice_only_writes_schema_valid_calls_at_any_temperature(engine: TransformersEngine) -> None:
+    """A random tiny model writes gibberish unguided; guided, every sample is one valid call (vLLM's behaviour)."""
+    from llms.tool_calls import parse_hermes
+
+    def guided(temperature: float, seed: int, choice: object = "required") -> GenerationRequest:
+        sampling = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=120, seed=seed)
+        return GenerationRequest([{"role": "user", "content": "rank"}], sampling, tools=RANK_TOOLS, tool_choice=choice)
+
+    unguided = run(engine, GenerationRequest([{"role": "user", "content": "rank"}], GREEDY, tools=RANK_TOOLS))
+    assert not parse_hermes(unguided[0][0]).tool_calls
+    requests = [guided(t, s) for t in (0.0, 1.0, 1.5) for s in range(3)]
+    for text, last in run(engine, *requests):
+        parsed = parse_hermes(text)
+        assert len(parsed.tool_calls) == 1 and not parsed.malformed, text
+        call = parsed.tool_calls[0]
+        if call.name == "submit_ranking":
+            assert set(call.arguments["ids"]) <= {"red shirt #1", "blue cap #1"} and len(call.arguments["ids"]) <= 3
+        else:
+            assert call.name == "pick_colour" and call.arguments["colour"] in {"red", "blue"}
+        assert last.finish_reason == "stop"  # the grammar ends with the call
+    named = {"type": "function", "function": {"name": "submit_ranking"}}
+    for text, _ in run(engine, *[guided(1.5, s, named) for s in range(3)]):
+        assert parse_hermes(text).tool_calls[0].name == "submit_ranking"
+
+
+def test_a_tool_schema_the_grammar_cannot_express_is_the_callers_error(engine: TransformersEngine) -> None:
+    from llms.errors import InvalidChatRequestError
+
+    bad = [
+        {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "frobnicate"}}}},
+        }
+    ]
+    request = GenerationRequest([{"role": "user", "content": "x"}], GREEDY, tools=bad, tool_choice="required")
+    with pytest.raises(InvalidChatRequestError):
+        run(engine, request)

@@ -148,6 +148,7 @@ def test_text_turn_streams_candidates_ranking_tokens_done_in_order(products: lis
     assert search.queries[0] == ("blue shirts for men", False)  # key terms, not the whole message
     ranker_call = next(c for c in llm.calls if c["model"] == "tandem-ranker")
     assert "Request: blue shirts for men" in ranker_call["messages"][1]["content"]
+    assert ranker_call["tool_choice"] == "required"  # guided decoding keeps the call well-formed when sampling
     assert {"first_card", "first_token", "total"} <= set(result.timing_ms)
 
 

@@ -245,3 +245,52 @@ def test_anchor_categories_are_always_kept(synthetic: tuple[HierarchicalRetrieve
         res = anchored.search_vectors({IMAGE_VECTOR: q}, k=5)
         assert res.level1 is not None and " > ".join(nearest.category) in res.level1.kept
         assert res.hits[0].product_id == nearest.product_id
+
+
+def test_explore_adds_the_best_products_of_the_next_categories(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]],
+) -> None:
+    """The exploration tail against brute force: per left-out category in level 1's order, its best products."""
+    from retrieval.hierarchical import score_categories
+
+    h, d = synthetic
+    x, ids, labels, keys = d["x"], d["ids"], d["labels"], d["keys"]
+    rng = np.random.default_rng(5)
+    for q in unit(rng.standard_normal((4, DIM))):
+        vectors = {IMAGE_VECTOR: q}
+        res = h.search_vectors(vectors, k=5)
+        assert res.level1 is not None
+        tail = h.explore(vectors, res, 2, per_category=2)
+        scores = score_categories(vectors, h.categories, h.config, image_aligned=True)
+        order = [h.categories.keys[i] for i in np.argsort(-scores, kind="stable")]
+        nearby = [key for key in order if key not in res.level1.kept][:2]
+        expected = []
+        for key in nearby:
+            inside = np.array(keys)[labels] == key  # type: ignore[index]
+            sims = np.where(inside, x @ q, -np.inf)  # type: ignore[operator]
+            expected += [ids[i] for i in np.argsort(-sims)[:2] if np.isfinite(sims[i])]  # type: ignore[index]
+        assert sorted(t.product_id for t in tail) == sorted(expected)
+        assert [t.score for t in tail] == sorted((t.score for t in tail), reverse=True)
+        assert not {t.product_id for t in tail} & {hit.product_id for hit in res.hits}
+    assert h.explore({IMAGE_VECTOR: q}, res, 0) == []
+
+
+def test_explored_products_are_scored_with_their_category_prior(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]],
+) -> None:
+    """Level 2's rescoring applies to the tail too, so pool scores (and MMR over them) stay comparable."""
+    from retrieval.hierarchical import calibrated, score_categories
+
+    h0, d = synthetic
+    cfg = Level1Config(policy="top_m", top_m=2, prior_weight=0.05, anchor_hits=0)
+    h = HierarchicalRetriever(h0.retriever, h0.categories, cfg)
+    x, ids = d["x"], list(d["ids"])  # type: ignore[call-overload]
+    q = unit(np.random.default_rng(8).standard_normal((1, DIM)))[0]
+    res = h.search_vectors({IMAGE_VECTOR: q}, k=5)
+    scores = score_categories({IMAGE_VECTOR: q}, h.categories, cfg, image_aligned=True)
+    probs = dict(zip(h.categories.keys, calibrated(scores, cfg.temperature), strict=True))
+    for hit in h.explore({IMAGE_VECTOR: q}, res, 3):
+        raw = float(x[ids.index(hit.product_id)] @ q)  # type: ignore[index]
+        expected = raw + 0.05 * np.log(max(probs[" > ".join(hit.category)], 1e-6))
+        assert hit.score == pytest.approx(expected, abs=1e-4)
+        assert hit.score < raw  # a left-out category's prior is below one

@@ -17,6 +17,7 @@ from eval.diversity_experiment import (
     Request,
     Setting,
     gap_at_equal_ild,
+    gap_at_most_diverse,
     run_experiment,
     summarise,
     write_report,
@@ -40,6 +41,10 @@ def test_gap_is_interpolated_on_the_mmr_curve_without_extrapolating() -> None:
     outside = Setting("temperature", 1.5, 0.99, 0.9, 0, 0, 1)
     assert gap_at_equal_ild([inside, outside], mmr) == pytest.approx(0.05)
     assert gap_at_equal_ild([outside], mmr) is None
+    cool = Setting("temperature", 0.3, 0.9, 0.2, 0, 0, 1)  # beside MMR's λ = 1 point: the best gap (+0.1)
+    assert gap_at_equal_ild([cool, inside], mmr) == pytest.approx(0.1)
+    assert gap_at_most_diverse([cool, inside, outside], mmr) == pytest.approx(0.05)  # the ILD-0.4 setting's
+    assert gap_at_most_diverse([outside], mmr) is None
 
 
 def _world(n_pools: int = 4) -> tuple[list[Request], Catalogue, dict[str, np.ndarray]]:

@@ -153,3 +153,18 @@ def test_real_model_streams_the_same_text(tiny_worker: TestClient) -> None:
     first = tiny_worker.post("/v1/chat/completions", json=seeded).json()["choices"][0]["message"]["content"]
     second = tiny_worker.post("/v1/chat/completions", json=seeded).json()["choices"][0]["message"]["content"]
     assert first == second
+
+
+def test_required_tool_call_is_guided_and_a_bad_schema_is_a_400(tiny_worker: TestClient) -> None:
+    submit = {"type": "function", "function": {"name": "submit_ranking", "parameters": {
+        "type": "object", "required": ["ids"],
+        "properties": {"ids": {"type": "array", "maxItems": 2, "items": {"enum": ["A", "B"]}}}}}}  # fmt: skip
+    body = chat("tiny-ranker", temperature=1.5, seed=3, max_tokens=60, tools=[submit], tool_choice="required")
+    message = tiny_worker.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
+    (call,) = message["tool_calls"]  # a random tiny model, guided: one valid call
+    assert call["function"]["name"] == "submit_ranking"
+    assert set(json.loads(call["function"]["arguments"])["ids"]) <= {"A", "B"}
+    schema = {"type": "object", "properties": {"x": {"type": "frobnicate"}}}
+    bad = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    response = tiny_worker.post("/v1/chat/completions", json={**body, "tools": [bad]})
+    assert response.status_code == 400 and "cannot guide tool calls" in response.json()["error"]["message"]

@@ -26,7 +26,7 @@ def diversity(
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=10, help="Seeds per sampling setting.")] = 3,
     pool: Annotated[int, typer.Option("--pool", min=11, max=26, help="Precise hits per pool (hierarchical).")] = 12,
     explore: Annotated[
-        int, typer.Option("--explore", min=0, max=20, help="Nearby categories adding their 2 best products each.")
+        int, typer.Option("--explore", min=0, max=20, help="Nearby categories adding their best products.")
     ] = 7,
 ) -> None:
     """Sweep temperature, top-p, top-k and MMR λ over the same pools: NDCG@10 against ILD@10, plots, calibration."""

@@ -47,6 +47,7 @@ from finetune.ranking_data import RankingCase, graded_relevance
 from rag.mmr import mmr_order
 from rag.validation import validate_ranking
 from retrieval.catalogue import Catalogue
+from retrieval.hierarchical import EXPLORE_PER_CATEGORY
 
 __all__ = ["ListScore", "Request", "Setting", "gap_at_equal_ild", "gap_at_most_diverse", "run_experiment", "summarise"]
 
@@ -290,7 +291,7 @@ def run_experiment(
         "pool": {
             "precise": pool[0],
             "explored_categories": pool[1],
-            "per_category": 2,
+            "per_category": EXPLORE_PER_CATEGORY,
             "mean_size": round(float(np.mean([len(r.pool) for r in requests])), 2) if requests else 0.0,
         },
         "synthetic_buyers": True,
@@ -385,7 +386,8 @@ def _pool_words(report: Mapping[str, Any]) -> str:
     pool = report.get("pool", {"precise": 20, "explored_categories": 0, "mean_size": 20})
     words = f"pools of {pool['mean_size']:g} products: the {pool['precise']} best of hierarchical retrieval"
     if pool["explored_categories"]:
-        words += f" then the 2 best of each of the {pool['explored_categories']} nearest categories level 1 left out"
+        words += (f" then the {pool.get('per_category', EXPLORE_PER_CATEGORY)} best of each of the"
+                  f" {pool['explored_categories']} nearest categories level 1 left out")  # fmt: skip
     return words
 
 

@@ -28,9 +28,18 @@ from retrieval.categories import CategoryIndex, category_key
 from retrieval.search import Retriever, SearchHit, SearchQuery
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
 
-__all__ = ["HierarchicalRetriever", "Level1Config", "Level1Result", "SearchMode", "SearchResult"]
+__all__ = [
+    "EXPLORE_PER_CATEGORY",
+    "HierarchicalRetriever",
+    "Level1Config",
+    "Level1Result",
+    "SearchMode",
+    "SearchResult",
+    "calibrated",
+]
 
 SearchMode = Literal["hierarchical", "flat"]
+EXPLORE_PER_CATEGORY = 2  # products each explored category adds to a pool
 
 
 class Level1Config(BaseModel):
@@ -75,6 +84,7 @@ class Level1Result:
     probabilities: list[float]
     searched: int
     total: int
+    scores: np.ndarray | None = None  # every category's level-1 score (CategoryIndex order), for exploring beyond
 
     @property
     def searched_fraction(self) -> float:
@@ -172,6 +182,7 @@ def select_categories(
         probabilities=[float(probs[i]) for i in kept],
         searched=size,
         total=total,
+        scores=scores,
     )
 
 
@@ -222,7 +233,7 @@ class HierarchicalRetriever:
         result: SearchResult,
         categories: int,
         *,
-        per_category: int = 2,
+        per_category: int = EXPLORE_PER_CATEGORY,
         filter: SearchFilter | None = None,
     ) -> list[SearchHit]:
         """The best ``per_category`` products of each of the next ``categories`` categories level 1 did not keep.
@@ -230,8 +241,10 @@ class HierarchicalRetriever:
         A pool for buyers without a precise target: the precise hits stay first, and a tail from
         neighbouring categories gives a ranker (or its sampling) something else to choose from.
         """
-        kept = set(result.level1.kept) if result.level1 else set()
-        scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
+        if result.level1 is None or result.level1.scores is None:
+            return []  # a flat search has no categories left out
+        kept = set(result.level1.kept)
+        scores = result.level1.scores
         probs = calibrated(scores, self.config.temperature)
         order = [int(i) for i in np.argsort(-scores, kind="stable") if self.categories.keys[i] not in kept]
         seen = {h.product_id for h in result.hits}

@@ -138,6 +138,14 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[HierarchicalRet
     return h, {"ids": np.array(ids), "x": x, "labels": np.array(labels), "keys": keys, "centres": centres}
 
 
+def brute_force_inside(d: dict[str, object], q: np.ndarray, categories: list[str], k: int) -> list[str]:
+    """The oracle: the ``k`` products most similar to ``q`` among those of ``categories``, by NumPy."""
+    x, ids, labels, keys = d["x"], d["ids"], d["labels"], d["keys"]
+    inside = np.isin(np.array(keys)[labels], categories)  # type: ignore[index]
+    scores = np.where(inside, x @ q, -np.inf)  # type: ignore[operator]
+    return [ids[i] for i in np.argsort(-scores)[:k] if np.isfinite(scores[i])]  # type: ignore[index]
+
+
 def test_category_index_from_store(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
     h, d = synthetic
     c = h.categories
@@ -154,15 +162,12 @@ def test_level2_equals_brute_force_inside_kept_categories(
     synthetic: tuple[HierarchicalRetriever, dict[str, object]],
 ) -> None:
     h, d = synthetic
-    x, ids, labels, keys = d["x"], d["ids"], d["labels"], d["keys"]
+    x, ids = d["x"], d["ids"]
     rng = np.random.default_rng(11)
     for q in unit(rng.standard_normal((5, DIM))):
         res = h.search_vectors({IMAGE_VECTOR: q}, k=7)
         assert res.level1 is not None and len(res.level1.kept) == 2
-        inside = np.isin(np.array(keys)[labels], res.level1.kept)  # type: ignore[index]
-        scores = np.where(inside, x @ q, -np.inf)  # type: ignore[operator]
-        expected = [ids[i] for i in np.argsort(-scores)[:7] if np.isfinite(scores[i])]  # type: ignore[index]
-        assert [hit.product_id for hit in res.hits] == expected
+        assert [hit.product_id for hit in res.hits] == brute_force_inside(d, q, res.level1.kept, 7)
         flat = h.search_vectors({IMAGE_VECTOR: q}, k=7, mode="flat")
         assert [hit.product_id for hit in flat.hits] == [ids[i] for i in np.argsort(-(x @ q))[:7]]  # type: ignore[index,operator]
         assert flat.searched_fraction == 1.0
@@ -254,7 +259,6 @@ def test_explore_adds_the_best_products_of_the_next_categories(
     from retrieval.hierarchical import score_categories
 
     h, d = synthetic
-    x, ids, labels, keys = d["x"], d["ids"], d["labels"], d["keys"]
     rng = np.random.default_rng(5)
     for q in unit(rng.standard_normal((4, DIM))):
         vectors = {IMAGE_VECTOR: q}
@@ -264,15 +268,13 @@ def test_explore_adds_the_best_products_of_the_next_categories(
         scores = score_categories(vectors, h.categories, h.config, image_aligned=True)
         order = [h.categories.keys[i] for i in np.argsort(-scores, kind="stable")]
         nearby = [key for key in order if key not in res.level1.kept][:2]
-        expected = []
-        for key in nearby:
-            inside = np.array(keys)[labels] == key  # type: ignore[index]
-            sims = np.where(inside, x @ q, -np.inf)  # type: ignore[operator]
-            expected += [ids[i] for i in np.argsort(-sims)[:2] if np.isfinite(sims[i])]  # type: ignore[index]
+        expected = [pid for key in nearby for pid in brute_force_inside(d, q, [key], 2)]
         assert sorted(t.product_id for t in tail) == sorted(expected)
         assert [t.score for t in tail] == sorted((t.score for t in tail), reverse=True)
         assert not {t.product_id for t in tail} & {hit.product_id for hit in res.hits}
     assert h.explore({IMAGE_VECTOR: q}, res, 0) == []
+    flat = h.search_vectors({IMAGE_VECTOR: q}, k=5, mode="flat")
+    assert h.explore({IMAGE_VECTOR: q}, flat, 2) == []  # a flat search leaves no category out
 
 
 def test_explored_products_are_scored_with_their_category_prior(

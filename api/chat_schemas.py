@@ -88,6 +88,11 @@ class ChatRequest(_Strict):
     top_k: int = Field(default=10, ge=1, le=MAX_CHAT_TOP_K)
     sampling: ChatSampling | None = None
     candidates: int | None = Field(default=None, ge=2, le=26, description="How many candidates the ranker sees.")
+    explore: int | None = Field(
+        default=None, ge=0, le=20,
+        description="Nearby categories (ones retrieval left out) whose best product joins the candidates, after the"
+        " precise hits: a broader choice for buyers without a precise target.",
+    )  # fmt: skip
     mmr_lambda: float | None = Field(
         default=None, ge=0.0, le=1.0, description="MMR over the ranked list: 1 = the ranker's order, 0 = most diverse."
     )
@@ -102,6 +107,8 @@ class ChatRequest(_Strict):
             raise ValueError("give diversity, or sampling / mmr_lambda, not both")
         if self.candidates is not None and self.candidates < self.top_k:
             raise ValueError(f"candidates ({self.candidates}) must be at least top_k ({self.top_k})")
+        if self.explore and self.candidates is not None and self.explore >= self.candidates:
+            raise ValueError(f"explore ({self.explore}) must be below candidates ({self.candidates})")
         return self
 
 

@@ -81,6 +81,7 @@ class ChatService:
         )
         lam = request.mmr_lambda
         settings: dict[str, Any] = dict(chosen.payload())
+        candidates, explore = request.candidates, request.explore
         if request.diversity is not None:
             pick = self.calibration.settings_for(request.diversity)
             settings = {"diversity": request.diversity, pick["knob"]: pick["value"], "calibrated": pick["calibrated"]}
@@ -88,9 +89,14 @@ class ChatService:
                 lam = float(pick["value"])
             else:
                 chosen = replace(chosen, **{pick["knob"]: pick["value"]})
+            # The calibration holds on pools like the ones it was measured on; the request's own sizes win.
+            pool = self.calibration.pool
+            if pool is not None and candidates is None and explore is None:
+                candidates, explore = pool.candidates, pool.explore
         if lam is not None:
             settings["mmr_lambda"] = lam
-        settings["candidates"] = request.candidates or self.pipeline.config.ranker_candidates
+        settings["candidates"] = candidates or self.pipeline.config.ranker_candidates
+        settings["explore"] = explore or 0
         return chosen, lam, settings
 
     async def turn(self, request: ChatRequest) -> tuple[TurnRequest, dict[str, Any]]:
@@ -104,8 +110,9 @@ class ChatService:
             buyer=BuyerContext(buyer.id, buyer.profile, tuple(buyer.history)) if buyer else None,
             top_k=request.top_k,
             sampling=sampling,
-            candidates=request.candidates,
+            candidates=settings["candidates"],
             mmr_lambda=lam,
+            explore=settings["explore"],
         )
         return turn, settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -190,3 +190,69 @@ def eval_ranker(
                 training[name] = (f"{t.get('seconds_train')} s of training, {t.get('steps')} steps, "
                                   f"loss {t.get('first_loss')} -> {t.get('final_loss')}")  # fmt: skip
         out.print(f"report: {write_report(results, report_dir, training)}")
+
+
+@eval_app.command("ranker-probe")
+def eval_ranker_probe(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to probe on.")] = 300,
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default: tandem train base's).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: tandem train ranker's).")] = (
+        None
+    ),
+) -> None:
+    """Does the ranker read its candidates? NDCG@10 of its first-id probabilities, with the position bias removed."""
+    from api.components import build_retriever, build_store
+    from api.console import staged_progress
+    from eval.ranker_probe import first_slot_logprobs, probe_scores
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
+    from retrieval.catalogue import load_catalogue
+
+    settings = get_settings()
+    base_dir = Path(base) if base else settings.base_model_dir
+    adapter_dir = adapter or settings.ranker_dir
+    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    test = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
+    store = build_store(settings)
+    try:
+        search = retrieval_search(build_retriever(settings, store), cat)
+        with staged_progress() as progress:
+            cases = {
+                "one_of_20": build_cases(test, search, cat, "one_of_20", progress=progress),
+                "full_list": build_cases(test, search, cat, "full_list", progress=progress),
+            }
+    finally:
+        store.close()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    models = {"base_zero_shot": AutoModelForCausalLM.from_pretrained(base_dir).eval()}
+    models["lora"] = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with staged_progress() as progress:
+        for name, model in models.items():
+            for protocol, protocol_cases in cases.items():
+                stage = f"{name} on {protocol}"
+
+                def report(done: int, total: int, stage: str = stage) -> None:
+                    progress(stage, done, total)
+
+                rows = first_slot_logprobs(model, tokenizer, protocol_cases, cat, progress=report)
+                results.setdefault(name, {})[protocol] = probe_scores(protocol_cases, rows)
+    table = Table(title="first-id probe on SYNTHETIC test buyers: NDCG@10")
+    for column in ("model", "protocol", "retrieval", "verbalizer", "position-debiased", "position prior (A, B, C)"):
+        table.add_column(column)
+    for name, by_protocol in results.items():
+        for protocol, r in by_protocol.items():
+            prior = ", ".join(f"{p:.2f}" for p in r["position_prior"][:3])
+            table.add_row(name, protocol, f"{r['retrieval']:.4f}", f"{r['verbalizer']:.4f}",
+                          f"{r['position_debiased']:.4f}", prior)  # fmt: skip
+    out.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({**results, "synthetic_buyers": True}, indent=2))

@@ -22,31 +22,35 @@ def diversity(
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where diversity.md/json/png go.")] = Path(
         "eval/reports"
     ),
-    budget: Annotated[int, typer.Option("--budget", min=14, help="At most this many ranker requests in all.")] = 1600,
+    budget: Annotated[int, typer.Option("--budget", min=16, help="At most this many ranker requests in all.")] = 1600,
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=10, help="Seeds per sampling setting.")] = 3,
-    pool: Annotated[int, typer.Option("--pool", min=11, max=26, help="Precise hits per pool (hierarchical).")] = 12,
+    pool: Annotated[int, typer.Option("--pool", min=10, max=26, help="Precise hits per pool (hierarchical).")] = 10,
     explore: Annotated[
-        int, typer.Option("--explore", min=0, max=20, help="Nearby categories adding their best products.")
-    ] = 7,
+        int, typer.Option("--explore", min=0, max=20, help="Nearby categories adding their best product.")
+    ] = 16,
 ) -> None:
     """Sweep temperature, top-p, top-k and MMR λ over the same pools: NDCG@10 against ILD@10, plots, calibration."""
     from api.components import build_retriever, build_store
-    from api.diversity import CalibrationPoint, DiversityCalibration
+    from api.diversity import CalibrationPoint, CalibrationPool, DiversityCalibration
     from eval.bench_retrieval import machine_info
     from eval.diversity import purchase_popularity
-    from eval.diversity_experiment import SAMPLING, Request, ranker_orders, run_experiment, write_report
+    from eval.diversity_experiment import SAMPLING, K, Request, ranker_orders, run_experiment, write_report
     from finetune.buyers import BuyerConfig
     from finetune.ranker_cases import ensure_buyers
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
     from rag.ranker_format import HANDLES
     from retrieval.catalogue import load_catalogue
+    from retrieval.hierarchical import EXPLORE_PER_CATEGORY
     from retrieval.images import ImageLimits, read_image_file
     from retrieval.search import SearchQuery
     from retrieval.store import IMAGE_VECTOR
 
-    if pool + 2 * explore > len(HANDLES):
-        raise CliError(f"--pool {pool} plus 2 x --explore {explore} is over the ranker's {len(HANDLES)} candidate ids")
+    size = pool + EXPLORE_PER_CATEGORY * explore
+    if size > len(HANDLES):
+        raise CliError(f"--pool {pool} plus --explore {explore} is over the ranker's {len(HANDLES)} candidate ids")
+    if size <= K:
+        raise CliError(f"--pool {pool} plus --explore {explore} is no larger than the {K} products a list shows")
     settings = get_settings()
     base_dir, adapter_dir = settings.base_model_dir, settings.ranker_dir
     for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
@@ -102,7 +106,10 @@ def diversity(
         )
     write_report(report, report_dir, machine_info())
     points = [CalibrationPoint(s["knob"], s["value"], s["ndcg@10"], s["ild@10"]) for s in report["settings"]]
-    DiversityCalibration(points, source=str(report_dir / "diversity.json")).save(settings.diversity_calibration_path)
+    measured_on = CalibrationPool(candidates=size, explore=explore)
+    DiversityCalibration(points, str(report_dir / "diversity.json"), measured_on).save(
+        settings.diversity_calibration_path
+    )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))

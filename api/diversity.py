@@ -25,7 +25,7 @@ import numpy as np
 
 from eval.diversity import category_ild, distinct_path_share, ild
 
-__all__ = ["CalibrationPoint", "DiversityCalibration", "ListDiversity", "list_diversity"]
+__all__ = ["CalibrationPoint", "CalibrationPool", "DiversityCalibration", "ListDiversity", "list_diversity"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,20 @@ class CalibrationPoint:
 
 
 @dataclass(frozen=True)
+class CalibrationPool:
+    """The ranker's candidates in the calibration's sweep: how many, and how many from explored categories."""
+
+    candidates: int
+    explore: int
+
+
+@dataclass(frozen=True)
 class DiversityCalibration:
     """Target diversity → knob setting, from measured (knob, value, NDCG, ILD) points."""
 
     points: list[CalibrationPoint] = field(default_factory=list)
     source: str = "uncalibrated"
+    pool: CalibrationPool | None = None  # the candidate pools the points were measured on
 
     @classmethod
     def default(cls) -> DiversityCalibration:
@@ -102,7 +111,8 @@ class DiversityCalibration:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"source": self.source, "points": [asdict(p) for p in self.points]}
+        body = {"source": self.source, "points": [asdict(p) for p in self.points],
+                "pool": asdict(self.pool) if self.pool is not None else None}  # fmt: skip
         path.write_text(json.dumps(body, indent=2), encoding="utf-8")
 
     @classmethod
@@ -111,4 +121,6 @@ class DiversityCalibration:
         if not path.is_file():
             return cls.default()
         body = json.loads(path.read_text(encoding="utf-8"))
-        return cls([CalibrationPoint(**p) for p in body["points"]], str(body.get("source", path)))
+        pool = body.get("pool")
+        return cls([CalibrationPoint(**p) for p in body["points"]], str(body.get("source", path)),
+                   CalibrationPool(**pool) if pool else None)  # fmt: skip

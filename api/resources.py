@@ -172,11 +172,15 @@ class Resources:
         assert batcher is not None
 
         async def search(
-            text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None
-        ) -> list[Scored]:
-            result = await batcher.submit(BatchQuery(SearchQuery(text=text, image=image, filter=search_filter), k=k))
+            text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None, /, *,
+            explore: int = 0,
+        ) -> list[Scored]:  # fmt: skip
+            query = SearchQuery(text=text, image=image, filter=search_filter)
+            result = await batcher.submit(BatchQuery(query, k=k, explore=explore))
+            first_explored = len(result.hits) - result.explored
             return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
-                                   Path(h.image) if h.image else None), h.score) for h in result.hits]  # fmt: skip
+                                   Path(h.image) if h.image else None), h.score, explored=i >= first_explored)
+                    for i, h in enumerate(result.hits)]  # fmt: skip
 
         def lookup(ids: Sequence[str]) -> dict[str, Product]:
             found = (catalogue.get(i) for i in ids)

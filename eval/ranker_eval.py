@@ -34,7 +34,7 @@ import numpy as np
 
 from eval.metrics import ndcg_at_k, recall_at_k
 from finetune.ranking_data import RankingCase, ranker_messages
-from prompts import load_tools
+from rag.ranker_format import ranker_tools
 from rag.ranker_tools import RankerToolbox, SearchProducts, run_ranker
 from rag.validation import ValidatedRanking, validate_ranking
 from retrieval.catalogue import Catalogue
@@ -73,13 +73,12 @@ def llm_ranker(
     knobs = dict(sampling) if sampling is not None else {"temperature": 0.0}
     from llms.protocol import ChatCompletionRequest
 
-    tools = load_tools()
-
     async def one(case: RankingCase, gate: asyncio.Semaphore) -> RankerAnswer:
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
 
         async def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
             # As the pipeline asks: a tool call is required (guided decoding keeps it well-formed when sampling).
+            tools = ranker_tools(len(products))
             body = {"model": model, "messages": messages, "tools": tools, "tool_choice": "required",
                     "max_tokens": max_tokens, **knobs}  # fmt: skip
             answer = await service.complete(ChatCompletionRequest.model_validate(body))

@@ -35,7 +35,7 @@ from finetune.buyers import AGE_BANDS, BUSINESS_TYPES, GENDERS, REGIONS, BuyerPr
 from finetune.ranking_data import request_match_scores
 from prompts import load_prompt, load_tools
 from rag.explainer_prompt import explainer_messages
-from rag.ranker_format import handles, product_gender, ranker_user_message
+from rag.ranker_format import handles, product_gender, ranker_tools, ranker_user_message
 from retrieval.catalogue import Catalogue, Product
 
 __all__ = ["CorpusConfig", "build_corpus", "explanation", "request_for", "request_match_ranking"]
@@ -195,7 +195,7 @@ def build_corpus(catalogue: Catalogue, config: CorpusConfig, render: Render) -> 
             {"role": "user", "content": user},
             {"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ranking})]},
         ]
-        docs.append(render(messages, tools))
+        docs.append(render(messages, ranker_tools(len(candidates))))
 
     rng.shuffle(docs)
     return docs

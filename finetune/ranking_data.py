@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from finetune.buyers import Buyer, CatalogueCodes, buyer_utility
-from prompts import load_tools
 from rag.ranker_format import (
     PHOTO_NOTE,
     candidate_line,
     describe_product,
     handles,
     ranker_system_message,
+    ranker_tools,
     ranker_user_message,
 )
 from retrieval.catalogue import Catalogue, Product
@@ -177,4 +177,4 @@ def sft_conversation(
         messages.append({"role": "tool", "name": "get_products", "content": json.dumps(facts, ensure_ascii=False)})
     ranking = [to_handle[pid] for pid in teacher_ranking(case, codes, catalogue)[:top_n]]
     messages.append({"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ranking})]})
-    return {"messages": messages, "tools": load_tools()}
+    return {"messages": messages, "tools": ranker_tools(len(case.candidates), at_least=top_n)}

@@ -29,12 +29,12 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from prompts import load_prompt, load_tools
+from prompts import load_prompt
 from rag.errors import InvalidTurnError, RetrievalUnavailableError
 from rag.explainer_prompt import ReferenceExpander, explainer_messages
 from rag.explanation_check import ExplanationChecker
 from rag.mmr import mmr_order
-from rag.ranker_format import PHOTO_NOTE, ranker_system_message, ranker_user_message
+from rag.ranker_format import HANDLES, PHOTO_NOTE, ranker_system_message, ranker_tools, ranker_user_message
 from rag.ranker_tools import RankerToolbox, run_ranker
 from rag.session import Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
@@ -78,9 +78,18 @@ class Scored:
 
     product: Product
     score: float
+    explored: bool = False  # from a category retrieval's level 1 left out (a broader choice), not a precise hit
 
 
-Search = Callable[[str | None, Image.Image | None, int, SearchFilter | None], Awaitable[list[Scored]]]
+class Search(Protocol):
+    """Retrieval as the pipeline calls it: ``k`` precise hits, then ``explore`` nearby categories' best products."""
+
+    def __call__(
+        self, text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None, /, *,
+        explore: int = 0,
+    ) -> Awaitable[list[Scored]]: ...  # fmt: skip
+
+
 Vectors = Callable[[Sequence[str]], Awaitable[Mapping[str, np.ndarray]]]
 Lookup = Callable[[Sequence[str]], Mapping[str, Product]]
 
@@ -120,6 +129,7 @@ class TurnRequest:
     sampling: Sampling = field(default_factory=Sampling)
     candidates: int | None = None  # how many the ranker sees (default: the pipeline's ranker_candidates)
     mmr_lambda: float | None = None  # MMR over the ranked list, on image vectors (None: the ranker's order)
+    explore: int = 0  # nearby categories whose best product joins the candidates, after the precise hits
 
 
 @dataclass(frozen=True)
@@ -288,7 +298,9 @@ class Pipeline:
             topics = await self._cold_start(buyer, query, degraded)
 
         try:
-            hits = await self.search(query or None, request.image, cfg.pool, None)
+            # Only asked for when wanted: a Search without the keyword still serves every other turn.
+            more = {"explore": request.explore} if request.explore > 0 else {}
+            hits = await self.search(query or None, request.image, cfg.pool, None, **more)
             for topic in topics:
                 hits += await self.search(topic, None, max(3, cfg.pool // 8), None)
         except Exception as exc:
@@ -301,7 +313,10 @@ class Pipeline:
                 continue
             seen.add(pid)
             pool.append(hit)
-        candidates = pool[: min(request.candidates or cfg.ranker_candidates, 26)]
+        n = min(request.candidates or cfg.ranker_candidates, len(HANDLES))
+        # The explored tail keeps its places after the precise hits, as the diversity experiment measured it.
+        tail = [h for h in pool if h.explored][: min(request.explore, n - 1)]
+        candidates = [h for h in pool if not h.explored][: n - len(tail)] + tail
         timing["retrieval"] = round((time.perf_counter() - t0) * 1000, 3)
         yield CandidatesEvent(session.session_id, query, candidates)
 
@@ -389,8 +404,10 @@ class Pipeline:
 
         # A tool call is required: a server with guided decoding (vLLM, the embedded worker) then always writes a
         # well-formed one, whatever the sampling knobs; the ids in it are checked below.
+        tools = ranker_tools(len(ids), at_least=request.top_k)
+
         async def complete(transcript: list[dict[str, Any]]) -> dict[str, Any]:
-            payload = {"model": self.config.ranker_model, "messages": transcript, "tools": load_tools(),
+            payload = {"model": self.config.ranker_model, "messages": transcript, "tools": tools,
                        "tool_choice": "required", "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
                        **request.sampling.payload()}  # fmt: skip
             completion = await self.llm.complete(payload, deadline_s=self.config.ranker_deadline_s)

@@ -25,7 +25,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from prompts import load_prompt
+from prompts import load_prompt, load_tools
 from retrieval.catalogue import Product
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "product_gender",
     "product_line",
     "ranker_system_message",
+    "ranker_tools",
     "ranker_user_message",
     "resolve_ids",
 ]
@@ -95,6 +96,24 @@ def describe_product(product: Product, handle: str | None = None) -> dict[str, A
     head = {"id": handle} if handle else {}
     return {**head, "product_id": product.product_id, "title": product.title,
             "category": " > ".join(product.category), **product.attributes}  # fmt: skip
+
+
+def ranker_tools(n: int, *, at_least: int = 10) -> list[dict[str, Any]]:
+    """The ranker's tools for ``n`` candidates: ``submit_ranking`` takes ``min(at_least, n)`` or more of their ids.
+
+    The ``enum`` lets guided decoding (vLLM, the embedded worker) write only ids of this list and
+    ``minItems`` a list as long as the one shown; ``uniqueItems`` lets the embedded worker sample
+    a ranking without repeats (vLLM and ollama ignore it; the ranker drops repeats anyway).
+    """
+    ids = list(handles(n))
+    tools = load_tools()
+    for tool in tools:
+        if tool["function"]["name"] == "submit_ranking":
+            schema = tool["function"]["parameters"]["properties"]["ids"]
+            schema["items"] = {"type": "string", "enum": ids}
+            schema["minItems"] = min(at_least, n)
+            schema["uniqueItems"] = True
+    return tools
 
 
 def ranker_system_message() -> dict[str, Any]:

@@ -31,6 +31,7 @@ class BatchQuery:
     query: SearchQuery
     k: int = 10
     mode: SearchMode = "hierarchical"
+    explore: int = 0  # nearby categories level 1 left out, adding their best products after the k hits
 
 
 def search_batch(retriever: HierarchicalRetriever, queries: list[BatchQuery]) -> list[SearchResult | RetrievalError]:
@@ -73,6 +74,8 @@ def search_batch(retriever: HierarchicalRetriever, queries: list[BatchQuery]) ->
             continue
         try:
             result = retriever.search_vectors(vectors[i], k=bq.k, mode=bq.mode, filter=bq.query.filter)
+            if bq.explore > 0:
+                retriever.add_explored(vectors[i], result, bq.explore, filter=bq.query.filter)
         except RetrievalError as exc:
             results[i] = exc
             continue

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 SearchMode = Literal["hierarchical", "flat"]
-EXPLORE_PER_CATEGORY = 2  # products each explored category adds to a pool
+EXPLORE_PER_CATEGORY = 1  # products each explored category adds to a pool: more categories, a broader tail
 
 
 class Level1Config(BaseModel):
@@ -99,6 +99,7 @@ class SearchResult:
     mode: SearchMode
     level1: Level1Result | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
+    explored: int = 0  # the last ``explored`` hits come from categories level 1 left out (``explore``)
 
     @property
     def searched_fraction(self) -> float:
@@ -222,10 +223,18 @@ class HierarchicalRetriever:
         vectors = self.retriever.encode(query)
         t1 = time.perf_counter()
         result = self.search_vectors(vectors, k=k, mode=mode, filter=query.filter)
-        if explore > 0 and result.level1 is not None:
-            result.hits += self.explore(vectors, result, explore, filter=query.filter)
+        if explore > 0:
+            self.add_explored(vectors, result, explore, filter=query.filter)
         result.timing_ms = {"encode": (t1 - t0) * 1000, **result.timing_ms}
         return result
+
+    def add_explored(
+        self, vectors: dict[str, np.ndarray], result: SearchResult, categories: int, *, filter: SearchFilter | None
+    ) -> None:
+        """Append :meth:`explore`'s tail to ``result`` and count it in ``result.explored``."""
+        tail = self.explore(vectors, result, categories, filter=filter)
+        result.hits += tail
+        result.explored += len(tail)
 
     def explore(
         self,

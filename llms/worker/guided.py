@@ -10,7 +10,8 @@ output format is the Hermes/Qwen one Tandem's chat template teaches::
 
 so the call is well-formed JSON that fits its tool's schema (an ``enum`` of ids included) under
 greedy decoding and under any temperature, top-k or top-p: hot sampling can change *which*
-answer, not break its form.
+answer, not break its form. ``uniqueItems``, which no grammar can express, is enforced on top
+(:mod:`llms.worker.unique_items`): a sampled ranking holds each id once.
 
 Example:
     >>> guide = ToolCallGuide(tokenizer, vocab_size=4096, stop_token_ids=[2])  # doctest: +SKIP
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from llms.errors import InvalidChatRequestError
+from llms.worker.unique_items import UniqueItemsTracker, unique_arrays
 
 __all__ = ["GuidedRow", "ToolCallGuide", "is_guided"]
 
@@ -46,12 +48,20 @@ def is_guided(tools: Sequence[dict[str, Any]] | None, tool_choice: Any) -> bool:
 class GuidedRow:
     """One generation's grammar state: masks the next token's logits and follows the tokens chosen."""
 
-    def __init__(self, matcher: Any, vocab_size: int) -> None:
+    def __init__(
+        self,
+        matcher: Any,
+        vocab_size: int,
+        unique: UniqueItemsTracker | None = None,
+        token_texts: Sequence[str] = (),
+    ) -> None:
         import xgrammar as xgr
 
         self._matcher = matcher
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self._vocab_size = vocab_size
+        self._unique = unique
+        self._texts = token_texts
 
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits of tokens the grammar forbids next to -inf (in place; a 1-D row of the vocabulary)."""
@@ -60,11 +70,19 @@ class GuidedRow:
         self._matcher.fill_next_token_bitmask(self._bitmask)
         row = logits.view(1, -1)
         xgr.apply_token_bitmask_inplace(row, self._bitmask.to(logits.device), vocab_size=self._vocab_size)
+        if self._unique is not None and self._unique.active:
+            allowed = torch.isfinite(logits[: len(self._texts)]).nonzero().flatten().tolist()
+            repeats = [t for t in allowed if not self._unique.allows(self._texts[t])]
+            # Never a dead end: if every token the grammar allows repeats an item, the grammar alone decides.
+            if repeats and len(repeats) < len(allowed):
+                logits[repeats] = float("-inf")
 
     def accept(self, token: int) -> None:
         # Only a masked token can be chosen, so refusal means a bug, not bad input.
         if not self._matcher.is_terminated() and not self._matcher.accept_token(token):
             raise RuntimeError(f"guided decoding: the grammar refused token {token}")
+        if self._unique is not None and token < len(self._texts):
+            self._unique.feed(self._texts[token])
 
 
 class ToolCallGuide:
@@ -76,6 +94,8 @@ class ToolCallGuide:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids))
         self._compiler = xgr.GrammarCompiler(info)
         self._vocab_size = vocab_size
+        self._tokenizer = tokenizer
+        self._texts: list[str] | None = None  # each token's text, decoded once at the first uniqueItems request
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # requests compile on the event loop, rows decode on the worker thread
@@ -106,4 +126,16 @@ class ToolCallGuide:
                 self._cache[key] = compiled
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return GuidedRow(xgr.GrammarMatcher(compiled), self._vocab_size)
+        arrays = unique_arrays(tools)
+        if not arrays:
+            return GuidedRow(xgr.GrammarMatcher(compiled), self._vocab_size)
+        return GuidedRow(
+            xgr.GrammarMatcher(compiled), self._vocab_size, UniqueItemsTracker(arrays), self._token_texts()
+        )
+
+    def _token_texts(self) -> list[str]:
+        with self._lock:
+            if self._texts is None:
+                size = min(self._vocab_size, len(self._tokenizer))
+                self._texts = [self._tokenizer.decode([i]) for i in range(size)]
+            return self._texts

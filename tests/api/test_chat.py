@@ -139,6 +139,11 @@ def test_diversity_knobs_and_the_ild_report(chat_live: LiveServer) -> None:
         body = {"message": {"text": "casual shirts"}, "top_k": 5, "diversity": 0.9, "candidates": 12}
         target = client.post("/v1/chat", json=body).json()
         assert target["diversity"]["settings"] == {"diversity": 0.9, "mmr_lambda": pytest.approx(0.1),
-                                                   "calibrated": False, "candidates": 12}  # fmt: skip
+                                                   "calibrated": False, "candidates": 12, "explore": 0}  # fmt: skip
         both = client.post("/v1/chat", json={**body, "sampling": {"temperature": 1.0}})
         assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+        broad = client.post("/v1/chat", json={"message": {"text": "casual shirts"}, "top_k": 5, "candidates": 12,
+                                              "explore": 4}).json()  # fmt: skip
+        assert broad["diversity"]["settings"]["explore"] == 4 and len(broad["items"]) == 5
+        too_broad = client.post("/v1/chat", json={"message": {"text": "shirts"}, "candidates": 12, "explore": 12})
+        assert too_broad.status_code == 422 and "below candidates" in too_broad.json()["error"]["message"]

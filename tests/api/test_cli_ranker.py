@@ -54,7 +54,7 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
 
     # The diversity experiment on the same small models: a budget of one request's calls.
     reports = str(tmp_path / "reports")
-    code, out, err = run_cli(["experiment", "diversity", "--budget", "14", "--seeds", "1", "--json",
+    code, out, err = run_cli(["experiment", "diversity", "--budget", "16", "--seeds", "1", "--json",
                               str(tmp_path / "diversity.json"), "--report-dir", reports], capsys)  # fmt: skip
     assert code == 0, err
     diversity = json.loads((tmp_path / "diversity.json").read_text())
@@ -66,7 +66,7 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
 
     calibration = DiversityCalibration.load(small_env / "models" / "diversity_calibration.json")
     assert calibration.calibrated and calibration.settings_for(1.0)["calibrated"] is True
-    code, _, err = run_cli(["experiment", "diversity", "--budget", "20", "--seeds", "3"], capsys)  # 40 calls a request
-    assert code == 1 and "below one request's 40 ranker calls" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(["experiment", "diversity", "--pool", "20", "--explore", "5"], capsys)
+    code, _, err = run_cli(["experiment", "diversity", "--budget", "20", "--seeds", "3"], capsys)  # 46 calls a request
+    assert code == 1 and "below one request's 46 ranker calls" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["experiment", "diversity", "--pool", "20", "--explore", "7"], capsys)
     assert code == 1 and "over the ranker's 26 candidate ids" in err and len(err.strip().splitlines()) == 1

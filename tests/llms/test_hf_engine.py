@@ -327,3 +327,24 @@ def test_a_tool_schema_the_grammar_cannot_express_is_the_callers_error(engine: T
     request = GenerationRequest([{"role": "user", "content": "x"}], GREEDY, tools=bad, tool_choice="required")
     with pytest.raises(InvalidChatRequestError):
         run(engine, request)
+
+
+def test_unique_items_makes_hot_samples_rankings_without_repeats(engine: TransformersEngine) -> None:
+    """The grammar alone lets a hot random model repeat ids; with ``uniqueItems`` each id comes at most once."""
+    from llms.tool_calls import parse_hermes
+
+    def tools(unique: bool) -> list[dict[str, object]]:
+        ids = {"type": "array", "items": {"type": "string", "enum": list("abcdef")}, "minItems": 4, "maxItems": 6}
+        schema = {"type": "object", "properties": {"ids": {**ids, "uniqueItems": unique}}, "required": ["ids"]}
+        return [{"type": "function", "function": {"name": "submit_ranking", "parameters": schema}}]
+
+    def rankings(unique: bool) -> list[list[str]]:
+        requests = [GenerationRequest([{"role": "user", "content": "rank"}],
+                                      SamplingParams(temperature=1.5, top_p=1.0, max_tokens=200, seed=s),
+                                      tools=tools(unique), tool_choice="required") for s in range(6)]  # fmt: skip
+        return [parse_hermes(text).tool_calls[0].arguments["ids"] for text, _ in run(engine, *requests)]
+
+    free = rankings(unique=False)
+    assert any(len(set(ids)) < len(ids) for ids in free), free  # the control: repeats happen without the keyword
+    for ids in rankings(unique=True):
+        assert len(set(ids)) == len(ids) and 4 <= len(ids) <= 6 and set(ids) <= set("abcdef"), ids

@@ -87,16 +87,27 @@ class WordSearch:
     def __init__(self, products: list[Product]) -> None:
         self.products = products
         self.queries: list[tuple[str | None, bool]] = []
+        self.options: list[dict[str, Any]] = []
 
-    async def __call__(self, text: str | None, image: Image.Image | None, k: int, search_filter: Any) -> list[Scored]:
+    async def __call__(
+        self, text: str | None, image: Image.Image | None, k: int, search_filter: Any, /, **more: Any
+    ) -> list[Scored]:
         self.queries.append((text, image is not None))
+        self.options.append(more)
         words = set((text or "").lower().split()) | ({"shirts"} if image is not None else set())
         scored = []
         for i, p in enumerate(self.products):
             hay = set(f"{p.title} {' '.join(p.category)} {p.attributes.get('base_colour', '')}".lower().split())
             scored.append((len(words & hay) - i * 1e-6, p))
         scored.sort(key=lambda s: -s[0])
-        return [Scored(p, round(s, 4)) for s, p in scored[:k] if s > 0]
+        hits = [Scored(p, round(s, 4)) for s, p in scored[:k] if s > 0]
+        # Exploring: products matching none of the words, one per category path (as level 1's left-out categories).
+        paths = {h.product.category for h in hits}
+        for s, p in scored:
+            if len(paths) - 1 < more.get("explore", 0) and s <= 0 and p.category not in paths:
+                paths.add(p.category)
+                hits.append(Scored(p, round(s, 4), explored=True))
+        return hits
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +250,21 @@ def test_history_goes_to_the_ranker_and_sampling_knobs_pass_through(products: li
     assert (ranker["temperature"], ranker["top_p"], ranker["top_k"], ranker["seed"]) == (0.9, 0.8, 20, 7)
     assert "- kurtas |" in ranker["messages"][1]["content"]  # the known past order, the unknown id skipped
     assert len(search.queries) == 1  # history known: no cold start
+
+
+def test_explored_categories_join_the_candidates_after_the_precise_hits(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("A"), naming())
+    pipeline, search = make_pipeline(products, llm)
+    events, _ = run(pipeline, TurnRequest(text="shirts", top_k=5, candidates=8, explore=3))
+    candidates = events[0].candidates
+    assert search.options == [{"explore": 3}]
+    assert [c.explored for c in candidates] == [False] * 7 + [True]  # the test catalogue has one other path
+    assert candidates[-1].product.category[-1] == "Kurtas"
+    ranker = next(c for c in llm.calls if c["model"] == "tandem-ranker")
+    ids = ranker["tools"][-1]["function"]["parameters"]["properties"]["ids"]
+    assert ids["items"]["enum"] == list("ABCDEFGH") and ids["uniqueItems"] is True and ids["minItems"] == 5
+    run(pipeline, TurnRequest(text="shirts", top_k=5))
+    assert search.options[-1] == {}  # a Search without the keyword serves turns that do not explore
 
 
 def test_bad_turns_are_refused_before_any_work(products: list[Product]) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag.ranker_format import candidate_line, handles, product_gender, resolve_ids
+from prompts import load_tools
+from rag.ranker_format import candidate_line, handles, product_gender, ranker_tools, resolve_ids
 from retrieval.catalogue import Product
 
 
@@ -33,3 +34,17 @@ def test_product_gender_reads_the_title_word_not_a_substring() -> None:
     assert product_gender("Fossil Unisex Watch") == "Unisex"
     assert product_gender("Menthol Soap") is None
     assert handles(3) == "ABC"
+
+
+@pytest.mark.parametrize(("n", "at_least", "min_items"), [(20, 10, 10), (6, 10, 6), (26, 15, 15)])
+def test_ranker_tools_let_submit_ranking_take_only_listed_ids_once_each(n: int, at_least: int, min_items: int) -> None:
+    tools = ranker_tools(n, at_least=at_least)
+    by_name = {t["function"]["name"]: t for t in tools}
+    ids = by_name["submit_ranking"]["function"]["parameters"]["properties"]["ids"]
+    assert ids["items"] == {"type": "string", "enum": list(handles(n))}
+    assert ids["minItems"] == min_items and ids["uniqueItems"] is True
+    plain = {t["function"]["name"]: t for t in load_tools()}
+    assert by_name["get_products"] == plain["get_products"] and by_name["search_catalog"] == plain["search_catalog"]
+    assert "enum" not in str(load_tools())  # a fresh copy each time: the stored schemas are not edited
+    with pytest.raises(ValueError, match="at most 26"):
+        ranker_tools(27)

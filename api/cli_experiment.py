@@ -22,7 +22,7 @@ def diversity(
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where diversity.md/json/png go.")] = Path(
         "eval/reports"
     ),
-    budget: Annotated[int, typer.Option("--budget", min=16, help="At most this many ranker requests in all.")] = 1600,
+    budget: Annotated[int, typer.Option("--budget", min=14, help="At most this many ranker requests in all.")] = 1600,
     seeds: Annotated[int, typer.Option("--seeds", min=1, max=10, help="Seeds per sampling setting.")] = 3,
     pool: Annotated[int, typer.Option("--pool", min=10, max=26, help="Precise hits per pool (hierarchical).")] = 10,
     explore: Annotated[

@@ -6,7 +6,7 @@ than K = 10: the best hits of the categories level 1 kept, then (``explore``) th
 product of each of the nearest categories it left out, the choice a buyer without a precise
 target wants. The same pools are then ordered by:
 
-- the **LoRA ranker** with sampling: temperature 0 → 2 (the OpenAI range); top-p and top-k at
+- the **LoRA ranker** with sampling: temperature 0 → 1.5; top-p and top-k at
   temperature 1; several seeds each. The ranker asks as the pipeline does (a required
   ``submit_ranking`` call over an ``enum`` of the candidate ids, ``uniqueItems``), so a hot
   ranker samples a ranking without repeats; its answer is validated and filled as in the pipeline;
@@ -55,7 +55,7 @@ __all__ = ["ListScore", "Request", "Setting", "gap_at_equal_ild", "gap_at_most_d
 
 K = 10
 SAMPLING: list[tuple[str, float, dict[str, Any]]] = [
-    *[("temperature", t, {"temperature": t}) for t in (0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.0)],
+    *[("temperature", t, {"temperature": t}) for t in (0.0, 0.3, 0.6, 0.9, 1.2, 1.5)],
     *[("top_p", p, {"temperature": 1.0, "top_p": p}) for p in (0.3, 0.6, 0.8, 0.95)],
     *[("top_k", float(k), {"temperature": 1.0, "top_k": k}) for k in (2, 5, 10, 40)],
 ]

@@ -23,9 +23,10 @@ def small_env(tandem_env: Path, small_catalogue_dir: Path, monkeypatch: pytest.M
 
 
 def test_eval_ranker_without_models_is_one_line(small_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["eval", "ranker"], capsys)
-    assert code == 1
-    assert "tandem train base" in err and len(err.strip().splitlines()) == 1
+    for command in ("ranker", "ranker-probe"):
+        code, _, err = run_cli(["eval", command], capsys)
+        assert code == 1
+        assert "tandem train base" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,9 +53,20 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
     md = (tmp_path / "reports" / "ranker_eval.md").read_text()
     assert "SYNTHETIC" in md and "LoRA ranker" in md and "## Explainer" in md
 
+    # The first-id probe on the same small models: both models, both protocols, NDCG@10 of each reading.
+    code, out, err = run_cli(["eval", "ranker-probe", "--buyers", "4", "--json", str(tmp_path / "probe.json")], capsys)
+    assert code == 0, err
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    for model in ("base_zero_shot", "lora"):
+        for protocol in ("one_of_20", "full_list"):
+            r = probe[model][protocol]
+            assert r["cases"] == results[protocol]["cases"]
+            assert r["retrieval"] == pytest.approx(results[protocol]["retrieval"]["ndcg@10"], abs=1e-4)
+            assert 0.0 <= r["position_debiased"] <= 1.0 and all(p <= 0 for p in r["position_prior"])
+
     # The diversity experiment on the same small models: a budget of one request's calls.
     reports = str(tmp_path / "reports")
-    code, out, err = run_cli(["experiment", "diversity", "--budget", "16", "--seeds", "1", "--json",
+    code, out, err = run_cli(["experiment", "diversity", "--budget", "14", "--seeds", "1", "--json",
                               str(tmp_path / "diversity.json"), "--report-dir", reports], capsys)  # fmt: skip
     assert code == 0, err
     diversity = json.loads((tmp_path / "diversity.json").read_text())
@@ -66,7 +78,7 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
 
     calibration = DiversityCalibration.load(small_env / "models" / "diversity_calibration.json")
     assert calibration.calibrated and calibration.settings_for(1.0)["calibrated"] is True
-    code, _, err = run_cli(["experiment", "diversity", "--budget", "20", "--seeds", "3"], capsys)  # 46 calls a request
-    assert code == 1 and "below one request's 46 ranker calls" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["experiment", "diversity", "--budget", "20", "--seeds", "3"], capsys)  # 40 calls a request
+    assert code == 1 and "below one request's 40 ranker calls" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["experiment", "diversity", "--pool", "20", "--explore", "7"], capsys)
     assert code == 1 and "over the ranker's 26 candidate ids" in err and len(err.strip().splitlines()) == 1

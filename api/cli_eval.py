@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from api.console import CliError, out, progress_bar, report_issues
 from api.settings import Settings, get_settings
-from retrieval.catalogue import Product
+from retrieval.catalogue import Catalogue, Product
+
+if TYPE_CHECKING:
+    from finetune.buyers import Buyer
+    from finetune.ranking_data import RankingCase
 
 eval_app = typer.Typer(help="Evaluate retrieval quality and speed.", no_args_is_help=True)
 
@@ -97,6 +101,37 @@ def eval_retrieval(
         out.print(f"wrote {json_out}")
 
 
+def _test_cases(
+    base: str | None, adapter: Path | None, buyers: int
+) -> tuple[Path, Path, Catalogue, list[Buyer], dict[str, list[RankingCase]]]:
+    """The models to evaluate (refused in one line when untrained) and both protocols' cases of the test buyers."""
+    from api.components import build_retriever, build_store
+    from api.console import staged_progress
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
+    from retrieval.catalogue import load_catalogue
+
+    settings = get_settings()
+    base_dir = Path(base) if base else settings.base_model_dir
+    adapter_dir = adapter or settings.ranker_dir
+    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    test = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
+    store = build_store(settings)
+    try:
+        search = retrieval_search(build_retriever(settings, store), cat)
+        with staged_progress() as progress:
+            cases = {
+                "one_of_20": build_cases(test, search, cat, "one_of_20", progress=progress),
+                "full_list": build_cases(test, search, cat, "full_list", progress=progress),
+            }
+    finally:
+        store.close()
+    return base_dir, adapter_dir, cat, test, cases
+
+
 @eval_app.command("ranker")
 def eval_ranker(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
@@ -115,35 +150,14 @@ def eval_ranker(
     """Ranker vs random order, retrieval order and the zero-shot base: 1-of-20 and full-list NDCG@10 / Recall@10."""
     import time
 
-    from api.components import build_retriever, build_store
     from api.console import staged_progress
     from eval.explainer_eval import evaluate_explainer
     from eval.ranker_eval import evaluate_cases, llm_ranker
-    from finetune.buyers import BuyerConfig
-    from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
-    from retrieval.catalogue import load_catalogue
 
-    settings = get_settings()
-    base_dir = Path(base) if base else settings.base_model_dir
-    adapter_dir = adapter or settings.ranker_dir
-    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
-    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
-    test = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
     t0 = time.perf_counter()
-    store = build_store(settings)
-    try:
-        search = retrieval_search(build_retriever(settings, store), cat)
-        with staged_progress() as progress:
-            cases = {
-                "one_of_20": build_cases(test, search, cat, "one_of_20", progress=progress),
-                "full_list": build_cases(test, search, cat, "full_list", progress=progress),
-            }
-    finally:
-        store.close()
+    base_dir, adapter_dir, cat, test, cases = _test_cases(base, adapter, buyers)
     engine = TransformersEngine.load(base_dir, {"tandem-ranker": adapter_dir})
     service = WorkerService(engine)
     rankers = {
@@ -202,31 +216,10 @@ def eval_ranker_probe(
     ),
 ) -> None:
     """Does the ranker read its candidates? NDCG@10 of its first-id probabilities, with the position bias removed."""
-    from api.components import build_retriever, build_store
     from api.console import staged_progress
     from eval.ranker_probe import first_slot_logprobs, probe_scores
-    from finetune.buyers import BuyerConfig
-    from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
-    from retrieval.catalogue import load_catalogue
 
-    settings = get_settings()
-    base_dir = Path(base) if base else settings.base_model_dir
-    adapter_dir = adapter or settings.ranker_dir
-    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
-    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
-    test = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
-    store = build_store(settings)
-    try:
-        search = retrieval_search(build_retriever(settings, store), cat)
-        with staged_progress() as progress:
-            cases = {
-                "one_of_20": build_cases(test, search, cat, "one_of_20", progress=progress),
-                "full_list": build_cases(test, search, cat, "full_list", progress=progress),
-            }
-    finally:
-        store.close()
+    base_dir, adapter_dir, cat, _, cases = _test_cases(base, adapter, buyers)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -54,6 +54,7 @@ def test_photo_and_words_show_cards_then_a_streamed_explanation_and_a_follow_up(
     page.screenshot(path=str(ARTIFACTS / "web_chat_photo.png"), full_page=True)
 
     page.locator("#explore").fill("3")
+    page.locator("#mmr").fill("0.5")
     page.fill("#text", "in black")
     page.click("#send")
     page.wait_for_selector(".turn:nth-child(2)[data-done='true']", timeout=120_000)
@@ -61,12 +62,13 @@ def test_photo_and_words_show_cards_then_a_streamed_explanation_and_a_follow_up(
     shown = set(first.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.productId)"))
     again = set(second.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.productId)"))
     assert again and shown.isdisjoint(again)  # the follow-up refined the session, nothing repeated
-    assert "3 nearby categories" in second.locator(".degraded").inner_text()  # the slider reached the API
+    notes = second.locator(".degraded").inner_text()
+    assert "3 nearby categories" in notes and "MMR λ 0.50" in notes  # the sliders reached the API
     assert page.locator("#session").inner_text().startswith("session ")
     page.screenshot(path=str(ARTIFACTS / "web_chat_follow_up.png"), full_page=True)
 
     page.check("#use-diversity")
-    assert page.locator("#temperature").is_disabled() and page.locator("#explore").is_disabled()
+    assert all(page.locator(f"#{knob}").is_disabled() for knob in ("temperature", "explore", "candidates", "mmr"))
     page.locator("#diversity").fill("0.9")
     page.fill("#text", "watches")
     page.click("#send")

@@ -127,12 +127,21 @@ def _pack(token_docs: Sequence[list[int]], block: int, eos: int, pad: int) -> li
 
 
 def _calibrate(model: Any, batch: torch.Tensor, repeats: int = 2) -> float:
-    """Seconds per optimiser step on this machine (forward + backward of one batch)."""
+    """Seconds per optimiser step on the device training will use (forward + backward of one batch)."""
+    # The Trainer trains on CUDA when there is one; timing steps on the CPU there would spend a GPU's budget on a
+    # CPU's number of steps.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    batch = batch.to(device)
     seconds = []
     for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
     return min(seconds[1:])  # the first call pays for lazy initialisation

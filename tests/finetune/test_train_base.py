@@ -116,3 +116,21 @@ def test_cli_trains_once(tandem_env: Path, capsys: pytest.CaptureFixture[str]) -
     assert re.search(r"trained 0\.\d+M parameters", out)
     code, out, _ = run_cli(["train", "base", "--tiny", "--limit", "300"], capsys)
     assert code == 0 and "already trained" in out
+
+
+def test_step_calibration_times_a_real_step_on_the_training_device_and_leaves_no_gradients() -> None:
+    """The time budget becomes a number of steps from this timing, so it must time the device training uses."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from finetune.train_base import _calibrate
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    seconds = _calibrate(model, torch.randint(0, 64, (2, 32)))
+    assert seconds > 0
+    assert all(p.grad is None for p in model.parameters())
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert {p.device.type for p in model.parameters()} == {expected}

@@ -80,7 +80,7 @@ def diversity(
                     queries.append(("photo", SearchQuery(image=image)))
                 for kind, query in queries:
                     hits = retriever.search(query, k=pool, explore=explore).hits
-                    if len(hits) >= pool + explore and len(requests) < wanted:
+                    if len(hits) >= size and len(requests) < wanted:
                         requests.append(Request(buyer, kind, tuple(h.product_id for h in hits),
                                                 tuple(h.score for h in hits)))  # fmt: skip
                 progress("candidate pools", len(requests), wanted)

@@ -75,10 +75,10 @@ def llm_ranker(
 
     async def one(case: RankingCase, gate: asyncio.Semaphore) -> RankerAnswer:
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
+        tools = ranker_tools(len(products))
 
         async def complete(messages: list[dict[str, Any]]) -> dict[str, Any]:
             # As the pipeline asks: a tool call is required (guided decoding keeps it well-formed when sampling).
-            tools = ranker_tools(len(products))
             body = {"model": model, "messages": messages, "tools": tools, "tool_choice": "required",
                     "max_tokens": max_tokens, **knobs}  # fmt: skip
             answer = await service.complete(ChatCompletionRequest.model_validate(body))

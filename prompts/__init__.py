@@ -26,8 +26,12 @@ def load_prompt(name: str) -> str:
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 
+@cache
+def _tools_text(name: str) -> str:
+    return (PROMPTS_DIR / f"{name}.json").read_text(encoding="utf-8")
+
+
 def load_tools(name: str = "ranker_tools") -> list[dict[str, Any]]:
     """OpenAI tool schemas from ``prompts/<name>.json`` (a fresh copy each call: callers may edit it)."""
-    path = PROMPTS_DIR / f"{name}.json"
-    tools: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+    tools: list[dict[str, Any]] = json.loads(_tools_text(name))  # read once: the pipeline asks every turn
     return tools

@@ -315,7 +315,7 @@ class Pipeline:
             pool.append(hit)
         n = min(request.candidates or cfg.ranker_candidates, len(HANDLES))
         # The explored tail keeps its places after the precise hits, as the diversity experiment measured it.
-        tail = [h for h in pool if h.explored][: min(request.explore, n - 1)]
+        tail = [h for h in pool if h.explored][: n - 1]
         candidates = [h for h in pool if not h.explored][: n - len(tail)] + tail
         timing["retrieval"] = round((time.perf_counter() - t0) * 1000, 3)
         yield CandidatesEvent(session.session_id, query, candidates)

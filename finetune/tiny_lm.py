@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from prompts import CHAT_TEMPLATE_PATH, load_chat_template
+
 __all__ = [
     "CHAT_TEMPLATE_PATH",
     "SPECIAL_TOKENS",
@@ -32,7 +34,6 @@ __all__ = [
     "make_chat_tokenizer",
 ]
 
-CHAT_TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Not special: decode(skip_special_tokens=True) must keep them, or the tool-call parser never sees them.
 TOOL_TOKENS: tuple[str, ...] = ("<tool_call>", "</tool_call>")
@@ -40,16 +41,6 @@ _QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-
-
-def load_chat_template() -> str:
-    """The Qwen2.5-style ChatML + Hermes tool-call template shipped with this package.
-
-    Example:
-        >>> "<tool_call>" in load_chat_template()
-        True
-    """
-    return CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
 
 
 def default_corpus() -> list[str]:

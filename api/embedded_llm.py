@@ -1,9 +1,12 @@
 """``make run`` without LLM servers: Tandem's own worker, started beside the API, serving both models.
 
-When ``TANDEM_LLM__WORKERS`` is empty, :func:`embedded_llm_worker` trains what is missing
-(the small base model, then the LoRA ranker, with progress bars), starts ``tandem worker``
-as a child process serving the base model as ``tandem-base`` and the adapter as
-``tandem-ranker``, waits until it is healthy, and stops it when the API stops.
+When ``TANDEM_LLM__WORKERS`` is empty, :func:`embedded_llm_worker` starts ``tandem worker`` as a
+child process serving the base model (``TANDEM_LLM__BASE``, converted once on its first start)
+as ``tandem-base`` and the ranker adapter as ``tandem-ranker``, and returns at once: the API does
+not wait for it. The dispatcher's health checks bring the worker in when it answers; until then
+``/readyz`` reports ``"llm": false`` and a chat turn answers with retrieval order and a plain
+sentence, saying so in ``degraded``. The REST recommendation API needs no LLM at all. The
+worker's output goes to ``TANDEM_HOME/logs/embedded-worker.log``; if it exits, one line says why.
 
 Example:
     >>> with embedded_llm_worker(settings) as worker:  # doctest: +SKIP
@@ -15,21 +18,16 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-import httpx
-
-from api.console import CliError, out
+from api.console import err, out
 from api.settings import Settings
 from llms.config import WorkerConfig
 
-__all__ = ["embedded_llm_worker"]
-
-
-class EmbeddedWorkerError(CliError):
-    """The embedded worker did not come up."""
+__all__ = ["embedded_llm_worker", "worker_command"]
 
 
 def _free_port() -> int:
@@ -38,39 +36,46 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def embedded_llm_worker(
-    settings: Settings, *, limit: int | None = None, timeout_s: float = 300.0
-) -> Iterator[WorkerConfig]:
-    """Train what is missing, start the worker process, yield its config; the process stops on exit."""
-    from api.cli_train import run_train_ranker
+def worker_command(settings: Settings, port: int) -> list[str]:
+    """The ``tandem worker`` command line of the embedded worker."""
+    return [sys.executable, "-m", "api.cli", "worker", "--port", str(port), "--model", settings.llm.base,
+            "--served-name", settings.llm.explainer_model,
+            "--adapter", f"{settings.llm.ranker_model}={settings.ranker_adapter_dir()}",
+            "--device", settings.llm.device, "--dtype", settings.llm.dtype]  # fmt: skip
 
-    ranker = run_train_ranker(settings)  # trains the base model first when it is missing
-    base = settings.base_model_dir
-    port = _free_port()
-    command = [sys.executable, "-m", "api.cli", "worker", "--port", str(port), "--model", str(base),
-               "--served-name", settings.llm.explainer_model,
-               "--adapter", f"{settings.llm.ranker_model}={ranker}"]  # fmt: skip
-    out.print(f"starting the embedded LLM worker on 127.0.0.1:{port} ({settings.llm.explainer_model} + "
-              f"{settings.llm.ranker_model})")  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+def _last_line(log: Path) -> str:
     try:
-        deadline = time.monotonic() + timeout_s
-        with out.status("waiting for the embedded LLM worker …"):
-            while True:
-                if process.poll() is not None:
-                    reason = (process.stderr.read() if process.stderr else "").strip().splitlines()
-                    raise EmbeddedWorkerError(f"the embedded LLM worker exited: {reason[-1] if reason else '?'}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise EmbeddedWorkerError(f"the embedded LLM worker was not healthy within {timeout_s:g} s")
-                time.sleep(0.5)
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "?"
+    return lines[-1] if lines else "?"
+
+
+def _watch(process: subprocess.Popen[bytes], log: Path, stopping: threading.Event) -> None:
+    code = process.wait()
+    if not stopping.is_set():
+        err.print(f"the embedded LLM worker exited ({code}): {_last_line(log)} (full log: {log}); the chat serves "
+                  "retrieval order and plain sentences", markup=False, highlight=False)  # fmt: skip
+
+
+@contextmanager
+def embedded_llm_worker(settings: Settings) -> Iterator[WorkerConfig]:
+    """Start the worker process and yield its config at once; the process stops on exit."""
+    port = _free_port()
+    log = settings.home / "logs" / "embedded-worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    llm = settings.llm
+    out.print(f"starting the embedded LLM worker on 127.0.0.1:{port} ({llm.explainer_model} on {llm.base} + "
+              f"{llm.ranker_model}); the API does not wait for it (log: {log})")  # fmt: skip
+    stopping = threading.Event()
+    with log.open("ab") as sink:
+        process = subprocess.Popen(worker_command(settings, port), stdout=sink, stderr=subprocess.STDOUT)
+    threading.Thread(target=_watch, args=(process, log, stopping), name="embedded-worker-watch", daemon=True).start()
+    try:
         yield WorkerConfig(url=f"http://127.0.0.1:{port}/v1", name="embedded", max_concurrency=8)
     finally:
+        stopping.set()
         process.terminate()
         try:
             process.wait(timeout=15)

@@ -218,6 +218,10 @@ class Dispatcher:
     def models(self) -> set[str]:
         return {m for w in self._workers.values() for m in w.models}
 
+    def serves(self, model: str) -> bool:
+        """Whether a healthy worker serves ``model`` now (a worker still starting has not listed its models yet)."""
+        return any(w.serves(model) and w.is_up() for w in self._workers.values())
+
     @property
     def queued(self) -> int:
         return self._queued

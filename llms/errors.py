@@ -8,6 +8,7 @@ httpx, transformers and peft errors are translated into these at the boundary wi
 from __future__ import annotations
 
 __all__ = [
+    "BaseModelError",
     "DeadlineExceededError",
     "EngineError",
     "InvalidChatRequestError",
@@ -23,6 +24,10 @@ __all__ = [
 
 class LLMError(Exception):
     """Base class of every error raised by :mod:`llms`."""
+
+
+class BaseModelError(LLMError):
+    """The base model cannot be found, verified, converted or downloaded (a one-line reason)."""
 
 
 class OverloadedError(LLMError):

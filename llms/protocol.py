@@ -70,6 +70,15 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(
+        default=None, description='{"type": "json_schema", "json_schema": {"schema": ...}}, json_object or text.'
+    )
+    continue_final_message: bool = Field(
+        default=False,
+        description="vLLM's extension: continue the final (assistant) message the caller started, instead of"
+        " opening a new one. Needs add_generation_prompt false.",
+    )
+    add_generation_prompt: bool = Field(default=True, description="vLLM's extension; false with the one above.")
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=-1, ge=-1)

@@ -46,6 +46,11 @@ class GenerationRequest:
     # OpenAI's tool_choice: "required" or {"type": "function", "function": {"name": ...}} asks the engine to
     # guarantee one schema-valid tool call (guided decoding, as vLLM does); "auto"/None leave the model free.
     tool_choice: str | dict[str, Any] | None = None
+    # OpenAI's response_format: {"type": "json_schema", "json_schema": {"schema": ...}} or {"type": "json_object"}
+    # asks for one JSON value that fits (guided decoding, as vLLM does); None or {"type": "text"}: free text.
+    response_format: dict[str, Any] | None = None
+    # vLLM's continue_final_message: the last message is the assistant's, started by the caller; continue it.
+    continue_final_message: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class GenerationEvent:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    forward_passes: int = 0  # fewer than completion tokens where guided decoding fed forced text in one pass
 
 
 @dataclass
@@ -67,6 +73,7 @@ class EngineStats:
     batched_rows: int = 0
     max_batch: int = 0
     completion_tokens: int = 0
+    forward_passes: int = 0  # fewer than completion tokens where guided decoding fed forced text in one pass
 
     @property
     def mean_batch(self) -> float:

@@ -37,9 +37,9 @@ import torch
 
 from llms.errors import EngineError
 from llms.worker.engine import EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams
-from llms.worker.guided import GuidedRow, ToolCallGuide, is_guided
+from llms.worker.guided import GrammarGuide, GuidedRow
 
-__all__ = ["BASE_ADAPTER", "TransformersEngine"]
+__all__ = ["BASE_ADAPTER", "TransformersEngine", "cpu_has_fast_bf16", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,32 @@ def _stop_worker(inbox: queue.Queue[_Job | None], thread: threading.Thread) -> N
     thread.join(timeout=5.0)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16): then bf16 prefills ~3x faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> Any:
+    """``auto``: the checkpoint's dtype on CUDA; on a CPU bfloat16 where it has bf16 units, else float32.
+
+    Example:
+        >>> resolve_dtype("float32", torch.device("cpu"))
+        torch.float32
+    """
+    if dtype == "auto":
+        if device.type != "cpu":
+            return "auto"
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise EngineError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)")
+    return value
+
+
 def _validate_sampling(params: SamplingParams) -> None:
     if params.max_tokens < 1:
         raise EngineError(f"max_tokens must be at least 1, got {params.max_tokens}")
@@ -107,7 +133,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[GenerationEvent | EngineError]
     cancelled: bool = False
-    guided: GuidedRow | None = None  # the grammar of a required tool call
+    guided: GuidedRow | None = None  # the grammar of a required tool call or a JSON answer
 
 
 @dataclass(eq=False)
@@ -168,7 +194,7 @@ class TransformersEngine:
         self._eos_ids = frozenset(eos)
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad) if pad is not None else min(eos, default=0)
-        self._guide: ToolCallGuide | None = None  # built at the first guided request (xgrammar's tokenizer scan)
+        self._guide: GrammarGuide | None = None  # built at the first guided request (xgrammar's tokenizer scan)
 
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -188,6 +214,7 @@ class TransformersEngine:
         max_batch: int = 8,
         batch_wait_ms: float = 5.0,
         torch_threads: int | None = None,
+        dtype: str = "auto",
     ) -> TransformersEngine:
         """Load the tokenizer, the model and every adapter (into one ``PeftModel``) from local directories.
 
@@ -231,11 +258,10 @@ class TransformersEngine:
         if not getattr(tokenizer, "chat_template", None):
             raise EngineError(f"the tokenizer in {model_dir} has no chat template")
 
-        # CPUs lack fast bf16/fp16 matmuls, so CPU runs in float32; on CUDA the checkpoint's own dtype is right.
-        dtype: Any = torch.float32 if torch_device.type == "cpu" else "auto"
+        torch_dtype = resolve_dtype(dtype, torch_device)
         model: Any
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch_dtype)
             model = model.to(torch_device)
         except Exception as exc:
             raise EngineError(f"cannot load the model from {model_dir}: {_reason(exc)}") from exc
@@ -291,6 +317,9 @@ class TransformersEngine:
     def render_prompt(self, request: GenerationRequest) -> list[int]:
         """The prompt's token ids: the chat template applied to the messages and tools, with the generation prompt.
 
+        With ``continue_final_message`` the last (assistant) message is left open instead, so the
+        model continues a sentence the caller started (vLLM's parameter of the same name).
+
         Control tokens typed into message text (``<|im_start|>``…) are encoded as plain text, so a
         user cannot forge a system turn.
 
@@ -301,7 +330,8 @@ class TransformersEngine:
             ids = self._tokenizer.apply_chat_template(
                 _normalise_messages(request.messages),
                 tools=request.tools,
-                add_generation_prompt=True,
+                add_generation_prompt=not request.continue_final_message,
+                continue_final_message=request.continue_final_message,
                 tokenize=True,
                 return_dict=False,
                 sanitize_control_tokens=True,
@@ -329,15 +359,15 @@ class TransformersEngine:
         if room < 1:
             raise EngineError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self._context_len}")
         guided = None
-        if request.tools and is_guided(request.tools, request.tool_choice):
-            guided = self._tool_call_guide().start(request.tools, request.tool_choice)
+        if request.tools or request.response_format:
+            guided = self._grammar_guide().start(request.tools, request.tool_choice, request.response_format)
         return self._stream(
             prompt_ids, adapter or BASE_ADAPTER, request.sampling, min(request.sampling.max_tokens, room), guided
         )
 
-    def _tool_call_guide(self) -> ToolCallGuide:
+    def _grammar_guide(self) -> GrammarGuide:
         if self._guide is None:
-            self._guide = ToolCallGuide(
+            self._guide = GrammarGuide(
                 self._tokenizer, vocab_size=int(self._config.vocab_size), stop_token_ids=sorted(self._eos_ids)
             )
         return self._guide
@@ -436,56 +466,101 @@ class TransformersEngine:
         stats.max_batch = max(stats.max_batch, len(jobs))
 
         rows = [_Row(job, self._make_generator(job.sampling)) for job in jobs]
-        width = max(len(job.prompt_ids) for job in jobs)
+        # A guided answer often starts with text the grammar fixes ('<tool_call>\n{"name": "'): prefilled with the
+        # prompt, it costs no decoding step.
+        feeds = [job.guided.forced() if job.guided is not None else [] for job in jobs]
+        width = max(len(job.prompt_ids) + len(feed) for job, feed in zip(jobs, feeds, strict=True))
         input_ids = torch.full((len(jobs), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, job in enumerate(jobs):
-            input_ids[i, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            mask[i, width - len(job.prompt_ids) :] = 1
+        for i, (job, feed) in enumerate(zip(jobs, feeds, strict=True)):
+            ids = job.prompt_ids + feed
+            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[i, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(self._device), mask.to(self._device)
         # Left padding shifts each row's tokens right; positions must still count from 0 at the first real token.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        next_position = [len(job.prompt_ids) + len(feed) for job, feed in zip(jobs, feeds, strict=True)]
         cache = DynamicCache(config=self._config)
-        active = rows
+        active = [row for row, feed in zip(rows, feeds, strict=True) if not self._advance_all(row, feed)]
+        if len(active) < len(rows):  # a forced prefix already finished a row (max_tokens 1, say): drop it
+            keep_index = [i for i, row in enumerate(rows) if row in active]
+            input_ids, mask, positions = input_ids[keep_index], mask[keep_index], positions[keep_index]
+            next_position = [next_position[i] for i in keep_index]
 
         with torch.inference_mode():
             while active:
                 logits = self._forward(input_ids, mask, positions, cache, [row.job.adapter for row in active])
-                for i, row in enumerate(active):
-                    if row.job.guided is not None:
-                        row.job.guided.mask(logits[i])
-                greedy = logits.argmax(dim=-1).tolist()
-                keep: list[int] = []
-                next_ids: list[int] = []
-                for i, row in enumerate(active):
-                    if row.job.cancelled:
-                        continue
-                    if self._closed:
-                        self._send(row.job, EngineError("the engine closed before the generation finished"))
-                        continue
-                    sampling = row.job.sampling
-                    token = greedy[i] if sampling.temperature == 0 else self._sample(logits[i], sampling, row)
-                    if row.job.guided is not None:
-                        row.job.guided.accept(token)
-                    if not self._advance(row, token):
-                        keep.append(i)
-                        next_ids.append(token)
+                keep, feeds = self._step(active, logits)
                 if not keep:
                     break
-                last_positions = positions[:, -1:]
                 if len(keep) < len(active):
                     # Finished rows leave the batch so the remaining ones stop paying for them.
                     index = torch.tensor(keep, dtype=torch.long, device=self._device)
                     cache.batch_select_indices(index)
-                    mask, last_positions = mask[index], last_positions[index]
+                    mask = mask[index]
                     active = [active[i] for i in keep]
-                input_ids = torch.tensor(next_ids, dtype=torch.long, device=self._device).unsqueeze(1)
-                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-                positions = last_positions + 1
+                    next_position = [next_position[i] for i in keep]
+                input_ids, new_mask, positions = self._feed_tensors(feeds, next_position)
+                mask = torch.cat([mask, new_mask], dim=1)
+                next_position = [p + len(f) for p, f in zip(next_position, feeds, strict=True)]
+
+    def _step(self, active: list[_Row], logits: torch.Tensor) -> tuple[list[int], list[list[int]]]:
+        """Choose each row's next token (and the forced ones after it); the rows that go on and what they feed next."""
+        for i, row in enumerate(active):
+            if row.job.guided is not None:
+                row.job.guided.mask(logits[i])
+        greedy = logits.argmax(dim=-1).tolist()
+        keep: list[int] = []
+        feeds: list[list[int]] = []
+        for i, row in enumerate(active):
+            if row.job.cancelled:
+                continue
+            if self._closed:
+                self._send(row.job, EngineError("the engine closed before the generation finished"))
+                continue
+            sampling = row.job.sampling
+            token = greedy[i] if sampling.temperature == 0 else self._sample(logits[i], sampling, row)
+            guided = row.job.guided
+            feed = [token]
+            if guided is not None:
+                guided.accept(token)
+                feed += guided.forced()
+            if self._advance_all(row, feed):
+                continue
+            if guided is not None and guided.completed:
+                # The call (or JSON value) is whole: the only token left is a stop token, not worth a forward pass.
+                self._finish(row, self._decode(row.token_ids), "stop")
+                continue
+            keep.append(i)
+            feeds.append(feed)
+        return keep, feeds
+
+    def _feed_tensors(
+        self, feeds: list[list[int]], next_position: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next forward's inputs: rows feed different numbers of tokens, so shorter feeds are padded on the left.
+
+        A padding token sits in the KV cache masked out for every later query, as left padding of
+        the prompt does, so a row's own tokens see exactly what they would alone.
+        """
+        width = max(len(f) for f in feeds)
+        input_ids = torch.full((len(feeds), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(feeds), width), dtype=torch.long)
+        positions = torch.zeros((len(feeds), width), dtype=torch.long)
+        for r, (feed, start) in enumerate(zip(feeds, next_position, strict=True)):
+            input_ids[r, width - len(feed) :] = torch.tensor(feed, dtype=torch.long)
+            mask[r, width - len(feed) :] = 1
+            positions[r] = torch.arange(start - width + len(feed), start + len(feed)).clamp(min=0)
+        return input_ids.to(self._device), mask.to(self._device), positions.to(self._device)
+
+    def _advance_all(self, row: _Row, tokens: list[int]) -> bool:
+        """:meth:`_advance` each token in turn; whether the row finished on one of them."""
+        return any(self._advance(row, token) for token in tokens)
 
     def _forward(
         self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, adapters: list[str]
     ) -> torch.Tensor:
+        self._stats.forward_passes += 1
         kwargs: dict[str, Any] = {}
         if self._adapters:
             kwargs["adapter_names"] = adapters

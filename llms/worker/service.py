@@ -70,9 +70,15 @@ class WorkerService:
             raise InvalidChatRequestError(str(exc)) from exc
         if req.tool_choice == "required" and not req.tools:
             raise InvalidChatRequestError("tool_choice 'required' needs tools")
+        if req.continue_final_message and (req.add_generation_prompt or req.messages[-1].role != "assistant"):
+            raise InvalidChatRequestError(
+                "continue_final_message needs add_generation_prompt false and an assistant message last"
+            )
         tools = req.tool_dicts()
         return GenerationRequest(messages=messages, sampling=req.sampling(), tools=tools, adapter=adapter,
-                                 tool_choice=req.tool_choice if tools else None)  # fmt: skip
+                                 tool_choice=req.tool_choice if tools else None,
+                                 response_format=req.response_format,
+                                 continue_final_message=req.continue_final_message)  # fmt: skip
 
     async def _events(self, gen: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         try:

@@ -348,3 +348,86 @@ def test_unique_items_makes_hot_samples_rankings_without_repeats(engine: Transfo
     assert any(len(set(ids)) < len(ids) for ids in free), free  # the control: repeats happen without the keyword
     for ids in rankings(unique=True):
         assert len(set(ids)) == len(ids) and 4 <= len(ids) <= 6 and set(ids) <= set("abcdef"), ids
+
+
+def _call_text(text: str) -> dict[str, object]:
+    """A guided call's text, checked to be byte for byte what the chat template renders for the same call."""
+    import json
+    import re
+
+    match = re.fullmatch(r'<tool_call>\n\{"name": "(\w+)", "arguments": (.*)\}\n</tool_call>', text, re.S)
+    assert match is not None, text
+    arguments = json.loads(match.group(2))
+    assert json.dumps(arguments, ensure_ascii=False) == match.group(2), text  # json.dumps' separators, no extras
+    return {"name": match.group(1), "arguments": arguments}
+
+
+def test_guided_text_is_the_templates_format_and_forced_stretches_cost_one_pass(engine: TransformersEngine) -> None:
+    choice = {"type": "function", "function": {"name": "pick_colour"}}
+    request = GenerationRequest([{"role": "user", "content": "rank"}], SamplingParams(temperature=0.0, max_tokens=120),
+                                tools=RANK_TOOLS, tool_choice=choice)  # fmt: skip
+    passes, tokens = engine.stats.forward_passes, engine.stats.completion_tokens
+    ((text, last),) = run(engine, request)
+    call = _call_text(text)
+    assert call["name"] == "pick_colour" and call["arguments"] in ({"colour": "red"}, {"colour": "blue"})
+    used, written = engine.stats.forward_passes - passes, engine.stats.completion_tokens - tokens
+    # '<tool_call>\n{"name": "pick_colour", "arguments": {"colour": "' is fixed by the grammar: only the colour is a
+    # choice, so the whole call takes a pass for the prompt and one for the colour, however many tokens it has.
+    assert last.completion_tokens == written > 10 and used <= 3, (used, written)
+
+
+def test_a_batch_of_guided_and_free_rows_matches_each_row_alone(engine: TransformersEngine) -> None:
+    """Rows that feed forced stretches of different lengths share forward passes without changing any row."""
+    named = {"type": "function", "function": {"name": "submit_ranking"}}
+    requests = [
+        GenerationRequest([{"role": "user", "content": "rank"}], SamplingParams(temperature=0.0, max_tokens=80),
+                          tools=RANK_TOOLS, tool_choice="required"),
+        GenerationRequest([{"role": "user", "content": "rank these please"}],
+                          SamplingParams(temperature=0.0, max_tokens=80), tools=RANK_TOOLS, tool_choice=named),
+        ask("plain text, no grammar"),
+        GenerationRequest([{"role": "user", "content": "colours"}], SamplingParams(temperature=0.0, max_tokens=60),
+                          response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": {
+                              "type": "object", "properties": {"c": {"enum": ["red", "blue"]}}, "required": ["c"]}}}),
+    ]  # fmt: skip
+    alone = [run(engine, r)[0][0] for r in requests]
+    together = [text for text, _ in run(engine, *requests)]
+    assert together == alone
+
+
+def test_response_format_json_schema_is_always_valid_json_that_fits(engine: TransformersEngine) -> None:
+    import json
+
+    topic = {"type": "string", "pattern": "^[a-z][a-z ]{2,11}$"}
+    topics = {"type": "array", "items": topic, "minItems": 2, "maxItems": 2}
+    schema = {"type": "object", "properties": {"topics": topics}, "required": ["topics"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "topics", "schema": schema}}
+    requests = [GenerationRequest([{"role": "user", "content": "topics"}],
+                                  SamplingParams(temperature=t, max_tokens=80, seed=s), response_format=response_format)
+                for t in (0.0, 1.5) for s in range(3)]  # fmt: skip
+    for text, last in run(engine, *requests):
+        topics = json.loads(text)["topics"]
+        assert len(topics) == 2 and all(t[0].isalpha() and 3 <= len(t) <= 12 for t in topics), text
+        assert json.dumps(json.loads(text)) == text and last.finish_reason == "stop"
+    free = run(engine, GenerationRequest([{"role": "user", "content": "x"}], GREEDY, response_format={"type": "text"}))
+    assert free[0][0] == run(engine, ask("x"))[0][0]
+
+
+def test_a_started_assistant_message_is_continued(engine: TransformersEngine) -> None:
+    messages = [{"role": "user", "content": "describe it"}, {"role": "assistant", "content": "#1 is a"}]
+    started = engine.render_prompt(GenerationRequest(messages, continue_final_message=True))
+    text = engine.tokenizer.decode(started)
+    assert text.endswith("<|im_start|>assistant\n#1 is a")  # left open, no end-of-turn after it
+    fresh = engine.tokenizer.decode(engine.render_prompt(GenerationRequest(messages[:1])))
+    assert fresh.endswith("<|im_start|>assistant\n") and text.startswith(fresh)
+
+
+def test_unique_ids_of_an_enum_end_when_the_enum_is_used_up(engine: TransformersEngine) -> None:
+    """uniqueItems over an enum of 4 bounds the list at 4, though the schema gives no maxItems: the call closes."""
+    ids = {"type": "array", "items": {"type": "string", "enum": list("abcd")}, "minItems": 4, "uniqueItems": True}
+    schema = {"type": "object", "properties": {"ids": ids}, "required": ["ids"]}
+    tools = [{"type": "function", "function": {"name": "submit_ranking", "parameters": schema}}]
+    requests = [GenerationRequest([{"role": "user", "content": "rank"}],
+                                  SamplingParams(temperature=1.5, max_tokens=300, seed=s), tools=tools,
+                                  tool_choice="required") for s in range(3)]  # fmt: skip
+    for text, last in run(engine, *requests):
+        assert sorted(_call_text(text)["arguments"]["ids"]) == list("abcd") and last.finish_reason == "stop"

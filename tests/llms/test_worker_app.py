@@ -168,3 +168,16 @@ def test_required_tool_call_is_guided_and_a_bad_schema_is_a_400(tiny_worker: Tes
     bad = {"type": "function", "function": {"name": "f", "parameters": schema}}
     response = tiny_worker.post("/v1/chat/completions", json={**body, "tools": [bad]})
     assert response.status_code == 400 and "cannot guide tool calls" in response.json()["error"]["message"]
+
+
+def test_continue_final_message_needs_an_assistant_message_last(tiny_worker: TestClient) -> None:
+    body = {"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "continue_final_message": True, "add_generation_prompt": False}  # fmt: skip
+    response = tiny_worker.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400 and "assistant message last" in response.json()["error"]["message"]
+    body["messages"].append({"role": "assistant", "content": "Hello"})
+    assert tiny_worker.post("/v1/chat/completions", json=body).status_code == 200
+    bad_format = {"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}],
+                  "response_format": {"type": "yaml"}}  # fmt: skip
+    response = tiny_worker.post("/v1/chat/completions", json=bad_format)
+    assert response.status_code == 400 and "unsupported response_format" in response.json()["error"]["message"]

@@ -1,15 +1,25 @@
-"""The explainer's prompt, and the names it refers to: ``#1``, ``#2``, … become the ranked products' titles.
+"""The explainer's prompt: one short sentence per ranked product, written from that product's facts.
 
-The explainer refers to products by rank (``#2 adds a black option``) and Tandem writes the
-names in: a model then cannot misspell a title or name a product the ranking does not hold
-by accident, and a small model only has to copy a number. :class:`ReferenceExpander` does it
-on a stream (a ``#1`` split across chunks included).
+A 135M-parameter instruct model cannot be trusted with five products at once: asked to
+explain a list it mixes their facts up or loops. Tandem therefore asks for one sentence per
+product, each from a prompt a small model can follow (:func:`explainer_messages`): a system
+line, two worked examples as earlier turns, the request and the product's facts as one short
+line, and the sentence started for it (``#2 is a``), continued with vLLM's
+``continue_final_message`` and stopped at the end of the line. The sentences of a turn are
+asked for together (the worker batches them) and shown in rank order, each checked against
+its product's record first (:mod:`rag.explanation_check`).
+
+The model refers to a product as ``#k``; :func:`expand_references` writes its title in, so a
+model cannot misspell a title or name a product the ranking does not hold by accident.
 
 Example:
     >>> from retrieval.catalogue import Product
-    >>> shirt = Product("1", "Turtle Men Navy Shirt", ("Apparel", "Topwear", "Shirts"), {}, None)
-    >>> expand_references("#1 is navy; #4 is not ranked.", [shirt])
-    'Turtle Men Navy Shirt is navy; #4 is not ranked.'
+    >>> shirt = Product("1", "Turtle Men Navy Shirt", ("Apparel", "Topwear", "Shirts"),
+    ...                 {"base_colour": "Navy Blue", "usage": "Formal"}, None)
+    >>> product_facts(shirt)
+    'navy blue shirts for men, formal wear, brand Turtle'
+    >>> expand_references("#1 is a navy shirt; #4 is not ranked.", [shirt])
+    '#1 (Turtle Men Navy Shirt) is a navy shirt; #4 is not ranked.'
 """
 
 from __future__ import annotations
@@ -18,55 +28,53 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from prompts import load_prompt
-from rag.ranker_format import product_line
+from prompts import load_json, load_prompt
+from rag.ranker_format import product_gender
 from retrieval.catalogue import Product
 
-__all__ = ["ReferenceExpander", "expand_references", "explainer_messages"]
+__all__ = ["expand_references", "explainer_messages", "product_facts", "record_sentence", "sentence_start"]
 
 _REF = re.compile(r"#(\d+)")
-_OPEN_REF = re.compile(r"#\d*$")
 
 
-def explainer_messages(request: str, ranked: Sequence[Product]) -> list[dict[str, Any]]:
-    """System and user messages asking for a short explanation of ``ranked``, products referred to as #1, #2, …"""
-    ranking = "\n".join(f"#{i} {product_line(p)}" for i, p in enumerate(ranked, 1))
-    return [
-        {"role": "system", "content": load_prompt("explainer_system")},
-        {"role": "user", "content": load_prompt("explainer_user").format(request=request, ranking=ranking)},
-    ]
+def product_facts(product: Product) -> str:
+    """The facts line a small model copies from: colour, article type, gender, usage, brand (lower-cased words)."""
+    colour = product.attributes.get("base_colour", "").lower()
+    gender = (product_gender(product.title) or "Unisex").lower()
+    usage = product.attributes.get("usage", "").lower()
+    brand = (product.title.split() or ["?"])[0]
+    kind = " ".join(x for x in (colour, product.category[-1].lower()) if x)
+    return ", ".join(x for x in (f"{kind} for {gender}", f"{usage} wear" if usage else "", f"brand {brand}") if x)
+
+
+def sentence_start(rank: int) -> str:
+    """The words Tandem starts the ``rank``-th sentence with; the model continues them."""
+    return load_prompt("explainer_start").format(rank=rank)
+
+
+def record_sentence(product: Product, rank: int) -> str:
+    """The plain sentence built from the record, shown instead of a sentence with a false claim."""
+    return f"#{rank}: {product_facts(product)}."
+
+
+def explainer_messages(request: str, product: Product, rank: int) -> list[dict[str, Any]]:
+    """The messages for the sentence about ``product`` at ``rank``, ending in the started assistant sentence."""
+    user = load_prompt("explainer_user")
+    messages: list[dict[str, Any]] = [{"role": "system", "content": load_prompt("explainer_system")}]
+    for example in load_json("explainer_examples"):
+        messages.append({"role": "user", "content": user.format(request=example["request"], rank=example["rank"],
+                                                                facts=example["facts"])})  # fmt: skip
+        messages.append({"role": "assistant", "content": example["sentence"]})
+    messages.append({"role": "user", "content": user.format(request=request, rank=rank, facts=product_facts(product))})
+    messages.append({"role": "assistant", "content": sentence_start(rank)})
+    return messages
 
 
 def expand_references(text: str, ranked: Sequence[Product]) -> str:
-    """``#k`` → the title of the k-th ranked product; a rank outside the list stays (the check flags it)."""
+    """``#k`` → ``#k (title of the k-th ranked product)``; a rank outside the list stays (the check flags it)."""
 
     def name(match: re.Match[str]) -> str:
         k = int(match.group(1))
-        return ranked[k - 1].title if 1 <= k <= len(ranked) else match.group(0)
+        return f"{match.group(0)} ({ranked[k - 1].title})" if 1 <= k <= len(ranked) else match.group(0)
 
     return _REF.sub(name, text)
-
-
-class ReferenceExpander:
-    """:func:`expand_references` over a stream: holds back a trailing ``#`` or ``#1`` until it is complete.
-
-    Example:
-        >>> expander = ReferenceExpander([shirt])  # doctest: +SKIP
-        >>> expander.feed("Try #"), expander.feed("1 today"), expander.flush()  # doctest: +SKIP
-        ('Try ', 'Turtle Men Navy Shirt today', '')
-    """
-
-    def __init__(self, ranked: Sequence[Product]) -> None:
-        self.ranked = list(ranked)
-        self._held = ""
-
-    def feed(self, delta: str) -> str:
-        text = self._held + delta
-        open_ref = _OPEN_REF.search(text)
-        cut = open_ref.start() if open_ref else len(text)
-        self._held = text[cut:]
-        return expand_references(text[:cut], self.ranked)
-
-    def flush(self) -> str:
-        text, self._held = self._held, ""
-        return expand_references(text, self.ranked)

@@ -1,10 +1,13 @@
-"""Check an explanation against the ranking it explains: every product it names must be in the ranking.
+"""Check an explanation against the ranking it explains and the records of the products it describes.
 
 The explainer is a base model prompted with the ranked products; it may still name a
-product from elsewhere in the catalogue, write a catalogue id that is not ranked, or refer
-to a rank past the list (``#9`` of five). :class:`ExplanationChecker` finds every catalogue
-title (whole words, any case), every catalogue id and every ``#k`` in the text, and flags
-those that are not in the ranking.
+product from elsewhere in the catalogue, write a catalogue id that is not ranked, refer to
+a rank past the list (``#9`` of five), or say something false about a product ("#2 is a
+black shirt" for a navy kurta). :class:`ExplanationChecker` finds every catalogue title
+(whole words, any case), every catalogue id and every ``#k`` in the text, and flags those
+that are not in the ranking; the words after each ``#k`` (up to the next one) are claims
+about the k-th product, read by :class:`rag.attribute_claims.ClaimChecker` against its
+record: colour, article type, gender, usage and brand.
 
 Example:
     >>> checker = ExplanationChecker(catalogue)  # doctest: +SKIP
@@ -18,9 +21,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from rag.attribute_claims import ClaimChecker, FalseClaim
 from retrieval.catalogue import Product
 
-__all__ = ["ExplanationCheck", "ExplanationChecker", "Mention"]
+__all__ = ["ExplanationCheck", "ExplanationChecker", "FalseClaim", "Mention"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 _REF = re.compile(r"#(\d+)")
@@ -45,6 +49,7 @@ class ExplanationCheck:
     """The products an explanation names; ``flagged`` are those outside the ranking."""
 
     mentions: list[Mention] = field(default_factory=list)
+    false_claims: list[tuple[int, FalseClaim]] = field(default_factory=list)  # (rank, claim)
 
     @property
     def flagged(self) -> list[Mention]:
@@ -52,7 +57,13 @@ class ExplanationCheck:
 
     @property
     def ok(self) -> bool:
-        return not self.flagged
+        return not self.flagged and not self.false_claims
+
+    def reasons(self) -> str:
+        """What is wrong, in a few words: products outside the ranking, then false claims by rank."""
+        parts = [f"named {m.text!r} outside the ranking" for m in self.flagged]
+        parts += [f"#{rank}: {claim}" for rank, claim in self.false_claims]
+        return "; ".join(parts)
 
     @property
     def names_ranked(self) -> bool:
@@ -67,6 +78,8 @@ class ExplanationChecker:
         self._titles: dict[tuple[str, ...], set[str]] = {}
         self._by_first: dict[str, set[int]] = {}
         self._ids: set[str] = set()
+        products = list(products)
+        self.claims = ClaimChecker(products)
         for p in products:
             self._ids.add(p.product_id)
             words = tuple(_words(p.title))
@@ -95,4 +108,17 @@ class ExplanationChecker:
             # Titles repeat in a catalogue: naming a ranked product's title is fine whichever product shares it.
             mentions.append(Mention("title", " ".join(title), ids, title in ranked_titles))
             i += hit
-        return ExplanationCheck(mentions)
+        return ExplanationCheck(mentions, self._false_claims(text, ranked))
+
+    def _false_claims(self, text: str, ranked: Sequence[Product]) -> list[tuple[int, FalseClaim]]:
+        """Claims after each ``#k`` (up to the next reference) against the k-th product's record."""
+        refs = list(_REF.finditer(text))
+        found: list[tuple[int, FalseClaim]] = []
+        ends = [r.start() for r in refs[1:]] + [len(text)] if refs else []
+        for ref, end in zip(refs, ends, strict=True):
+            rank = int(ref.group(1))
+            if not 1 <= rank <= len(ranked):
+                continue  # flagged as a rank outside the list already
+            segment = text[ref.end() : end]
+            found += [(rank, claim) for claim in self.claims.false_claims(segment, ranked[rank - 1])]
+        return found

@@ -19,8 +19,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from prompts import load_prompt
+from rag.cold_start import cold_start_payload, parse_topics
 from rag.errors import InvalidTurnError, RetrievalUnavailableError
-from rag.explainer_prompt import ReferenceExpander, explainer_messages
+from rag.explainer_prompt import expand_references, explainer_messages, record_sentence, sentence_start
 from rag.explanation_check import ExplanationChecker
 from rag.mmr import mmr_order
 from rag.ranker_format import HANDLES, PHOTO_NOTE, ranker_system_message, ranker_tools, ranker_user_message
@@ -48,7 +46,6 @@ __all__ = [
     "Degradation",
     "DoneEvent",
     "LlmBackend",
-    "PartFailedEvent",
     "Pipeline",
     "PipelineConfig",
     "RankedProduct",
@@ -64,6 +61,10 @@ __all__ = [
 
 class LlmBackend(Protocol):
     """What the pipeline needs of the LLM dispatcher (``llms.dispatcher.Dispatcher`` is one)."""
+
+    def serves(self, model: str) -> bool:
+        """Whether a healthy worker serves ``model`` now; a turn does not wait on a model that is not up."""
+        ...
 
     async def complete(self, payload: Mapping[str, Any], *, deadline_s: float | None = None) -> Any: ...
 
@@ -143,9 +144,9 @@ class PipelineConfig:
     max_tool_rounds: int = 3
     ranker_max_tokens: int = 160
     ranker_deadline_s: float = 20.0
-    explainer_max_tokens: int = 160
+    explainer_max_tokens: int = 40  # per sentence
     explainer_deadline_s: float = 30.0
-    explained: int = 5  # the products the explanation is about
+    explained: int = 3  # the products the explanation is about, one sentence each
     history_shown: int = 6
     cold_start_topics: int = 4
 
@@ -178,6 +179,9 @@ class TurnResult:
     degraded: list[Degradation]
     timing_ms: dict[str, float]
     ranker: dict[str, Any]
+    # What the explainer wrote: "sentences" shown, "model_sentences" of them in its own words, "raw" (each sentence
+    # as the model wrote it, before the check; None where it failed) and "replaced" (the check's reasons).
+    explainer: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -203,16 +207,11 @@ class DoneEvent:
     result: TurnResult
 
 
-@dataclass(frozen=True)
-class PartFailedEvent:
-    """A streamed part broke after it had started (the explanation, mid-stream); the turn still ends with Done."""
-
-    part: str
-    error: Exception
+class EmptySentenceError(Exception):
+    """The explainer answered with no words."""
 
 
-TurnEvent = CandidatesEvent | RankingEvent | TokenEvent | PartFailedEvent | DoneEvent
-_JSON_LIST = re.compile(r"\[.*?\]", re.S)
+TurnEvent = CandidatesEvent | RankingEvent | TokenEvent | DoneEvent
 
 
 def _reason(product: Product, terms: TurnTerms, history: Sequence[Product]) -> str:
@@ -294,7 +293,7 @@ class Pipeline:
         history_map = self.lookup(buyer.history[-cfg.history_shown :])
         history = [history_map[h] for h in buyer.history[-cfg.history_shown :] if h in history_map]
         topics: list[str] = []
-        if request.buyer is not None and not buyer.history:
+        if request.buyer is not None and not buyer.history and self._up("cold_start", cfg.explainer_model, degraded):
             topics = await self._cold_start(buyer, query, degraded)
 
         try:
@@ -321,7 +320,10 @@ class Pipeline:
         yield CandidatesEvent(session.session_id, query, candidates)
 
         t1 = time.perf_counter()
-        ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded)
+        if self._up("ranker", cfg.ranker_model, degraded):
+            ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded)
+        else:
+            ranked_ids, ranker_info = [c.product.product_id for c in candidates], {"model": cfg.ranker_model}
         if request.mmr_lambda is not None and self.vectors is not None and len(ranked_ids) > 1:
             ranked_ids = await self._mmr(ranked_ids, request.mmr_lambda, request.top_k)
         by_id = {c.product.product_id: c for c in candidates}
@@ -335,8 +337,12 @@ class Pipeline:
 
         t2 = time.perf_counter()
         explanation = ""
-        if items:
-            async for piece in self._explain(text or query, items, degraded, timing, t0):
+        explainer_info: dict[str, Any] = {}
+        if items and not self._up("explainer", cfg.explainer_model, degraded):
+            explanation = _record_explanation([i.product for i in items[: cfg.explained]])
+            explainer_info = {"sentences": min(len(items), cfg.explained), "model_sentences": 0}
+        elif items:
+            async for piece in self._explain(text or query, items, degraded, timing, t0, explainer_info):
                 if isinstance(piece, str):
                     explanation = piece
                 else:
@@ -346,7 +352,15 @@ class Pipeline:
         timing["explanation"] = round((time.perf_counter() - t2) * 1000, 3)
         timing["total"] = round((time.perf_counter() - t0) * 1000, 3)
         session.record(Turn(text, request.image is not None, terms, tuple(i.product.product_id for i in items)))
-        yield DoneEvent(TurnResult(session.session_id, query, items, explanation, degraded, timing, ranker_info))
+        yield DoneEvent(TurnResult(session.session_id, query, items, explanation, degraded, timing, ranker_info,
+                                   explainer_info))  # fmt: skip
+
+    def _up(self, part: str, model: str, degraded: list[Degradation]) -> bool:
+        """Whether ``model`` is served now; if not, the part is skipped at once (no wait on a worker still starting)."""
+        if self.llm.serves(model):
+            return True
+        degraded.append(Degradation(part, f"the LLM worker is not ready (no healthy worker serves {model!r} yet)"))
+        return False
 
     async def _mmr(self, ranked_ids: list[str], lam: float, k: int) -> list[str]:
         """MMR over the validated ranking: its order is the relevance, image vectors the similarity."""
@@ -361,23 +375,17 @@ class Pipeline:
     async def _cold_start(self, buyer: BuyerContext, query: str, degraded: list[Degradation]) -> list[str]:
         """A buyer without history: the base model lists interest topics (JSON) to retrieve on as well."""
         n = self.config.cold_start_topics
-        messages = [
-            {"role": "system", "content": load_prompt("cold_start_system").format(n=n)},
-            {"role": "user", "content": f"Buyer: {buyer.profile or 'unknown business'}\nRequest: {query or '-'}"},
-        ]
-        payload = {"model": self.config.explainer_model, "messages": messages, "temperature": 0.0, "max_tokens": 80}
+        payload = cold_start_payload(self.config.explainer_model, buyer.profile or "unknown business", query, n)
         try:
             completion = await self.llm.complete(payload, deadline_s=self.config.explainer_deadline_s)
-            content = str(completion.message.get("content") or "")
-            match = _JSON_LIST.search(content)
-            topics = json.loads(match.group(0)) if match else None
+            topics = parse_topics(str(completion.message.get("content") or ""), n)
         except Exception as exc:  # any failure of an optional step degrades it
             degraded.append(Degradation("cold_start", f"{type(exc).__name__}: {exc}"[:200]))
             return []
-        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics) or not topics:
+        if topics is None:
             degraded.append(Degradation("cold_start", "the model did not answer a JSON list of topics"))
             return []
-        return [t.strip()[:80] for t in topics[:n] if t.strip()]
+        return topics
 
     async def _rank(
         self,
@@ -397,9 +405,7 @@ class Pipeline:
         profile = buyer.profile or "not given"
         # Worded as in training (finetune.ranking_data.request_text), so the adapter sees what it learned on.
         request_line = (query or "products like the photo") + (PHOTO_NOTE if request.image is not None else "")
-        user = ranker_user_message(profile, history, request_line, products)
-        if topics and not history:
-            user = user.replace("- nothing yet", "- nothing yet; interests: " + ", ".join(topics), 1)
+        user = ranker_user_message(profile, history, request_line, products, topics)
         messages = [ranker_system_message(), {"role": "user", "content": user}]
 
         # A tool call is required: a server with guided decoding (vLLM, the embedded worker) then always writes a
@@ -447,44 +453,65 @@ class Pipeline:
         degraded: list[Degradation],
         timing: dict[str, float],
         t0: float,
-    ) -> AsyncIterator[TokenEvent | PartFailedEvent | str]:
-        """Stream the base model's explanation; yields tokens, then the final text (checked, or the fallback)."""
+        info: dict[str, Any],
+    ) -> AsyncIterator[TokenEvent | str]:
+        """One checked sentence per explained product, in rank order as each is ready; then the whole text.
+
+        The sentences are asked for at once (the worker batches them). A sentence is shown only
+        after the check has read it: one that names a product outside the ranking or claims an
+        attribute its record contradicts is replaced by the plain sentence built from the
+        record, so nothing false is ever shown, not even for a moment of a stream.
+        """
         ranked = [i.product for i in items[: self.config.explained]]
-        payload = {"model": self.config.explainer_model, "messages": explainer_messages(request_text, ranked),
-                   "max_tokens": self.config.explainer_max_tokens, "temperature": 0.3}  # fmt: skip
-        parts: list[str] = []
-        names = ReferenceExpander(ranked)  # "#2" in the model's text becomes the second product's title
+        tasks = [asyncio.create_task(self._sentence(request_text, p, k)) for k, p in enumerate(ranked, 1)]
+        shown: list[str] = []
+        replaced: list[str] = []
+        failed: list[str] = []
+        raw: list[str | None] = []
         try:
-            async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
-                for choice in chunk.get("choices", []):
-                    delta = names.feed(choice.get("delta", {}).get("content") or "")
-                    if delta:
-                        if not parts:
-                            timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
-                        parts.append(delta)
-                        yield TokenEvent(delta)
-            rest = names.flush()
-            if rest:
-                parts.append(rest)
-                yield TokenEvent(rest)
-        except Exception as exc:
-            degraded.append(Degradation("explainer", f"{type(exc).__name__}: {exc}"[:200]))
-            if parts:  # the buyer saw half a sentence: say so in-band before the fallback replaces it
-                yield PartFailedEvent("explainer", exc)
-            yield _fallback(request_text, ranked)
-            return
-        text = "".join(parts).strip()
-        if not text:
-            degraded.append(Degradation("explainer", "the explainer wrote nothing"))
-            yield _fallback(request_text, ranked)
-            return
-        check = self.checker.check(text, ranked)
-        if not check.ok:
-            flagged = ", ".join(m.text for m in check.flagged)[:200]
-            degraded.append(Degradation("explainer", f"named products outside the ranking ({flagged}); replaced"))
-            yield _fallback(request_text, ranked)
-            return
-        yield text
+            for k, (product, task) in enumerate(zip(ranked, tasks, strict=True), 1):
+                try:
+                    sentence = await task
+                except Exception as exc:  # a failing worker costs this sentence, not the turn
+                    failed.append(f"{type(exc).__name__}: {exc}"[:160])
+                    raw.append(None)
+                    sentence = record_sentence(product, k)
+                else:
+                    raw.append(sentence)
+                    check = self.checker.check(sentence, ranked)
+                    if not check.ok:
+                        replaced.append(check.reasons()[:200])
+                        sentence = record_sentence(product, k)
+                text = expand_references(sentence, ranked)
+                if not shown:
+                    timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
+                yield TokenEvent(text if not shown else " " + text)
+                shown.append(text)
+        finally:
+            for task in tasks:
+                task.cancel()
+        info.update(sentences=len(shown), model_sentences=len(shown) - len(failed) - len(replaced), raw=raw,
+                    replaced=replaced)  # fmt: skip
+        if failed:
+            reason = f"{len(failed)} sentence(s) from the catalogue record: {failed[0]}"
+            degraded.append(Degradation("explainer", reason))
+        if replaced:
+            reason = f"false claims replaced by the catalogue record: {' | '.join(replaced)}"
+            degraded.append(Degradation("explainer", reason[:400]))
+        yield " ".join(shown)
+
+    async def _sentence(self, request_text: str, product: Product, rank: int) -> str:
+        """The explainer's sentence about one product: the start Tandem wrote, continued to the end of the line."""
+        payload = {"model": self.config.explainer_model, "messages": explainer_messages(request_text, product, rank),
+                   "max_tokens": self.config.explainer_max_tokens, "temperature": 0.0, "stop": ["\n"],
+                   "continue_final_message": True, "add_generation_prompt": False}  # fmt: skip
+        parts: list[str] = []
+        async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
+            parts += [choice.get("delta", {}).get("content") or "" for choice in chunk.get("choices", [])]
+        text = "".join(parts).split("\n", 1)[0].rstrip()
+        if not text.strip():
+            raise EmptySentenceError("the explainer wrote nothing")
+        return sentence_start(rank) + text
 
 
 class _Products:
@@ -498,7 +525,6 @@ class _Products:
         return self._candidates.get(product_id) or self._lookup([product_id]).get(product_id)
 
 
-def _fallback(request_text: str, ranked: Sequence[Product]) -> str:
-    names = [p.title for p in ranked[:3]]
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return f"Closest matches for “{request_text}”: {listed}."
+def _record_explanation(ranked: Sequence[Product]) -> str:
+    """The explanation built from the records alone (no explainer): one plain sentence per product."""
+    return " ".join(expand_references(record_sentence(p, k), ranked) for k, p in enumerate(ranked, 1))

@@ -120,11 +120,24 @@ def ranker_system_message() -> dict[str, Any]:
     return {"role": "system", "content": load_prompt("ranker_system")}
 
 
-def ranker_user_message(profile: str, history: Sequence[Product], request: str, candidates: Sequence[Product]) -> str:
-    """The ranker's user turn: the buyer, recent orders, the request, and the candidates with their ids."""
+def ranker_user_message(
+    profile: str,
+    history: Sequence[Product],
+    request: str,
+    candidates: Sequence[Product],
+    interests: Sequence[str] = (),
+) -> str:
+    """The ranker's user turn: the buyer, recent orders, the request, and the candidates with their ids.
+
+    A buyer with no orders yet may come with ``interests`` (cold start's topics) in their place.
+    """
+    if history:
+        orders = "\n".join(history_line(p) for p in history)
+    else:
+        orders = "- nothing yet" + ("; interests: " + ", ".join(interests) if interests else "")
     return load_prompt("ranker_user").format(
         profile=profile,
-        history="\n".join(history_line(p) for p in history) or "- nothing yet",
+        history=orders,
         request=request,
         candidates="\n".join(candidate_line(h, p) for h, p in zip(handles(len(candidates)), candidates, strict=True)),
     )

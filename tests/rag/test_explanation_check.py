@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rag.explanation_check import ExplanationChecker
 from retrieval.catalogue import Product
 
@@ -63,17 +65,58 @@ def test_rank_references_past_the_list_are_flagged() -> None:
     assert [m.text for m in check.flagged] == ["#3"]
 
 
-def test_reference_expander_names_products_on_a_stream_split_anywhere() -> None:
-    from rag.explainer_prompt import ReferenceExpander, expand_references
+def test_references_get_their_titles_written_in() -> None:
+    from rag.explainer_prompt import expand_references
 
     ranked = CATALOGUE[:2]
     text = "For you, #1 is navy; #2 adds jeans and #12 is not ranked. #"
-    expected = expand_references(text, ranked)
-    assert expected.startswith("For you, Turtle Check Men Navy Blue Shirt is navy; Peter England Men Party Blue Jeans")
-    assert "#12" in expected and expected.endswith("#")
-    for size in (1, 2, 3, 7):
-        expander = ReferenceExpander(ranked)
-        pieces = [expander.feed(text[i : i + size]) for i in range(0, len(text), size)]
-        streamed = "".join(pieces) + expander.flush()
-        assert streamed == expected, size
-        assert not any("#1 " in piece for piece in pieces)  # a reference is never sent half-expanded
+    assert expand_references(text, ranked) == (
+        "For you, #1 (Turtle Check Men Navy Blue Shirt) is navy; #2 (Peter England Men Party Blue Jeans) adds jeans"
+        " and #12 is not ranked. #"
+    )
+
+
+KURTA = Product("7", "Biba Women Navy Blue Kurta", ("Apparel", "Topwear", "Kurtas"),
+                {"base_colour": "Navy Blue", "usage": "Ethnic"}, None)  # fmt: skip
+SHOES = Product("8", "Red Tape Men Brown Casual Shoes", ("Footwear", "Shoes", "Casual Shoes"),
+                {"base_colour": "Brown", "usage": "Casual"}, None)  # fmt: skip
+BLACK = Product("9", "Puma Kids Black Sports Shoes", ("Footwear", "Shoes", "Sports Shoes"),
+                {"base_colour": "Black", "usage": "Sports"}, None)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sentence", "product", "expected"),
+    [
+        # True, and paraphrased: plural or singular, part of a two-word colour, praise that is no attribute.
+        ("#1 is a navy blue kurta for women by Biba, for ethnic wear.", KURTA, []),
+        ("#1 is a lovely blue kurtas set for women, a great choice.", KURTA, []),
+        # A brand that is a colour word is read as the brand, and an article type before a usage word.
+        ("#1 is a pair of brown casual shoes for men by Red, made for casual wear.", SHOES, []),
+        ("#1 is a black sports shoe for boys by Puma, for sports wear.", BLACK, []),
+        # One false claim of each kind.
+        ("#1 is a black kurta for women by Biba.", KURTA, [("colour", "black")]),
+        ("#1 is a navy blue shirt for women by Biba.", KURTA, [("article type", "shirt")]),
+        ("#1 is a navy blue kurta for men by Biba.", KURTA, [("gender", "men")]),
+        ("#1 is a navy blue kurta for women by Biba, for formal wear.", KURTA, [("usage", "formal")]),
+        ("#1 is a navy blue kurta for women by Arrow.", KURTA, [("brand", "Arrow")]),
+        ("#1 is a brown formal shoe by Red, for casual wear.", SHOES, [("article type", "formal shoe")]),
+    ],
+)
+def test_attribute_claims_are_read_against_the_record(
+    sentence: str, product: Product, expected: list[tuple[str, str]]
+) -> None:
+    checker = ExplanationChecker([*CATALOGUE, KURTA, SHOES, BLACK,
+                                  Product("10", "Arrow Men Formal Shoes", ("Footwear", "Shoes", "Formal Shoes"),
+                                          {"base_colour": "Black", "usage": "Formal"}, None)])  # fmt: skip
+    check = checker.check(sentence, [product])
+    assert [(c.kind, c.claimed) for _, c in check.false_claims] == expected
+    assert check.ok is not expected
+
+
+def test_claims_go_to_the_product_the_words_follow() -> None:
+    checker = ExplanationChecker([KURTA, SHOES, BLACK])
+    ranked = [KURTA, SHOES]
+    assert checker.check("#1 is a navy kurta for women and #2 a brown casual shoe for men.", ranked).ok
+    swapped = checker.check("#1 is a brown casual shoe for men and #2 a navy kurta for women.", ranked)
+    assert {rank for rank, _ in swapped.false_claims} == {1, 2}
+    assert "#1: colour 'brown' (record: Navy Blue)" in swapped.reasons()

@@ -17,12 +17,12 @@ from PIL import Image
 
 from llms.errors import StreamInterruptedError, WorkerError
 from rag.errors import InvalidTurnError, SessionNotFoundError
+from rag.explainer_prompt import product_facts
 from rag.explanation_check import ExplanationChecker
 from rag.pipeline import (
     BuyerContext,
     CandidatesEvent,
     DoneEvent,
-    PartFailedEvent,
     Pipeline,
     PipelineConfig,
     RankingEvent,
@@ -51,16 +51,28 @@ def submit(*ids: str) -> Reply:
     return lambda payload: {"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ids})]}
 
 
-class ScriptedLlm:
-    """The dispatcher, scripted: ``complete`` answers the ranker (and cold start), ``stream`` the explainer."""
+Sentence = Callable[[int, str], str]  # (rank, facts line) -> what the explainer writes after "#k is a"
 
-    def __init__(self, ranker: Reply, explanation: str | Callable[[list[str]], str] = "", *,
-                 break_after: int | None = None, cold_start: str = '["navy formal shirts"]') -> None:  # fmt: skip
+
+def truthful(rank: int, facts: str) -> str:
+    """An explainer that copies its facts faithfully."""
+    return " " + facts.replace(", brand ", " by ") + "."
+
+
+class ScriptedLlm:
+    """The dispatcher, scripted: ``complete`` answers the ranker and cold start, ``stream`` the explainer."""
+
+    def __init__(self, ranker: Reply, sentence: Sentence = truthful, *, break_after: int | None = None,
+                 cold_start: str = '{"topics": ["navy formal shirts"]}') -> None:  # fmt: skip
         self.ranker = ranker
-        self.explanation = explanation
+        self.sentence = sentence
         self.break_after = break_after
         self.cold_start = cold_start
         self.calls: list[dict[str, Any]] = []
+        self.up = {"tandem-base", "tandem-ranker"}
+
+    def serves(self, model: str) -> bool:
+        return model in self.up
 
     async def complete(self, payload: Mapping[str, Any], *, deadline_s: float | None = None) -> _Done:
         self.calls.append(dict(payload))
@@ -72,10 +84,10 @@ class ScriptedLlm:
         self, payload: Mapping[str, Any], *, deadline_s: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         self.calls.append(dict(payload))
-        ranked = [line.split("] ", 1)[1].split(" | ")[0] for line in payload["messages"][1]["content"].splitlines()
-                  if line.startswith("#")]  # fmt: skip
-        text = self.explanation(ranked) if callable(self.explanation) else self.explanation
-        for i, word in enumerate(text.split(" ")):
+        assert payload["continue_final_message"] and payload["messages"][-1]["role"] == "assistant"
+        line = payload["messages"][-2]["content"].splitlines()[-1]  # "Product #k: facts"
+        rank, facts = int(line.split("#")[1].split(":")[0]), line.split(": ", 1)[1]
+        for i, word in enumerate(self.sentence(rank, facts).split(" ")):
             if self.break_after is not None and i >= self.break_after:
                 raise StreamInterruptedError("worker w1 went away mid-stream")
             yield {"choices": [{"delta": {"content": word if i == 0 else " " + word}}]}
@@ -131,10 +143,6 @@ def make_pipeline(products: list[Product], llm: ScriptedLlm, **config: Any) -> t
     return pipeline, search
 
 
-def naming(n: int = 1) -> Callable[[list[str]], str]:
-    return lambda titles: "For this request, " + " and ".join(titles[:n]) + " fit well."
-
-
 def run(pipeline: Pipeline, request: TurnRequest) -> tuple[list[Any], TurnResult]:
     async def collect() -> list[Any]:
         return [e async for e in pipeline.run(request)]
@@ -145,7 +153,7 @@ def run(pipeline: Pipeline, request: TurnRequest) -> tuple[list[Any], TurnResult
 
 
 def test_text_turn_streams_candidates_ranking_tokens_done_in_order(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("C", "A", "B"), naming(2))
+    llm = ScriptedLlm(submit("C", "A", "B"))
     pipeline, search = make_pipeline(products, llm)
     events, result = run(pipeline, TurnRequest(text="need blue shirts for men", top_k=5))
     kinds = [type(e).__name__ for e in events]
@@ -165,7 +173,7 @@ def test_text_turn_streams_candidates_ranking_tokens_done_in_order(products: lis
 
 def test_photo_turn_and_photo_plus_text_turn(products: list[Product]) -> None:
     photo = Image.new("RGB", (60, 80), "navy")
-    llm = ScriptedLlm(submit("A"), naming())
+    llm = ScriptedLlm(submit("A"))
     pipeline, search = make_pipeline(products, llm)
     _, only_photo = run(pipeline, TurnRequest(image=photo))
     prompt = next(c for c in llm.calls if c["model"] == "tandem-ranker")["messages"][1]["content"]
@@ -177,7 +185,7 @@ def test_photo_turn_and_photo_plus_text_turn(products: list[Product]) -> None:
 
 
 def test_follow_up_refines_and_does_not_repeat_shown_products(products: list[Product]) -> None:
-    pipeline, search = make_pipeline(products, ScriptedLlm(submit("A", "B"), naming()))
+    pipeline, search = make_pipeline(products, ScriptedLlm(submit("A", "B")))
     _, first = run(pipeline, TurnRequest(text="shirts for men", top_k=4))
     brand = first.items[0].product.title.split()[0]
     _, second = run(pipeline, TurnRequest(text="in blue, not this brand", session_id=first.session_id, top_k=4))
@@ -190,58 +198,90 @@ def test_follow_up_refines_and_does_not_repeat_shown_products(products: list[Pro
 
 
 def test_garbage_ranker_falls_back_to_retrieval_order_and_says_so(products: list[Product]) -> None:
-    garbage = ScriptedLlm(lambda payload: {"role": "assistant", "content": "A>B>C?? {{"}, naming())
+    garbage = ScriptedLlm(lambda payload: {"role": "assistant", "content": "A>B>C?? {{"})
     pipeline, _ = make_pipeline(products, garbage)
     events, result = run(pipeline, TurnRequest(text="shirts", top_k=5))
     assert [i.product.product_id for i in result.items] == [c.product.product_id for c in events[0].candidates[:5]]
     assert [d.part for d in result.degraded] == ["ranker"]
-    unknown_only = ScriptedLlm(submit("ZZ", "99999999"), naming())
+    unknown_only = ScriptedLlm(submit("ZZ", "99999999"))
     _, result = run(make_pipeline(products, unknown_only)[0], TurnRequest(text="shirts"))
     assert [d.part for d in result.degraded] == ["ranker"] and result.ranker["hallucinated"] == 2
 
     def down(payload: Mapping[str, Any]) -> dict[str, Any]:
         raise WorkerError("all 2 attempt(s) failed")
 
-    _, result = run(make_pipeline(products, ScriptedLlm(down, naming()))[0], TurnRequest(text="shirts"))
+    _, result = run(make_pipeline(products, ScriptedLlm(down))[0], TurnRequest(text="shirts"))
     assert result.items and result.degraded[0].part == "ranker" and "WorkerError" in result.degraded[0].reason
 
 
 def test_explainer_naming_a_product_outside_the_ranking_is_caught(products: list[Product]) -> None:
     outsider = products[-1].title  # a kurta, never among the shirts ranked
-    llm = ScriptedLlm(submit("A"), lambda titles: f"Try the {outsider} with {titles[0]}.")
-    _, result = run(make_pipeline(products, llm)[0], TurnRequest(text="shirts", top_k=3))
+    llm = ScriptedLlm(submit("A"), lambda rank, facts: f" shirt; or try the {outsider}." if rank == 2 else
+                      truthful(rank, facts))  # fmt: skip
+    events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="shirts", top_k=3))
     assert [d.part for d in result.degraded] == ["explainer"]
     assert outsider.lower() in result.degraded[0].reason
-    assert outsider not in result.explanation and result.items[0].product.title in result.explanation
+    shown = [e.text for e in events if isinstance(e, TokenEvent)]
+    assert len(shown) == 3 and outsider not in result.explanation  # never shown, not even streamed
+    second = result.items[1].product
+    assert shown[1] == f" #2 ({second.title}): {product_facts(second)}."  # the record's sentence instead
+    assert shown[0].startswith(f"#1 ({result.items[0].product.title}) is a ")  # the model's own, checked
+
+
+def test_a_false_attribute_claim_is_replaced_by_the_record(products: list[Product]) -> None:
+    def wrong_colour(rank: int, facts: str) -> str:
+        return " purple shirt for men, fine for any office." if rank == 1 else truthful(rank, facts)
+
+    llm = ScriptedLlm(submit("A", "B", "C"), wrong_colour)
+    _, result = run(make_pipeline(products, llm)[0], TurnRequest(text="blue shirts", top_k=3))
+    first = result.items[0].product
+    assert first.attributes["base_colour"] != "Purple"
+    assert "purple" not in result.explanation.lower() and f"#1 ({first.title}): {product_facts(first)}." in (
+        result.explanation)  # fmt: skip
+    assert [d.part for d in result.degraded] == ["explainer"]
+    assert "#1: colour 'purple'" in result.degraded[0].reason
+    assert result.explanation.count(" is a ") == 2  # the other two sentences are the model's
 
 
 def test_explainer_broken_mid_stream_keeps_products_and_falls_back(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("B", "A"), naming(2), break_after=3)
+    llm = ScriptedLlm(submit("B", "A"), break_after=3)
     events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="shirts", top_k=3))
-    assert sum(isinstance(e, TokenEvent) for e in events) == 3
-    failed = [e for e in events if isinstance(e, PartFailedEvent)]
-    assert len(failed) == 1 and isinstance(failed[0].error, StreamInterruptedError)
-    assert events.index(failed[0]) == len(events) - 2  # after the tokens, before Done
-    assert isinstance(events[1], RankingEvent) and len(result.items) == 3
+    tokens = [e.text for e in events if isinstance(e, TokenEvent)]
+    assert len(tokens) == 3 and isinstance(events[1], RankingEvent) and len(result.items) == 3
     assert result.degraded[0].part == "explainer" and "StreamInterruptedError" in result.degraded[0].reason
-    assert result.explanation.startswith("Closest matches")
+    # Nothing half-written reaches the buyer: every sentence is the record's.
+    assert result.explanation == " ".join(
+        f"#{k} ({i.product.title}): {product_facts(i.product)}." for k, i in enumerate(result.items, 1))  # fmt: skip
+
+
+def test_a_turn_does_not_wait_on_llms_that_are_not_up(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("C", "B", "A"))
+    llm.up = set()  # the embedded worker is still loading its model
+    pipeline, _ = make_pipeline(products, llm)
+    buyer = BuyerContext(profile="boutique", history=())
+    events, result = run(pipeline, TurnRequest(text="shirts", top_k=3, buyer=buyer))
+    assert llm.calls == []
+    assert [i.product.product_id for i in result.items] == [c.product.product_id for c in events[0].candidates[:3]]
+    assert [d.part for d in result.degraded] == ["cold_start", "ranker", "explainer"]
+    assert all("not ready" in d.reason for d in result.degraded)
+    assert result.explanation.startswith(f"#1 ({result.items[0].product.title}): ")
 
 
 def test_cold_start_retrieves_on_the_base_models_topics(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("A"), naming(), cold_start='Topics: ["kurtas red", "navy shirts"]')
+    llm = ScriptedLlm(submit("A"), cold_start='{"topics": ["kurtas red", "navy shirts", "Navy shirts"]}')
     pipeline, search = make_pipeline(products, llm)
     buyer = BuyerContext(profile="boutique in South Asia", history=())
     _, result = run(pipeline, TurnRequest(text="shirts", buyer=buyer))
     assert [q for q, _ in search.queries] == ["shirts", "kurtas red", "navy shirts"]
     ranker_prompt = next(c for c in llm.calls if c["model"] == "tandem-ranker")["messages"][1]["content"]
     assert "interests: kurtas red, navy shirts" in ranker_prompt and "boutique in South Asia" in ranker_prompt
-    bad = ScriptedLlm(submit("A"), naming(), cold_start="I like shirts")
+    bad = ScriptedLlm(submit("A"), cold_start="I like shirts")
     _, result = run(make_pipeline(products, bad)[0], TurnRequest(text="shirts", buyer=buyer))
     assert [d.part for d in result.degraded] == ["cold_start"] and result.items
 
 
 def test_history_goes_to_the_ranker_and_sampling_knobs_pass_through(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("A"), naming())
+    llm = ScriptedLlm(submit("A"))
     pipeline, search = make_pipeline(products, llm)
     buyer = BuyerContext(profile="department store", history=(products[40].product_id, "not-a-product"))
     sampling = Sampling(temperature=0.9, top_p=0.8, top_k=20, seed=7)
@@ -253,7 +293,7 @@ def test_history_goes_to_the_ranker_and_sampling_knobs_pass_through(products: li
 
 
 def test_explored_categories_join_the_candidates_after_the_precise_hits(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("A"), naming())
+    llm = ScriptedLlm(submit("A"))
     pipeline, search = make_pipeline(products, llm)
     events, _ = run(pipeline, TurnRequest(text="shirts", top_k=5, candidates=8, explore=3))
     candidates = events[0].candidates
@@ -268,7 +308,7 @@ def test_explored_categories_join_the_candidates_after_the_precise_hits(products
 
 
 def test_bad_turns_are_refused_before_any_work(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("A"), naming())
+    llm = ScriptedLlm(submit("A"))
     pipeline, search = make_pipeline(products, llm)
     with pytest.raises(InvalidTurnError):
         run(pipeline, TurnRequest(text="   "))
@@ -283,14 +323,18 @@ def test_events_are_frozen_dataclasses() -> None:
         event.query = "x"  # type: ignore[misc]
 
 
-def test_rank_references_become_names_while_streaming_and_a_bad_rank_is_caught(products: list[Product]) -> None:
-    llm = ScriptedLlm(submit("B", "A"), "For shirts, #1 is blue and #2 is a casual choice.")
+def test_sentences_name_their_products_and_a_bad_rank_is_caught(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("B", "A"))
     events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="shirts", top_k=3))
-    first, second = (i.product.title for i in result.items[:2])
-    assert result.explanation == f"For shirts, {first} is blue and {second} is a casual choice."
+    first, second = (i.product for i in result.items[:2])
+    assert result.explanation.startswith(f"#1 ({first.title}) is a {product_facts(first).split(',')[0]}")
+    assert f" #2 ({second.title}) is a " in result.explanation
     assert "".join(e.text for e in events if isinstance(e, TokenEvent)) == result.explanation
     assert result.degraded == []
-    past = ScriptedLlm(submit("A"), "Take #1 and #7.")
+    sentence_calls = [c for c in llm.calls if c.get("continue_final_message")]
+    assert [c["messages"][-1]["content"] for c in sentence_calls] == ["#1 is a", "#2 is a", "#3 is a"]
+    assert all(c["stop"] == ["\n"] and c["temperature"] == 0.0 for c in sentence_calls)
+    past = ScriptedLlm(submit("A"), lambda rank, facts: " shirt, better than #7.")
     _, result = run(make_pipeline(products, past)[0], TurnRequest(text="shirts", top_k=3))
     assert [d.part for d in result.degraded] == ["explainer"] and "#7" in result.degraded[0].reason
 
@@ -298,7 +342,7 @@ def test_rank_references_become_names_while_streaming_and_a_bad_rank_is_caught(p
 def test_mmr_over_the_ranking_spreads_near_duplicates(products: list[Product]) -> None:
     import numpy as np
 
-    pipeline, _ = make_pipeline(products, ScriptedLlm(submit(*"ABCDEFGHIJ"), naming()))
+    pipeline, _ = make_pipeline(products, ScriptedLlm(submit(*"ABCDEFGHIJ")))
     rng = np.random.default_rng(0)
     ids = [p.product_id for p in products]
     same = rng.normal(size=8)

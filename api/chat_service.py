@@ -17,7 +17,6 @@ from PIL import Image
 
 from api.chat_schemas import ChatItem, ChatRequest, ChatResponse, DegradedPart
 from api.diversity import DiversityCalibration, list_diversity
-from api.errors import error_body, to_api_error
 from api.image_fetch import ImageFetcher, decode_base64_image
 from api.recommender import VectorLookup, card_image_url
 from api.schemas import DiversityInfo
@@ -26,7 +25,6 @@ from rag.pipeline import (
     BuyerContext,
     CandidatesEvent,
     DoneEvent,
-    PartFailedEvent,
     Pipeline,
     RankedProduct,
     RankingEvent,
@@ -169,9 +167,6 @@ class ChatService:
                 yield "ranking", {"items": _dump(self.card(i, base_url) for i in event.items), "degraded": degraded}
             elif isinstance(event, TokenEvent):
                 yield "token", {"text": event.text}
-            elif isinstance(event, PartFailedEvent):
-                error = to_api_error(event.error)
-                yield "error", {**error_body(error, request_id), "part": event.part, "fatal": False}
             elif isinstance(event, DoneEvent):
                 done = await self.response(event.result, request_id, base_url, settings)
                 yield "done", done.model_dump(mode="json")

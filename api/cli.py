@@ -296,14 +296,14 @@ def serve(
         int | None, typer.Option("--port", min=0, max=65535, help="Port (default TANDEM_API__PORT).")
     ] = None,
     prepare_first: Annotated[
-        bool, typer.Option("--prepare", help="First train the image tower and index the catalogue if missing.")
+        bool, typer.Option("--prepare", help="First index the catalogue if needed (and train a tower if none).")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="With --prepare: index the first N.")] = None,
     embedded_llm: Annotated[
         bool,
         typer.Option(
             "--embedded-llm/--no-embedded-llm",
-            help="With no TANDEM_LLM__WORKERS: train what is missing and serve both models from Tandem's own worker.",
+            help="With no TANDEM_LLM__WORKERS: serve both models from Tandem's own worker, started beside the API.",
         ),
     ] = True,
 ) -> None:
@@ -314,12 +314,14 @@ def serve(
     from api.server import serve as run_server
 
     settings = get_settings()
-    if prepare_first:
-        prepare(settings, limit)
     with ExitStack() as stack:
         if embedded_llm and not settings.llm.workers:
+            # Started first: the worker converts and loads its model while the index is prepared, and the API
+            # serves recommendations without waiting for it.
             worker = stack.enter_context(embedded_llm_worker(settings))
             settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"workers": [worker]})})
+        if prepare_first:
+            prepare(settings, limit)
         run_server(settings, host or settings.api.host, settings.api.port if port is None else port)
 
 

@@ -6,10 +6,13 @@ place that decides which implementation a setting selects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from api.settings import Settings
+from api.settings import ARTIFACTS_DIR, Settings
 from finetune.image_tower import ensure_untrained_tower
+from llms.base_model import ensure_base_model
+from llms.errors import BaseModelError
 from retrieval.categories import CategoryIndex
 from retrieval.client_store import ClientStore
 from retrieval.edge_store import EdgeStore
@@ -24,27 +27,48 @@ from retrieval.hierarchical import HierarchicalRetriever
 from retrieval.search import Retriever
 from retrieval.store import VectorStore
 
+Progress = Callable[[str, int, int], None]
+
 __all__ = [
     "build_image_encoder",
     "build_retriever",
     "build_store",
     "build_text_encoder",
     "image_tower_dir",
+    "llm_model_dirs",
     "tower_is_trained",
+    "trained_tower_dir",
 ]
+
+
+def trained_tower_dir(settings: Settings) -> Path | None:
+    """The domain tower: trained under ``TANDEM_HOME`` by ``tandem train clip``, else the one shipped in the repo."""
+    for folder in (settings.tower_dir, ARTIFACTS_DIR / "image-tower"):
+        if (folder / "open_clip_config.json").is_file():
+            return folder
+    return None
 
 
 def image_tower_dir(settings: Settings) -> Path:
     """The checkpoint folder of the image encoder: configured, else the trained domain tower, else untrained."""
     if settings.encoders.image_checkpoint is not None:
         return settings.encoders.image_checkpoint
-    if (settings.tower_dir / "open_clip_config.json").is_file():
-        return settings.tower_dir
-    return ensure_untrained_tower(settings.models_dir)
+    return trained_tower_dir(settings) or ensure_untrained_tower(settings.models_dir)
 
 
 def tower_is_trained(settings: Settings) -> bool:
-    return (settings.tower_dir / "open_clip_config.json").is_file()
+    return trained_tower_dir(settings) is not None
+
+
+def llm_model_dirs(settings: Settings, *, progress: Progress | None = None) -> tuple[Path, Path]:
+    """The base model folder (converted or downloaded once) and the ranker adapter the embedded worker serves."""
+    base = ensure_base_model(settings.llm.base, settings.models_dir, progress=progress)
+    adapter = settings.ranker_adapter_dir()
+    if not (adapter / "adapter_config.json").is_file():
+        raise BaseModelError(
+            f"no ranker adapter in {adapter}: run `tandem train ranker` (or set TANDEM_LLM__RANKER_ADAPTER)"
+        )
+    return base, adapter
 
 
 def build_text_encoder(settings: Settings) -> SentenceTransformerTextEncoder:

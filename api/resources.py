@@ -86,6 +86,14 @@ class Resources:
     def ready(self) -> bool:
         return self.service is not None and self.not_ready is None
 
+    def parts(self) -> dict[str, bool]:
+        """Which parts serve now: retrieval (gates readiness) and the LLMs (both roles' models on a healthy worker)."""
+        llm = self.settings.llm
+        return {
+            "retrieval": self.ready,
+            "llm": all(self.dispatcher.serves(m) for m in (llm.ranker_model, llm.explainer_model)),
+        }
+
     @classmethod
     async def open(
         cls,

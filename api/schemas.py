@@ -180,5 +180,14 @@ class HealthResponse(BaseModel):
 
 
 class ReadinessResponse(BaseModel):
+    """Ready once retrieval is (the REST API needs no LLM); ``parts`` says which parts serve now."""
+
     ready: bool
+    parts: dict[str, bool] = Field(
+        default_factory=dict,
+        description='Each part: "retrieval" (encoders + index; gates readiness) and "llm" (a healthy worker serves'
+        " both the ranker and the explainer; until then a chat turn answers with retrieval order and a plain"
+        " sentence).",
+        examples=[{"retrieval": True, "llm": False}],
+    )
     detail: dict[str, Any] = Field(default_factory=dict)

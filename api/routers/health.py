@@ -21,11 +21,12 @@ async def healthz() -> HealthResponse:
 @router.get(
     "/readyz",
     response_model=ReadinessResponse,
-    summary="The index and models are loaded",
+    summary="Retrieval is ready (the LLM part is reported beside it)",
     responses={503: {"model": ReadinessResponse, "description": "Not ready (reason in detail.reason)"}},
 )
 async def readyz(resources: ResourcesDep) -> JSONResponse:
+    parts = resources.parts()
     if resources.ready:
-        return JSONResponse(ReadinessResponse(ready=True, detail=resources.info).model_dump())
-    body = ReadinessResponse(ready=False, detail={"reason": resources.not_ready or "starting"})
+        return JSONResponse(ReadinessResponse(ready=True, parts=parts, detail=resources.info).model_dump())
+    body = ReadinessResponse(ready=False, parts=parts, detail={"reason": resources.not_ready or "starting"})
     return JSONResponse(body.model_dump(), status_code=503)

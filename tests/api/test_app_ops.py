@@ -17,6 +17,7 @@ def test_healthz_and_readyz(client: Any, small_catalogue_dir: Any) -> None:
     detail = r.json()["detail"]
     rows = len((small_catalogue_dir / "products.csv").read_text().splitlines()) - 1
     assert r.json()["ready"] is True and detail["products"] == rows
+    assert r.json()["parts"] == {"retrieval": True, "llm": False}  # no LLM worker configured: REST needs none
     assert detail["image_encoder"].startswith("open_clip:")
 
 
@@ -31,6 +32,7 @@ def test_not_ready_without_an_index(settings_factory: Any, tmp_path: Any, shared
     with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["ready"] is False
+        assert r.json()["parts"]["retrieval"] is False
         assert "tandem index" in r.json()["detail"]["reason"]
         r = c.post(URL, json={"text": "bag"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"

@@ -81,6 +81,28 @@ def test_streamed_turn_sends_candidates_ranking_tokens_done(chat_live: LiveServe
     assert tokens.strip() == done["explanation"] or any(d["part"] == "explainer" for d in done["degraded"])
 
 
+def test_readiness_reports_each_part(chat_live: LiveServer, settings_factory: Callable[..., Any],
+                                    shared_encoders: None) -> None:  # fmt: skip
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    ready = httpx.get(f"{chat_live.url}/readyz", timeout=30).json()
+    assert ready["ready"] is True and ready["parts"] == {"retrieval": True, "llm": True}
+    # An LLM worker that is not up yet: the REST API is ready, the chat answers without the LLMs and says so.
+    settings = settings_factory(llm={"workers": [{"url": "http://127.0.0.1:9/v1", "name": "starting"}]})
+    with TestClient(create_app(settings), headers=HEADERS) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 200 and r.json()["parts"] == {"retrieval": True, "llm": False}
+        assert client.post("/v1/recommendations", json={"text": "red kurta", "top_k": 3}).status_code == 200
+        turn = client.post("/v1/chat", json={"message": {"text": "red kurtas"}, "top_k": 3})
+        assert turn.status_code == 200
+        body = turn.json()
+        assert len(body["items"]) == 3 and body["explanation"].startswith("#1 (")
+        assert [d["part"] for d in body["degraded"]] == ["ranker", "explainer"]
+        assert all("not ready" in d["reason"] for d in body["degraded"])
+
+
 def test_bad_chat_requests_are_4xx_with_a_reason(chat_live: LiveServer) -> None:
     with httpx.Client(base_url=chat_live.url, headers=HEADERS, timeout=30) as client:
         cases = [
@@ -99,7 +121,7 @@ def test_bad_chat_requests_are_4xx_with_a_reason(chat_live: LiveServer) -> None:
         assert stream.status_code == 404  # before the stream starts: a real status
 
 
-def test_worker_reset_mid_stream_ends_with_a_clean_error_event_then_done(
+def test_worker_reset_mid_sentence_shows_the_records_sentences_and_says_so(
     settings_factory: Callable[..., Any], shared_encoders: None
 ) -> None:
     from api.app import create_app
@@ -121,12 +143,14 @@ def test_worker_reset_mid_stream_ends_with_a_clean_error_event_then_done(
     assert r.status_code == 200
     events = sse_events(r.text)
     names = [name for name, _ in events]
-    assert names == ["candidates", "ranking", "token", "error", "done"]
-    error = events[3][1]
-    assert error["part"] == "explainer" and error["fatal"] is False and error["error"]["code"] == "llm_error"
+    # Each sentence is shown only once whole and checked: a sentence cut off mid-stream never reaches the buyer.
+    assert names == ["candidates", "ranking", "token", "token", "token", "done"]
     done = events[-1][1]
-    assert done["items"] and done["explanation"].startswith("Closest matches")
+    assert "first" not in done["explanation"] and done["explanation"].startswith("#1 (")
+    assert "".join(data["text"] for name, data in events if name == "token") == done["explanation"]
     assert {d["part"] for d in done["degraded"]} == {"ranker", "explainer"}  # id "1" is no candidate
+    explainer = next(d for d in done["degraded"] if d["part"] == "explainer")
+    assert "3 sentence(s) from the catalogue record" in explainer["reason"]
     assert behaviours["ranker"].payloads[0]["tools"][-1]["function"]["name"] == "submit_ranking"
 
 

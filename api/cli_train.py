@@ -15,6 +15,14 @@ from api.settings import Settings, get_settings
 train_app = typer.Typer(help="Train Tandem's own models (cached under TANDEM_HOME).", no_args_is_help=True)
 
 
+def _command(default: str) -> str:
+    """The command line that is running, as ``tandem ...`` (what rebuilds an artifact), or ``default``."""
+    import shlex
+    import sys
+
+    return "tandem " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else default
+
+
 def run_train_clip(
     settings: Settings,
     *,
@@ -25,6 +33,7 @@ def run_train_clip(
     report_dir: Path | None = None,
     base: str | None = None,
     pretrained: str | None = None,
+    out_dir: Path | None = None,
 ) -> None:
     from api.components import build_text_encoder
     from eval.bench_retrieval import machine_info
@@ -32,7 +41,7 @@ def run_train_clip(
     from finetune.train_tower import ClipTrainConfig, train_image_tower, write_tower_report
     from retrieval.catalogue import load_catalogue
 
-    target = settings.tower_dir
+    target = out_dir or settings.tower_dir
     if (target / "open_clip_config.json").is_file() and not force:
         out.print(f"image tower already trained in {target} (use --force to train again)")
         return
@@ -52,8 +61,9 @@ def run_train_clip(
     out.print(f"training the image tower on {len(cat)} products from {cat.root} ({config.epochs} epoch(s))")
     with staged_progress() as progress:
         report = train_image_tower(
-            cat, build_text_encoder(settings), config, target, cache_dir=settings.cache_dir, progress=progress
-        )
+            cat, build_text_encoder(settings), config, target, cache_dir=settings.cache_dir, progress=progress,
+            command=_command("tandem train clip"),
+        )  # fmt: skip
     h = report.holdout
     out.print(
         f"trained in {report.total_seconds:.0f}s ({report.train_seconds:.0f}s of training) -> {target}\n"
@@ -83,6 +93,13 @@ def train_clip(
     pretrained: Annotated[
         str | None, typer.Option("--pretrained", help="open_clip pretrained tag for --base (needs internet).")
     ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output folder (default TANDEM_HOME/models/image-tower; artifacts/image-tower is the shipped one).",
+        ),
+    ] = None,
 ) -> None:
     """Train the domain image tower (LiT-style against the frozen text encoder, plus a category objective)."""
     run_train_clip(
@@ -94,55 +111,8 @@ def train_clip(
         report_dir=report_dir,
         base=base,
         pretrained=pretrained,
+        out_dir=out_dir,
     )
-
-
-def run_train_base(
-    settings: Settings,
-    *,
-    tiny: bool = False,
-    minutes: float | None = None,
-    limit: int | None = None,
-    force: bool = False,
-    out_dir: Path | None = None,
-) -> Path:
-    """Train the small base chat model unless it is there already; returns its folder."""
-    from finetune.train_base import REPORT_FILE, BaseModelConfig, train_base
-    from retrieval.catalogue import load_catalogue
-
-    target = out_dir or settings.base_model_dir
-    if (target / REPORT_FILE).is_file() and not force:
-        out.print(f"base model already trained in {target} (use --force to train again)")
-        return target
-    config = BaseModelConfig.tiny() if tiny else BaseModelConfig()
-    if minutes is not None:
-        config = replace(config, max_minutes=minutes, max_steps=None)
-    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, limit=limit, check_images=False)
-    out.print(f"training the base model {config.name} on {len(cat)} products (budget {config.max_minutes:g} min)")
-    with staged_progress() as progress:
-        report = train_base(cat, target, config, progress=progress)
-    out.print(
-        f"trained {report.parameters / 1e6:.2f}M parameters in {report.seconds_train:.0f}s "
-        f"({report.steps} steps, {report.train_tokens / 1e6:.2f}M tokens; corpus {report.seconds_corpus:.0f}s); "
-        f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, held-out {report.eval_loss} -> {target}"
-    )
-    return target
-
-
-@train_app.command("base")
-def train_base_cmd(
-    tiny: Annotated[bool, typer.Option("--tiny", help="Test-sized model, trains in seconds.")] = False,
-    minutes: Annotated[
-        float | None, typer.Option("--minutes", min=0.1, help="Training time budget (default 12).")
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=10, help="Use the first N products only.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Train again even if the model exists.")] = False,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default TANDEM_HOME/models/tandem-base).")
-    ] = None,
-) -> None:
-    """Train Tandem's small base chat model from scratch (tokenizer + Qwen2-style LM, offline)."""
-    run_train_base(get_settings(), tiny=tiny, minutes=minutes, limit=limit, force=force, out_dir=out_dir)
 
 
 def run_train_ranker(
@@ -156,39 +126,60 @@ def run_train_ranker(
     force: bool = False,
     out_dir: Path | None = None,
 ) -> Path:
-    """Fine-tune the LoRA ranker on SYNTHETIC train buyers; trains the base model first when it is missing."""
+    """LoRA-finetune the ranker on SYNTHETIC train buyers over the base model (TANDEM_LLM__BASE unless ``base``).
+
+    Checkpoints go beside the output folder (``<out>.checkpoints``), so the same command run
+    again after an interruption resumes where it stopped.
+    """
     from api.components import build_retriever, build_store
     from finetune.buyers import BuyerConfig, CatalogueCodes
     from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
     from finetune.train_ranker import CONFIG_FILE, RankerTrainConfig, train_ranker
+    from llms.base_model import ensure_base_model, resolve_source
     from retrieval.catalogue import load_catalogue
 
     target = out_dir or settings.ranker_dir
+    checkpoints = target.with_name(target.name + ".checkpoints")
     if (target / CONFIG_FILE).is_file() and not force:
-        out.print(f"ranker already trained in {target} (use --force to train again)")
-        return target
-    if base is None:
-        base = str(run_train_base(settings, tiny=tiny))
+        done = json.loads((target / CONFIG_FILE).read_text(encoding="utf-8"))
+        if done.get("steps", 0) >= done.get("planned_steps", 0) or not checkpoints.is_dir():
+            out.print(f"ranker already trained in {target} (use --force to train again)")
+            return target
+        out.print(f"ranker in {target} stopped at step {done['steps']} of {done['planned_steps']}: resuming")
+    spec = base or settings.llm.base
+    source = resolve_source(spec)
+    with staged_progress() as progress:
+        base_dir = ensure_base_model(spec, settings.models_dir, progress=progress)
     config = RankerTrainConfig.tiny() if tiny else RankerTrainConfig()
     if minutes is not None:
-        config = replace(config, max_minutes=minutes, max_steps=None)
-    config = replace(config, base=base)
+        config = replace(config, max_minutes=minutes)
+    config = replace(config, base=str(base_dir))
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     by_split = ensure_buyers(cat, settings.buyers_dir, BuyerConfig(n_buyers=buyers))
     chosen = by_split["train"][:train_buyers] if train_buyers else by_split["train"]
-    out.print(f"{len(chosen)} SYNTHETIC train buyers ({settings.buyers_dir}); base model {base}")
+    out.print(f"{len(chosen)} SYNTHETIC train buyers ({settings.buyers_dir}); base model {spec} ({base_dir})")
     store = build_store(settings)
-    try:
+    try:  # the index is needed for the candidates only: closed before the hours of training, for others to open
         retriever = build_retriever(settings, store)
         with staged_progress() as progress:
             cases = build_cases(chosen, retrieval_search(retriever, cat), cat, None, progress=progress)
-            report = train_ranker(cases, cat, CatalogueCodes(cat.products), base, target, config, progress=progress)
     finally:
         store.close()
+    with staged_progress() as progress:
+        report = train_ranker(
+            cases, cat, CatalogueCodes(cat.products), str(base_dir), target, config, progress=progress,
+            checkpoint_dir=checkpoints,
+            served_base=source.package.upstream if source.package else spec,
+            command=_command("tandem train ranker"),
+        )  # fmt: skip
+    resumed = f", resumed at step {report.resumed_from_step}" if report.resumed_from_step else ""
+    if not report.complete:
+        resumed += f"; stopped at step {report.steps} of {report.planned_steps}, run again to resume"
     out.print(
         f"trained the LoRA ranker ({report.trainable_parameters / 1e6:.2f}M trainable parameters) on "
-        f"{report.examples} conversations in {report.seconds_train:.0f}s ({report.steps} steps); "
-        f"loss {report.first_loss} -> {report.final_loss} -> {target}\nserving: {target / 'SERVE.md'}"
+        f"{report.examples} conversations in {report.seconds_train:.0f}s ({report.steps} steps{resumed}, "
+        f"{report.device}, {report.precision}); loss {report.first_loss} -> {report.final_loss} -> {target}\n"
+        f"serving: {target / 'SERVE.md'}"
     )
     return target
 
@@ -196,14 +187,17 @@ def run_train_ranker(
 @train_app.command("ranker")
 def train_ranker_cmd(
     base: Annotated[
-        str | None, typer.Option("--base", help="Base model folder or hub id (default: tandem train base's model).")
+        str | None,
+        typer.Option("--base", help="Base: package, .gguf, folder or hub id (default TANDEM_LLM__BASE)."),
     ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Test-sized run (seconds).")] = False,
     buyers: Annotated[int, typer.Option("--buyers", min=10, help="SYNTHETIC buyers to generate if none exist.")] = 6000,
     train_buyers: Annotated[
         int | None, typer.Option("--train-buyers", min=1, help="Use only the first N train buyers.")
     ] = None,
-    minutes: Annotated[float | None, typer.Option("--minutes", min=0.1, help="Training time budget.")] = None,
+    minutes: Annotated[
+        float | None, typer.Option("--minutes", min=0.1, help="Stop after this long (default: the whole schedule).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Train again even if the adapter exists.")] = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Adapter folder (default TANDEM_HOME/models/tandem-ranker).")

@@ -195,8 +195,12 @@ def train_image_tower(
     *,
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    command: str = "",
 ) -> TowerReport:
-    """Train the tower on ``catalogue`` and save it as an open_clip checkpoint in ``out_dir``."""
+    """Train the tower on ``catalogue`` and save it as an open_clip checkpoint in ``out_dir``.
+
+    Its config, the report and ``command`` (what rebuilds it) are saved beside the weights.
+    """
     started = time.perf_counter()
     report_progress = progress or (lambda stage, done, total: None)
     if config.tower.embed_dim != text_encoder.dim:
@@ -312,6 +316,8 @@ def train_image_tower(
             "trained": True,
             "text_encoder": text_encoder.model_id,
             "train_config": config.model_dump(),
+            "command": command,
+            "catalogue": str(catalogue.root),
             "report": report.as_dict(),
         },
     )

@@ -17,10 +17,14 @@ __all__ = ["TimeBudget"]
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training once ``budget_s`` seconds have passed; ``losses`` holds (step, loss) as logged."""
+    """Stops training once ``budget_s`` seconds have passed (None: never); ``losses`` holds (step, loss) as logged."""
 
     def __init__(
-        self, budget_s: float, total_steps: int, progress: Callable[[str, int, int], None], stage: str = "training"
+        self,
+        budget_s: float | None,
+        total_steps: int,
+        progress: Callable[[str, int, int], None],
+        stage: str = "training",
     ) -> None:
         self.budget_s = budget_s
         self.total_steps = total_steps
@@ -38,8 +42,9 @@ class TimeBudget(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
         self.progress(self.stage, int(state.global_step), self.total_steps)
-        if time.perf_counter() - self.start > self.budget_s:
+        if self.budget_s is not None and time.perf_counter() - self.start > self.budget_s:
             control.should_training_stop = True
+            control.should_save = True  # a checkpoint where it stopped: the same command resumes from here
         return control
 
     @property

@@ -1,4 +1,8 @@
-"""`tandem train base --tiny`, `tandem train ranker --tiny` and `tandem eval ranker` end to end on a small index."""
+"""`tandem train ranker --tiny`, `tandem eval ranker|ranker-probe|explainer|cold-start` end to end on a small index.
+
+The base model is a tiny random one built here (``TANDEM_LLM__BASE`` names its folder), so the
+commands run in seconds; the real packaged model has its own tests (``tests/llms/test_packaged_model.py``).
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,32 @@ from tests.api.test_cli import run_cli
 def small_env(tandem_env: Path, small_catalogue_dir: Path, monkeypatch: pytest.MonkeyPatch,
               capsys: pytest.CaptureFixture[str]) -> Path:  # fmt: skip
     from api.settings import get_settings
+    from finetune.tiny_lm import build_tiny_chat_model
 
+    base = build_tiny_chat_model(tandem_env.parent / "tiny-base", hidden_size=32, num_layers=2, vocab_size=600)
     monkeypatch.setenv("TANDEM_CATALOGUE__PATH", str(small_catalogue_dir))
+    monkeypatch.setenv("TANDEM_LLM__BASE", str(base))
     get_settings.cache_clear()
     code, _, err = run_cli(["index"], capsys)
     assert code == 0, err
     return tandem_env
 
 
-def test_eval_ranker_without_models_is_one_line(small_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("ranker", "ranker-probe"):
+def test_eval_without_models_is_one_line(
+    small_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from api.settings import get_settings
+
+    monkeypatch.setenv("TANDEM_LLM__RANKER_ADAPTER", str(small_env / "no-adapter"))
+    get_settings.cache_clear()
+    for command in ("ranker", "ranker-probe", "explainer"):
         code, _, err = run_cli(["eval", command], capsys)
         assert code == 1
-        assert "tandem train base" in err and len(err.strip().splitlines()) == 1
+        assert "tandem train ranker" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("TANDEM_LLM__BASE", str(small_env / "no-such-model.gguf"))
+    get_settings.cache_clear()
+    code, _, err = run_cli(["eval", "cold-start"], capsys)
+    assert code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,11 +64,22 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
         for method in ("random", "retrieval", "base_zero_shot", "lora"):
             assert 0.0 <= results[protocol][method]["ndcg@10"] <= 1.0
     assert set(results["rates"]) == {"invalid_tool_call", "hallucinated_id", "duplicate_id"}
-    explainer = results["explainer"]
-    assert explainer["explanations"] == results["full_list"]["cases"]
-    assert 0.0 <= explainer["flagged_rate"] <= 1.0 and len(explainer["examples"]) <= 3
     md = (tmp_path / "reports" / "ranker_eval.md").read_text()
-    assert "SYNTHETIC" in md and "LoRA ranker" in md and "## Explainer" in md
+    assert "SYNTHETIC" in md and "LoRA ranker" in md and "retrieval + 5 %" in md
+
+    # Whole chat turns: a random tiny explainer's sentences are checked; whatever is shown is true.
+    code, out, err = run_cli(["eval", "explainer", "--turns", "3", "--report-dir", str(tmp_path / "reports")], capsys)
+    assert code == 0, err
+    explainer = json.loads((tmp_path / "reports" / "explainer_eval.json").read_text())
+    assert explainer["turns"] == 3 and explainer["explanations"]["false_claim_shown"] == 0.0
+    assert 0 < explainer["sentences"]["shown"] <= 9 and len(explainer["examples"]) == 3
+    assert "SYNTHETIC" in (tmp_path / "reports" / "explainer_eval.md").read_text()
+    # Cold start: guided decoding makes even a random model's answer a valid list of topics.
+    code, out, err = run_cli(["eval", "cold-start", "--buyers", "3", "--report-dir", str(tmp_path / "reports")],
+                             capsys)  # fmt: skip
+    assert code == 0, err
+    cold = json.loads((tmp_path / "reports" / "cold_start.json").read_text())
+    assert cold["buyers"] == 3 and cold["valid_rate"] == 1.0 and 0.0 <= cold["plausible_topic_rate"] <= 1.0
 
     # The first-id probe on the same small models: both models, both protocols, NDCG@10 of each reading.
     code, out, err = run_cli(["eval", "ranker-probe", "--buyers", "4", "--json", str(tmp_path / "probe.json")], capsys)

@@ -138,6 +138,26 @@ def test_teacher_answer_is_a_permutation_by_request_match_then_preference(catalo
     json.dumps(example)  # serialisable for a datasets.Dataset
 
 
+def test_shuffled_answers_follow_the_teacher_and_carry_no_position_prior(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
+    # Ties between candidates are common (same request match and preference). Broken by the shown
+    # position, a shuffled list taught "A first"; broken by retrieval order, the first id is uniform.
+    codes = CatalogueCodes(catalogue.products)
+    pool = [p.product_id for p in catalogue.products[:200]]
+    rng, firsts = random.Random(0), Counter()
+    for b in buyers[:200]:
+        hits = [b.target, *[p for p in random.Random(b.buyer_id).sample(pool, 30) if p != b.target]]
+        case = make_case(b, hits, catalogue, protocol="full_list")
+        assert case is not None
+        example = sft_conversation(case, catalogue, codes, rng=rng, lookup_share=0.0, shuffle=True)
+        user = example["messages"][1]["content"]
+        shown = dict(line.split(": ", 1) for line in user.split("Candidates:\n")[1].splitlines())
+        final = example["messages"][-1]["tool_calls"][0]["function"]["arguments"]["ids"]
+        wanted = [catalogue.get(pid) for pid in teacher_ranking(case, codes, catalogue)[:10]]
+        assert [shown[h] for h in final] == [candidate_line("A", p).split(": ", 1)[1] for p in wanted]  # type: ignore[arg-type]
+        firsts[final[0]] += 1
+    assert firsts["A"] / 200 < 0.15  # uniform would be 0.05; position tie-breaks gave ~0.4
+
+
 def test_prompt_lists_profile_history_request_and_candidates(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
     b = buyers[2]
     products = catalogue.products[:5]

@@ -68,3 +68,23 @@ def test_tiny_sft_saves_a_servable_adapter(
     assert (out / "Modelfile").read_text() == f"FROM {base}\nADAPTER .\n"
     engine = TransformersEngine.load(base, {"tandem-ranker": out}, device="cpu")
     assert list(engine.adapters) == ["tandem-ranker"]
+
+
+def test_a_budget_stop_keeps_a_checkpoint_and_the_same_run_resumes_there(
+    cases: list[RankingCase], catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from dataclasses import replace
+
+    root = tmp_path_factory.mktemp("resume")
+    base = build_tiny_chat_model(root / "tiny-base", hidden_size=32, num_layers=2, vocab_size=600)
+    out, checkpoints = root / "tandem-ranker", root / "tandem-ranker.checkpoints"
+    codes = CatalogueCodes(catalogue.products)
+    config = replace(RankerTrainConfig.tiny(), max_steps=5, save_steps=100)
+    stopped = train_ranker(cases, catalogue, codes, str(base), out, replace(config, max_minutes=1e-9),
+                           checkpoint_dir=checkpoints)  # fmt: skip
+    assert (stopped.steps, stopped.planned_steps, stopped.complete) == (1, 5, False)
+    assert (checkpoints / "checkpoint-1").is_dir()  # saved where the budget stopped it, not at save_steps
+    assert json.loads((out / CONFIG_FILE).read_text())["steps"] == 1  # an adapter to serve meanwhile
+    finished = train_ranker(cases, catalogue, codes, str(base), out, config, checkpoint_dir=checkpoints)
+    assert (finished.resumed_from_step, finished.steps, finished.complete) == (1, 5, True)
+    assert not checkpoints.exists()

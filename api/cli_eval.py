@@ -28,10 +28,13 @@ def holdout_products(settings: Settings, n: int, seed: int = 0) -> list[Product]
     from retrieval.catalogue import load_catalogue
 
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
-    recorded = settings.tower_dir / "holdout_ids.json"
+    from api.components import trained_tower_dir
+
+    tower = trained_tower_dir(settings)
+    recorded = tower / "holdout_ids.json" if tower is not None else None
     held = (
         set(json.loads(recorded.read_text()))
-        if recorded.is_file()
+        if recorded is not None and recorded.is_file()
         else holdout_ids([p.product_id for p in cat.products], 0.05)
     )
     pool = [p for p in cat.products if p.product_id in held]
@@ -111,12 +114,7 @@ def _test_cases(
     from finetune.ranker_cases import build_cases, ensure_buyers, retrieval_search
     from retrieval.catalogue import load_catalogue
 
-    settings = get_settings()
-    base_dir = Path(base) if base else settings.base_model_dir
-    adapter_dir = adapter or settings.ranker_dir
-    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
+    settings, base_dir, adapter_dir = _served_models(base, adapter)
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     test = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
     store = build_store(settings)
@@ -139,19 +137,13 @@ def eval_ranker(
         Path | None, typer.Option("--report-dir", help="Also write ranker_eval.md/json here (e.g. eval/reports).")
     ] = None,
     buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to evaluate on.")] = 300,
-    explanations: Annotated[
-        int, typer.Option("--explanations", min=0, help="Explanations the base model writes and the check reads.")
-    ] = 100,
-    base: Annotated[str | None, typer.Option("--base", help="Base model (default: tandem train base's).")] = None,
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: tandem train ranker's).")] = (
-        None
-    ),
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default TANDEM_LLM__BASE).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: the one served).")] = None,
 ) -> None:
     """Ranker vs random order, retrieval order and the zero-shot base: 1-of-20 and full-list NDCG@10 / Recall@10."""
     import time
 
     from api.console import staged_progress
-    from eval.explainer_eval import evaluate_explainer
     from eval.ranker_eval import evaluate_cases, llm_ranker
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
@@ -166,9 +158,6 @@ def eval_ranker(
     }
     with staged_progress() as progress:
         results = evaluate_cases(cases, rankers, progress=progress)
-        progress("explanations by the base model", 0, 1)
-        results["explainer"] = evaluate_explainer(service, service.base_name, cat, cases["full_list"][:explanations])
-        progress("explanations by the base model", 1, 1)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["synthetic_buyers"] = True
     table = Table(title=f"ranker on SYNTHETIC test buyers ({len(test)})")
@@ -185,9 +174,6 @@ def eval_ranker(
     out.print(table)
     out.print(f"rates (lora): {results['rates']}; cases: 1-of-20 {results['one_of_20']['cases']}, "
               f"full list {results['full_list']['cases']}")  # fmt: skip
-    ex = results["explainer"]
-    out.print(f"explainer: {ex['explanations']} explanations, {ex['flagged_rate']:.1%} flagged (a product outside"
-              f" the ranking named), {ex['names_ranked_rate']:.1%} name a ranked product")  # fmt: skip
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=2))
@@ -195,14 +181,20 @@ def eval_ranker(
         from eval.ranker_eval import write_report
 
         training = {}
-        for name, path in (
-            ("base model", base_dir / "tandem_base.json"),
-            ("LoRA ranker", adapter_dir / "tandem_ranker.json"),
-        ):
-            if path.is_file():
-                t = json.loads(path.read_text())
-                training[name] = (f"{t.get('seconds_train')} s of training, {t.get('steps')} steps, "
-                                  f"loss {t.get('first_loss')} -> {t.get('final_loss')}")  # fmt: skip
+        base_record = base_dir / "tandem_base.json"
+        if base_record.is_file():
+            b = json.loads(base_record.read_text())
+            source = b.get("source", {})
+            training["base model"] = (f"{b.get('upstream') or b.get('name')} ({b.get('license')}), "
+                                      f"{b.get('parameters', 0) / 1e6:.1f}M parameters, from "
+                                      f"{source.get('file_name')} sha256 {source.get('sha256', '')[:12]}…")  # fmt: skip
+        ranker_record = adapter_dir / "tandem_ranker.json"
+        if ranker_record.is_file():
+            t = json.loads(ranker_record.read_text())
+            loss = f"loss {t.get('first_loss')} -> {t.get('final_loss')}"
+            training["LoRA ranker"] = (f"{t.get('examples')} conversations, {t.get('steps')} steps, "
+                                       f"{t.get('seconds_train')} s on {t.get('device')} ({t.get('precision')}), "
+                                       f"{loss}; {t.get('command')!r}")  # fmt: skip
         out.print(f"report: {write_report(results, report_dir, training)}")
 
 
@@ -210,10 +202,8 @@ def eval_ranker(
 def eval_ranker_probe(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
     buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to probe on.")] = 300,
-    base: Annotated[str | None, typer.Option("--base", help="Base model (default: tandem train base's).")] = None,
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: tandem train ranker's).")] = (
-        None
-    ),
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default TANDEM_LLM__BASE).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: the one served).")] = None,
 ) -> None:
     """Does the ranker read its candidates? NDCG@10 of its first-id probabilities, with the position bias removed."""
     from api.console import staged_progress
@@ -249,3 +239,110 @@ def eval_ranker_probe(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({**results, "synthetic_buyers": True}, indent=2))
+
+
+def _served_models(base: str | None, adapter: Path | None) -> tuple[Settings, Path, Path]:
+    """Settings with the overrides, and the base folder and adapter they serve (converted once if needed)."""
+    from api.components import llm_model_dirs
+    from api.console import staged_progress
+
+    settings = get_settings()
+    overrides: dict[str, object] = {"base": base} if base else {}
+    if adapter is not None:
+        overrides["ranker_adapter"] = adapter
+    if overrides:
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update=overrides)})
+    with staged_progress() as progress:
+        base_dir, adapter_dir = llm_model_dirs(settings, progress=progress)
+    return settings, base_dir, adapter_dir
+
+
+def _in_process_llm(settings: Settings, base_dir: Path, adapter_dir: Path | None) -> Any:
+    """The embedded worker's engine in this process, behind the pipeline's LLM seam (the ranker's name too, given)."""
+    from llms.in_process import InProcessClient
+    from llms.worker.hf_engine import TransformersEngine
+    from llms.worker.service import WorkerService
+
+    adapters = {settings.llm.ranker_model: adapter_dir} if adapter_dir is not None else {}
+    engine = TransformersEngine.load(base_dir, adapters, dtype=settings.llm.dtype)
+    return InProcessClient(WorkerService(engine, served_name=settings.llm.explainer_model))
+
+
+@eval_app.command("explainer")
+def eval_explainer(
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Write explainer_eval.md/json here.")] = Path(
+        "eval/reports"
+    ),
+    turns: Annotated[int, typer.Option("--turns", min=1, help="Chat turns of SYNTHETIC test buyers.")] = 120,
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default TANDEM_LLM__BASE).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: the one served).")] = None,
+) -> None:
+    """Whole chat turns: false attribute claims before and after the check, and how much is the model's own words."""
+    from api.components import build_retriever, build_store
+    from api.console import staged_progress
+    from eval.explainer_eval import evaluate_explainer, write_explainer_report
+    from eval.turns import offline_pipeline
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import ensure_buyers
+    from rag.pipeline import PipelineConfig
+    from retrieval.catalogue import load_catalogue
+
+    settings, base_dir, adapter_dir = _served_models(base, adapter)
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:turns]
+    llm = _in_process_llm(settings, base_dir, adapter_dir)
+    config = PipelineConfig(ranker_model=settings.llm.ranker_model, explainer_model=settings.llm.explainer_model)
+    store = build_store(settings)
+    try:
+        pipeline = offline_pipeline(build_retriever(settings, store), cat, llm, config)
+        with staged_progress() as progress:
+            results = evaluate_explainer(pipeline, buyers, cat,
+                                         progress=lambda done, total: progress("chat turns", done, total))  # fmt: skip
+    finally:
+        store.close()
+    e = results["explanations"]
+    out.print(f"{results['turns']} turns: false claims before the check {e['false_claim_before_check']:.1%}, shown "
+              f"{e['false_claim_shown']:.1%}; the model's own words {e['model_words']:.1%} of explanations "
+              f"({results['sentences']['model_words']:.1%} of sentences)")  # fmt: skip
+    model = {"base": settings.llm.base, "ranker": str(adapter_dir)}
+    out.print(f"report: {write_explainer_report(results, report_dir, model)}")
+
+
+@eval_app.command("cold-start")
+def eval_cold_start(
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Write cold_start.md/json here.")] = Path(
+        "eval/reports"
+    ),
+    buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers (asked without history).")] = (
+        200
+    ),
+    base: Annotated[str | None, typer.Option("--base", help="Base model (default TANDEM_LLM__BASE).")] = None,
+) -> None:
+    """Interest topics for buyers without history: valid JSON lists, and topics that retrieve plausible products."""
+    from api.components import build_retriever, build_store
+    from api.console import staged_progress
+    from eval.cold_start_eval import evaluate_cold_start, write_cold_start_report
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import ensure_buyers
+    from llms.base_model import ensure_base_model
+    from retrieval.catalogue import load_catalogue
+
+    settings = get_settings()
+    if base:
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"base": base})})
+    with staged_progress() as progress:  # the base model only: the cold start needs no ranker
+        base_dir = ensure_base_model(settings.llm.base, settings.models_dir, progress=progress)
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    chosen = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:buyers]
+    llm = _in_process_llm(settings, base_dir, None)
+    store = build_store(settings)
+    try:
+        retriever = build_retriever(settings, store)
+        with staged_progress() as progress:
+            results = evaluate_cold_start(llm, settings.llm.explainer_model, retriever, chosen, cat,
+                                          progress=lambda done, total: progress("buyers", done, total))  # fmt: skip
+    finally:
+        store.close()
+    out.print(f"{results['buyers']} buyers: {results['valid_rate']:.1%} valid topic lists, "
+              f"{results['plausible_topic_rate']:.1%} of {results['topics']} topics plausible")  # fmt: skip
+    out.print(f"report: {write_cold_start_report(results, report_dir, settings.llm.base)}")

@@ -51,11 +51,11 @@ def diversity(
         raise CliError(f"--pool {pool} plus --explore {explore} is over the ranker's {len(HANDLES)} candidate ids")
     if size <= K:
         raise CliError(f"--pool {pool} plus --explore {explore} is no larger than the {K} products a list shows")
+    from api.components import llm_model_dirs
+
     settings = get_settings()
-    base_dir, adapter_dir = settings.base_model_dir, settings.ranker_dir
-    for what, path, command in (("base model", base_dir, "train base"), ("ranker", adapter_dir, "train ranker")):
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise CliError(f"no {what} in {path}: run `tandem {command}` first")
+    with staged_progress() as progress:
+        base_dir, adapter_dir = llm_model_dirs(settings, progress=progress)
     calls_per_request = sum(1 if s["temperature"] == 0.0 else seeds for _, _, s in SAMPLING)
     wanted = budget // calls_per_request
     if wanted < 1:
@@ -92,7 +92,7 @@ def diversity(
         store.close()
     out.print(f"{len(requests)} requests ({sum(r.kind == 'photo' for r in requests)} photo-only) of SYNTHETIC test"
               f" buyers, {calls_per_request} ranker calls each")  # fmt: skip
-    service = WorkerService(TransformersEngine.load(base_dir, {"tandem-ranker": adapter_dir}))
+    service = WorkerService(TransformersEngine.load(base_dir, {"tandem-ranker": adapter_dir}, dtype=settings.llm.dtype))
     with staged_progress() as progress:
         report = run_experiment(
             requests,

@@ -179,12 +179,21 @@ def _targets(results: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
         lora = r.get("lora", {}).get("ndcg@10", 0.0)
         for other in ("retrieval", "base_zero_shot"):
             value = r.get(other, {}).get("ndcg@10", 0.0)
-            rows.append((f"{protocol}: LoRA NDCG@10 above {other}", f"{lora:.4f} vs {value:.4f}", lora > value))
+            bar = value * 1.05 if other == "retrieval" else value
+            name = f"{protocol}: LoRA NDCG@10 ≥ {other} + 5 %" if other == "retrieval" else f"{protocol}: above {other}"
+            rows.append((name, f"{lora:.4f} vs {value:.4f}", lora >= bar))
     invalid = results.get("rates", {}).get("invalid_tool_call", 1.0)
     rows.append(("invalid tool calls ≤ 1 %", f"{invalid:.2%}", invalid <= 0.01))
     after = results.get("hallucinated_after_validation")
     rows.append(("hallucinated ids after validation = 0", str(after), after == 0))
     return rows
+
+
+def _gain(results: Mapping[str, Any], protocol: str) -> float:
+    """LoRA's relative NDCG@10 gain over retrieval order."""
+    r = results.get(protocol, {})
+    base = r.get("retrieval", {}).get("ndcg@10", 0.0)
+    return r.get("lora", {}).get("ndcg@10", 0.0) / base - 1 if base else 0.0
 
 
 def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping[str, Any] | None = None) -> Path:
@@ -226,19 +235,11 @@ def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping
         "",
         "Reference points (public): random NDCG@10 ≈ 0.227 on 1-of-20; 7–8B zero-shot LLMs ≈ 0.28;"
         " LlamaRec's LoRA ranker gained ~7 % NDCG@10 over its retriever.",
+        "",
+        "Targets: LoRA NDCG@10 at least 5 % above retrieval order on both protocols: "
+        + ", ".join(f"{p} {_gain(results, p):+.1%}" for p in ("one_of_20", "full_list"))
+        + ".",
     ]
-    explainer = results.get("explainer")
-    if explainer:
-        lines += [
-            "",
-            "## Explainer (the base model, prompted with the top 5 candidates)",
-            "",
-            f"{explainer['explanations']} explanations: {explainer['flagged_rate']:.1%} flagged by the check (they name"
-            f" a product or catalogue id outside the ranking), {explainer['names_ranked_rate']:.1%} name at least one"
-            " ranked product. Examples:",
-            "",
-            *[f"- {e['text']!r} (flagged: {', '.join(e['flagged']) or 'none'})" for e in explainer["examples"]],
-        ]
     if training:
         lines += ["", "## Training on this machine", ""]
         lines += [f"- {name}: {value}" for name, value in training.items()]

@@ -13,7 +13,7 @@ export UV_COMPILE_BYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup browser run demo test test-all lint format typecheck bench bench-llm bench-chat loadtest index clean
+.PHONY: help setup browser run demo test test-all lint format typecheck bench bench-llm bench-chat bench-first-run loadtest index clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 setup: $(STAMP) ## Create .venv from uv.lock (torch/torchvision from PyPI through uv)
 
-run: setup ## Build what is missing (image tower, index, small LLMs) and serve the web chat + API on :8000
+run: setup ## Convert the base LLM, index what is missing, serve the web chat + API on :8000 (trains nothing)
 	$(TANDEM) serve --prepare $(if $(LIMIT),--limit $(LIMIT),) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
 
 demo: setup ## Terminal demo: index, then answer a text and a photo query
@@ -71,6 +71,9 @@ bench-llm: setup ## LLM serving: balancing policies under rising load, faults (e
 
 bench-chat: setup ## Chat latency: first product card and first explanation token, p50/p95 (eval/reports/chat_latency.*)
 	$(PY) -m eval.bench_chat $(if $(TURNS),--turns $(TURNS),)
+
+bench-first-run: setup ## A fresh clone's `make run`, timed stage by stage until the chat answers (eval/reports/first_run.*)
+	$(PY) -m eval.bench_first_run
 
 loadtest: setup ## Locust load test of the API beside the raw encoder (eval/reports/api_loadtest.*; QUICK=1)
 	$(PY) -m eval.loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)

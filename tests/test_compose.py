@@ -21,7 +21,7 @@ def test_compose_wiring() -> None:
     assert env["TANDEM_QDRANT__API_KEY"].startswith("${QDRANT_API_KEY:?")
     assert indexer["depends_on"]["qdrant"]["condition"] == "service_healthy"
     for volume in (v.split(":")[0] for s in services.values() for v in s.get("volumes", [])):
-        assert volume.startswith("${") or volume in doc["volumes"]
+        assert volume.startswith(("${", "./")) or volume in doc["volumes"]
 
 
 def test_compose_api_service() -> None:
@@ -58,7 +58,7 @@ def test_compose_llm_workers_are_wired_to_the_api() -> None:
     import json
 
     from api.settings import LlmSettings
-    from finetune.tiny_lm import load_chat_template
+    from prompts import load_chat_template
 
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
@@ -69,9 +69,16 @@ def test_compose_llm_workers_are_wired_to_the_api() -> None:
     # The tool-call parser must read what the chat template writes.
     assert flag["--tool-call-parser"] == "hermes" and "<tool_call>" in load_chat_template()
     adapter_name, adapter_dir = flag["--lora-modules"].split("=")
-    # The adapter is where `tandem train ranker` writes it inside the shared volume (TANDEM_HOME=/data).
-    assert adapter_dir == "/data/models/tandem-ranker" and "tandem-data:/data:ro" in vllm["volumes"]
-    assert "TANDEM_HOME=/data" in (COMPOSE.parent / "Dockerfile").read_text()
+    # By default the adapter shipped in the repo, with Tandem's chat template (the format it was trained on).
+    root = COMPOSE.parent
+    mounts = dict(v.split(":")[:2][::-1] for v in vllm["volumes"])
+    assert adapter_dir == "/tandem/artifacts/tandem-ranker" and mounts["/tandem/artifacts"] == "./artifacts"
+    assert (root / "artifacts" / "tandem-ranker" / "adapter_config.json").is_file()
+    assert flag["--chat-template"] == "/tandem/prompts/chat_template.jinja" and mounts["/tandem/prompts"] == "./prompts"
+    served_base = json.loads((root / "artifacts" / "tandem-ranker" / "adapter_config.json").read_text())
+    assert served_base["base_model_name_or_path"] == flag["--model"]  # the adapter's own base
+    # A ranker-trainer adapter lands where `tandem train ranker` writes it inside the shared volume.
+    assert "tandem-data:/data:ro" in vllm["volumes"] and "TANDEM_HOME=/data" in (root / "Dockerfile").read_text()
     trainer = services["ranker-trainer"]
     assert trainer["command"][:2] == ["train", "ranker"] and "tandem-data:/data" in trainer["volumes"]
 

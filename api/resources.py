@@ -202,6 +202,7 @@ class Resources:
             ranker_candidates=chat.ranker_candidates,
             max_tool_rounds=chat.max_tool_rounds,
             ranker_deadline_s=chat.ranker_deadline_s,
+            ranker_fusion=chat.ranker_fusion,
             explainer_deadline_s=chat.explainer_deadline_s,
             explainer_max_tokens=chat.explainer_max_tokens,
         )

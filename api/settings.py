@@ -184,6 +184,12 @@ class ChatSettings(BaseModel):
     ranker_candidates: int = Field(default=20, ge=1, le=26, description="Candidates the ranker sees.")
     max_tool_rounds: int = Field(default=3, ge=1, le=10)
     ranker_deadline_s: float = Field(default=20.0, gt=0)
+    ranker_fusion: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="The LLM ranker's share when its order is fused with retrieval order (RRF); 1: the ranker alone.",
+    )
     explainer_deadline_s: float = Field(default=30.0, gt=0)
     explainer_max_tokens: int = Field(default=40, ge=8, le=2048, description="Per explanation sentence.")
     max_sessions: int = Field(default=10_000, ge=1)

@@ -32,6 +32,7 @@ from rag.errors import InvalidTurnError, RetrievalUnavailableError
 from rag.explainer_prompt import expand_references, explainer_messages, record_sentence, sentence_start
 from rag.explanation_check import ExplanationChecker
 from rag.mmr import mmr_order
+from rag.rank_fusion import fuse_rankings
 from rag.ranker_format import HANDLES, PHOTO_NOTE, ranker_system_message, ranker_tools, ranker_user_message
 from rag.ranker_tools import RankerToolbox, run_ranker
 from rag.session import Session, SessionStore, Turn
@@ -144,6 +145,10 @@ class PipelineConfig:
     max_tool_rounds: int = 3
     ranker_max_tokens: int = 160
     ranker_deadline_s: float = 20.0
+    # The ranker's share in reciprocal rank fusion with retrieval order (rag.rank_fusion); 1.0: its order alone.
+    # 0.5 because the 135M ranker reads its candidates but not yet better than retrieval scores them
+    # (eval/reports/ranker_eval.md: the fused list is the better one on both protocols).
+    ranker_fusion: float = 0.5
     explainer_max_tokens: int = 40  # per sentence
     explainer_deadline_s: float = 30.0
     explained: int = 3  # the products the explanation is about, one sentence each
@@ -412,9 +417,9 @@ class Pipeline:
         # well-formed one, whatever the sampling knobs; the ids in it are checked below.
         tools = ranker_tools(len(ids), at_least=request.top_k)
 
-        async def complete(transcript: list[dict[str, Any]]) -> dict[str, Any]:
+        async def complete(transcript: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
             payload = {"model": self.config.ranker_model, "messages": transcript, "tools": tools,
-                       "tool_choice": "required", "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
+                       "tool_choice": tool_choice, "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
                        **request.sampling.payload()}  # fmt: skip
             completion = await self.llm.complete(payload, deadline_s=self.config.ranker_deadline_s)
             message: dict[str, Any] = completion.message
@@ -444,6 +449,10 @@ class Pipeline:
                     filled=checked.filled)  # fmt: skip
         if checked.returned == checked.hallucinated + checked.duplicates:
             degraded.append(Degradation("ranker", "the ranking named no candidate; retrieval order used"))
+            return checked.ranking, info
+        if self.config.ranker_fusion < 1.0:
+            info["fusion"] = self.config.ranker_fusion
+            return fuse_rankings(checked.ranking, ids, weight=self.config.ranker_fusion), info
         return checked.ranking, info
 
     async def _explain(

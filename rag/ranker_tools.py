@@ -21,10 +21,20 @@ from rag.ranker_format import describe_product, handles, resolve_ids
 from retrieval.catalogue import CATEGORY_SEPARATOR, Product
 from retrieval.store import SearchFilter
 
-__all__ = ["Complete", "ProductSource", "RankerOutcome", "RankerToolbox", "SearchProducts", "run_ranker"]
+__all__ = [
+    "SUBMIT_CHOICE",
+    "Complete",
+    "ProductSource",
+    "RankerOutcome",
+    "RankerToolbox",
+    "SearchProducts",
+    "run_ranker",
+]
 
 SearchProducts = Callable[[str, int, SearchFilter | None], Awaitable[Sequence[Product]]]
-Complete = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
+# (transcript, tool_choice): "required" on every round but the last, which names submit_ranking.
+Complete = Callable[[list[dict[str, Any]], Any], Awaitable[dict[str, Any]]]
+SUBMIT_CHOICE: dict[str, Any] = {"type": "function", "function": {"name": "submit_ranking"}}
 
 
 class ProductSource(Protocol):
@@ -143,12 +153,16 @@ def _arguments(call: dict[str, Any]) -> Any:
 async def run_ranker(
     complete: Complete, messages: list[dict[str, Any]], toolbox: RankerToolbox, *, max_rounds: int = 3
 ) -> RankerOutcome:
-    """Call the model, run its tools, and return its ``submit_ranking`` ids resolved to catalogue ids."""
+    """Call the model, run its tools, and return its ``submit_ranking`` ids resolved to catalogue ids.
+
+    Look-ups are bounded: the last round names ``submit_ranking``, so a model that keeps looking
+    (a zero-shot base does) still ranks, under guided decoding, instead of running out of rounds.
+    """
     transcript = list(messages)
     made: list[str] = []
     raw = ""
-    for _ in range(max_rounds):
-        message = await complete(transcript)
+    for round_ in range(max_rounds):
+        message = await complete(transcript, SUBMIT_CHOICE if round_ == max_rounds - 1 else "required")
         calls = message.get("tool_calls") or []
         raw = str(message.get("content") or "")
         if not calls:

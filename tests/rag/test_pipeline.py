@@ -136,11 +136,21 @@ def make_pipeline(products: list[Product], llm: ScriptedLlm, **config: Any) -> t
         search,
         lambda ids: {i: by_id[i] for i in ids if i in by_id},
         llm,
-        PipelineConfig(**config),
+        PipelineConfig(**{"ranker_fusion": 1.0, **config}),  # the ranker's own order unless a test fuses
         vocabulary=TermVocabulary.from_products(products),
         checker=ExplanationChecker(products),
     )
     return pipeline, search
+
+
+def test_the_ranker_order_is_fused_with_retrieval_order(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("C", "A", "B"))
+    pipeline, _ = make_pipeline(products, llm, ranker_fusion=0.5)
+    events, result = run(pipeline, TurnRequest(text="need blue shirts for men", top_k=5))
+    candidates = [c.product.product_id for c in events[0].candidates]
+    # By hand (RRF, k 60, equal weights): A 1/62+1/61 > C 1/61+1/63 > B 1/63+1/62 > D 1/64+1/64.
+    assert [i.product.product_id for i in result.items[:4]] == [candidates[k] for k in (0, 2, 1, 3)]
+    assert result.degraded == []
 
 
 def run(pipeline: Pipeline, request: TurnRequest) -> tuple[list[Any], TurnResult]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rag.ranker_tools import RankerToolbox, run_ranker
+from rag.ranker_tools import SUBMIT_CHOICE, RankerToolbox, run_ranker
 from retrieval.catalogue import Catalogue, Product
 
 
@@ -29,9 +29,11 @@ class Scripted:
     def __init__(self, *replies: dict[str, Any]) -> None:
         self.replies = list(replies)
         self.seen: list[list[dict[str, Any]]] = []
+        self.choices: list[Any] = []
 
-    async def __call__(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    async def __call__(self, messages: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
         self.seen.append(list(messages))
+        self.choices.append(tool_choice)
         return self.replies.pop(0)
 
 
@@ -67,6 +69,8 @@ def test_no_submission_is_none_and_bad_arguments_never_raise() -> None:
         *[{"role": "assistant", "content": "", "tool_calls": [_call("get_products", {"ids": ["A"]})]}] * 3
     )
     assert asyncio.run(run_ranker(looping, [], toolbox, max_rounds=3)).ids is None
+    # Every round asks for a tool call; the last one names submit_ranking, so a guided server must rank.
+    assert looping.choices == ["required", "required", SUBMIT_CHOICE]
 
 
 def test_search_answers_with_candidate_ids_where_it_can() -> None:

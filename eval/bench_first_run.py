@@ -46,9 +46,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _clean_env(port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "VIRTUAL_ENV"))}
+def _clean_env(port: int, limit: int | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_", "VIRTUAL_ENV")) and k != "LIMIT"}
     env["TANDEM_API__PORT"] = str(port)
+    if limit:
+        env["LIMIT"] = str(limit)  # `make run LIMIT=N`: a subset, for a quick check of the benchmark itself
     return env
 
 
@@ -59,10 +61,10 @@ def _read_lines(stream: Any, t0: float, lines: list[tuple[float, str]]) -> None:
                 lines.append((time.perf_counter() - t0, part.strip()))
 
 
-def _wait_ready(base: str, t0: float, deadline_s: float) -> dict[str, float]:
+def _wait_ready(base: str, t0: float, deadline_s: float, process: subprocess.Popen[bytes]) -> dict[str, float]:
     seen: dict[str, float] = {}
     with httpx.Client(base_url=base, timeout=5) as client:
-        while time.perf_counter() - t0 < deadline_s and "llm_ready_s" not in seen:
+        while time.perf_counter() - t0 < deadline_s and "llm_ready_s" not in seen and process.poll() is None:
             try:
                 parts = client.get("/readyz").json().get("parts", {})
             except (httpx.HTTPError, ValueError):
@@ -86,23 +88,24 @@ def _chat_turn(base: str) -> dict[str, Any]:
             "explanation": answer.get("explanation", ""), "degraded": answer.get("degraded", [])}  # fmt: skip
 
 
-def run_benchmark(repo: Path, reports: Path, deadline_s: float = 1800.0) -> dict[str, Any]:
+def run_benchmark(repo: Path, reports: Path, deadline_s: float = 1200.0, limit: int | None = None) -> dict[str, Any]:
     """Clone ``repo``'s HEAD, time its ``make run`` until the chat answers, write the report."""
     from eval.bench_retrieval import machine_info
 
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     port = _free_port()
     lines: list[tuple[float, str]] = []
-    with tempfile.TemporaryDirectory(prefix="tandem-first-run-") as scratch:
-        clone = Path(scratch) / "tandem"
-        subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(repo.resolve()), str(clone)], check=True)
+    # Beside the repository, as a user's clone is: the default catalogue path (../shared/data/fashion) resolves.
+    with tempfile.TemporaryDirectory(prefix=".tandem-first-run-", dir=repo.resolve().parent) as scratch:
+        clone = Path(scratch)
+        subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(repo.resolve()), str(clone / ".")], check=True)
         t0 = time.perf_counter()
-        process = subprocess.Popen(["make", "run"], cwd=clone, env=_clean_env(port), stdout=subprocess.PIPE,
+        process = subprocess.Popen(["make", "run"], cwd=clone, env=_clean_env(port, limit), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         reader = threading.Thread(target=_read_lines, args=(process.stdout, t0, lines), daemon=True)
         reader.start()
         try:
-            ready = _wait_ready(f"http://127.0.0.1:{port}", t0, deadline_s)
+            ready = _wait_ready(f"http://127.0.0.1:{port}", t0, deadline_s, process)
             turn = _chat_turn(f"http://127.0.0.1:{port}") if "llm_ready_s" in ready else {}
             chat_served = time.perf_counter() - t0 if turn.get("web_chat_status") == 200 else None
         finally:
@@ -120,7 +123,7 @@ def run_benchmark(repo: Path, reports: Path, deadline_s: float = 1800.0) -> dict
     stages["index_seconds"] = float(took.group(1)) if took else None
     stages["base_conversion_s"] = conversion_s
     stages["chat_served_s"] = round(chat_served, 1) if chat_served is not None else None
-    report = {"commit": head.stdout.strip(), "machine": machine_info(), "stages": stages, "turn": turn,
+    report = {"commit": head.stdout.strip(), "machine": machine_info(), "stages": stages, "turn": turn, "limit": limit,
               "log_tail": [line for _, line in lines[-15:]]}  # fmt: skip
     _write(report, reports)
     return report
@@ -140,6 +143,8 @@ def _write(report: dict[str, Any], reports: Path) -> None:
     verdict = "within" if served is not None and served <= 600 else "NOT within"
     turn = report["turn"]
     conv = s.get("base_conversion_s")
+    limit = report.get("limit")
+    scope = f"**A SUBSET**: `make run LIMIT={limit}`, a check of the benchmark." if limit else "The whole catalogue."
     md = f"""# First run: a fresh clone's `make run`
 
 {machine_line(report["machine"])} Commit `{report["commit"][:10]}`; `python -m eval.bench_first_run`.
@@ -154,6 +159,8 @@ downloaded again, which on a new machine adds the time of the download).
 | `/readyz`: retrieval ready (the REST API answers) | {at("retrieval_ready_s")} |
 | `/readyz`: LLM ready (the worker converted its base in {conv} s, loaded it and the adapter) | {at("llm_ready_s")} |
 | web chat page served and a chat turn answered by the models | {at("chat_served_s")} |
+
+{scope}
 
 Target: the web chat served within 10 minutes on this machine: **{verdict}** ({at("chat_served_s")}).
 The LLM worker starts at once and loads beside the indexing, so the two overlap.
@@ -170,8 +177,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=Path("."))
     parser.add_argument("--reports", type=Path, default=Path("eval/reports"))
+    parser.add_argument("--deadline", type=float, default=1200.0, help="Give up after this many seconds.")
+    parser.add_argument("--limit", type=int, default=None, help="Index only this many products (a quick check).")
     args = parser.parse_args()
-    report = run_benchmark(args.repo, args.reports)
+    report = run_benchmark(args.repo, args.reports, args.deadline, args.limit)
     print(json.dumps(report["stages"]))
 
 

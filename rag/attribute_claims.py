@@ -11,8 +11,9 @@ text says about one product and compares five kinds of claim with that product's
 - **gender**: men, women, boys, girls, kids, unisex; a unisex product is for men and women,
   kids' products for boys and girls;
 - **usage**: casual, formal, sports, ethnic, party, smart casual, …;
-- **brand**: the name after "by" or "from", against the first word of the title (the
-  catalogue's brand convention, as :mod:`rag.terms` reads it).
+- **brand**: the name after "by" or "from", against the title's words before its gender word
+  (:func:`rag.ranker_format.product_brand`: "Peter England" of "Peter England Men …"); a
+  shortened brand ("by Peter") is not false.
 
 Longer phrases match first ("casual shoes" is an article type before "casual" is a usage),
 and a brand's words are not read again as colours ("by Red Tape"). Words outside these
@@ -36,13 +37,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rag.ranker_format import product_gender
+from rag.ranker_format import product_brand, product_gender
 from retrieval.catalogue import Product
 
 __all__ = ["ClaimChecker", "FalseClaim", "singular"]
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
-_BRAND = re.compile(r"\b(?:by|from)\s+([A-Z0-9][\w'&.-]*)")
+# Up to four capitalised words after "by"/"from": "by Peter England", "by Red Tape Men".
+_BRAND = re.compile(r"\b(?:by|from)\s+([A-Z0-9][\w'&.-]*(?:\s+[A-Z0-9][\w'&.-]*){0,3})")
 _GENDER_WORDS = {"men": "men", "man": "men", "mens": "men", "men's": "men", "women": "women", "woman": "women",
                  "womens": "women", "women's": "women", "ladies": "women", "boys": "boys", "boy": "boys",
                  "boys'": "boys", "girls": "girls", "girl": "girls", "kids": "kids", "kid": "kids",
@@ -102,13 +104,15 @@ class ClaimChecker:
     def false_claims(self, text: str, product: Product) -> list[FalseClaim]:
         """Every claim in ``text`` (all of it about ``product``) that the product's record contradicts."""
         found: list[FalseClaim] = []
-        brand = (product.title.split() or [""])[0]
+        brand = product_brand(product.title)
         brand_words: set[str] = set()
         for match in _BRAND.finditer(text):
             claimed = match.group(1).rstrip(".,;")
-            brand_words.update(_WORD.findall(claimed.lower()))
-            if _WORD.findall(claimed.lower()) != _WORD.findall(brand.lower()):  # "U.S" is "U.S."
+            if (words := _brand_claim(claimed, brand)) is None:
                 found.append(FalseClaim("brand", claimed, brand))
+                brand_words.update(_WORD.findall(claimed.lower()))
+            else:  # the words after the brand ("by Red Tape Men") are read as claims of their own
+                brand_words.update(words)
         words = [w for w in _WORD.findall(text.lower()) if w not in brand_words]
         path_words = {w for name in product.category for w in _norm(name)}
         colour = _norm(product.attributes.get("base_colour", ""))
@@ -145,3 +149,19 @@ class ClaimChecker:
             if kind is not None:
                 return phrase, kind, length
         return None
+
+
+def _brand_claim(claimed: str, brand: str) -> list[str] | None:
+    """The brand's words in a claim that names the brand, or None for another brand.
+
+    A claim that starts with the brand, or is the start of it ("by Peter" for Peter England: short, not
+    false), names it; words are compared without punctuation ("U.S" is "U.S.").
+    """
+    said, real = _WORD.findall(claimed.lower()), _WORD.findall(brand.lower())
+    if not said or not real:
+        return None
+    if said[: len(real)] == real:
+        return real
+    if real[: len(said)] == said:
+        return said
+    return None

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prompts import load_json, load_prompt
-from rag.ranker_format import product_gender
+from rag.ranker_format import product_brand, product_gender
 from retrieval.catalogue import Product
 
 __all__ = ["expand_references", "explainer_messages", "product_facts", "record_sentence", "sentence_start"]
@@ -42,7 +42,7 @@ def product_facts(product: Product) -> str:
     colour = product.attributes.get("base_colour", "").lower()
     gender = (product_gender(product.title) or "Unisex").lower()
     usage = product.attributes.get("usage", "").lower()
-    brand = (product.title.split() or ["?"])[0]
+    brand = product_brand(product.title) or "?"
     kind = " ".join(x for x in (colour, product.category[-1].lower()) if x)
     return ", ".join(x for x in (f"{kind} for {gender}", f"{usage} wear" if usage else "", f"brand {brand}") if x)
 

@@ -35,6 +35,7 @@ __all__ = [
     "describe_product",
     "handles",
     "history_line",
+    "product_brand",
     "product_gender",
     "product_line",
     "ranker_system_message",
@@ -46,6 +47,21 @@ __all__ = [
 HANDLES = string.ascii_uppercase  # the most candidates one ranking request can carry
 PHOTO_NOTE = " [photo of a similar product attached]"  # appended to the request when the buyer sent a photo
 _GENDER_WORD = re.compile(r"\b(Men|Women|Boys|Girls|Unisex|Kids)\b")
+
+
+_GENDER_TOKENS = {"Men", "Women", "Boys", "Girls", "Unisex", "Kids", "Men's", "Women's", "Boy's", "Girl's", "Kid's"}
+
+
+def product_brand(title: str) -> str:
+    """The brand: the words before the title's gender word (``Peter England Men …``), else the first word.
+
+    The catalogue has no brand column; its titles start with the brand, then (mostly) the gender.
+    """
+    words = title.split()
+    for i, word in enumerate(words[:5]):
+        if i and word in _GENDER_TOKENS:
+            return " ".join(words[:i])
+    return words[0] if words else ""
 
 
 def product_gender(title: str) -> str | None:

@@ -100,6 +100,10 @@ BLACK = Product("9", "Puma Kids Black Sports Shoes", ("Footwear", "Shoes", "Spor
         ("#1 is a navy blue kurta for women by Biba, for formal wear.", KURTA, [("usage", "formal")]),
         ("#1 is a navy blue kurta for women by Arrow.", KURTA, [("brand", "Arrow")]),
         ("#1 is a brown formal shoe by Red, for casual wear.", SHOES, [("article type", "formal shoe")]),
+        # A brand of several words, whole or shortened; the words after it are claims of their own.
+        ("#1 is a pair of brown casual shoes by Red Tape, for casual wear.", SHOES, []),
+        ("#1 is a pair of brown casual shoes by Red Tape Women, for casual wear.", SHOES, [("gender", "women")]),
+        ("#1 is a navy blue kurta by Red Tape.", KURTA, [("brand", "Red Tape")]),
     ],
 )
 def test_attribute_claims_are_read_against_the_record(

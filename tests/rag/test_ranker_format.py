@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prompts import load_tools
-from rag.ranker_format import candidate_line, handles, product_gender, ranker_tools, resolve_ids
+from rag.ranker_format import candidate_line, handles, product_brand, product_gender, ranker_tools, resolve_ids
 from retrieval.catalogue import Product
 
 
@@ -33,6 +33,22 @@ def test_product_gender_reads_the_title_word_not_a_substring() -> None:
     assert product_gender("Nike Women Running Shoes") == "Women"  # not "Men" inside "Women"
     assert product_gender("Fossil Unisex Watch") == "Unisex"
     assert product_gender("Menthol Soap") is None
+
+
+@pytest.mark.parametrize(
+    ("title", "brand"),
+    [
+        ("Peter England Men Party Blue Jeans", "Peter England"),
+        ("Chhota Bheem Kids Boys Rust Tshirt", "Chhota Bheem"),
+        ("Puma Men's 917 Mid Black Shoe", "Puma"),
+        ("United Colors of Benetton Women Red Top", "United Colors of Benetton"),
+        ("Proline Brown Polo T-Shirt", "Proline"),  # no gender word: the first word
+        ("Fabindia Cotton Silk Blend Kurta for Women", "Fabindia"),  # the gender word too far in to end a brand
+        ("", ""),
+    ],
+)
+def test_the_brand_is_the_words_before_the_gender(title: str, brand: str) -> None:
+    assert product_brand(title) == brand
     assert handles(3) == "ABC"
 
 

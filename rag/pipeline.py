@@ -146,8 +146,8 @@ class PipelineConfig:
     ranker_max_tokens: int = 160
     ranker_deadline_s: float = 20.0
     # The ranker's share in reciprocal rank fusion with retrieval order (rag.rank_fusion); 1.0: its order alone.
-    # 0.5 because the 135M ranker reads its candidates but not yet better than retrieval scores them
-    # (eval/reports/ranker_eval.md: the fused list is the better one on both protocols).
+    # The shipped 135M ranker (126 CPU steps) orders below retrieval; fused at 0.5 it loses a third as much
+    # (eval/reports/ranker_eval.md: NDCG@10 -8.8 % / -1.4 % fused, -24 % / -3.7 % alone). 0.0: retrieval order.
     ranker_fusion: float = 0.5
     explainer_max_tokens: int = 40  # per sentence
     explainer_deadline_s: float = 30.0

@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ from api.settings import Settings
 from api.ssrf import Resolver, system_resolver
 from llms.dispatcher import Dispatcher
 from rag.explanation_check import ExplanationChecker
-from rag.pipeline import Pipeline, PipelineConfig, Scored
+from rag.pipeline import Pipeline, PipelineConfig, Scored, scored_hits
 from rag.session import SessionStore
 from rag.terms import TermVocabulary
 from retrieval.batch_search import BatchQuery, search_batch
@@ -185,10 +184,7 @@ class Resources:
         ) -> list[Scored]:  # fmt: skip
             query = SearchQuery(text=text, image=image, filter=search_filter)
             result = await batcher.submit(BatchQuery(query, k=k, explore=explore))
-            first_explored = len(result.hits) - result.explored
-            return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
-                                   Path(h.image) if h.image else None), h.score, explored=i >= first_explored)
-                    for i, h in enumerate(result.hits)]  # fmt: skip
+            return scored_hits(result)
 
         def lookup(ids: Sequence[str]) -> dict[str, Product]:
             found = (catalogue.get(i) for i in ids)

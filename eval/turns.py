@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 
 from PIL import Image
 
 from finetune.buyers import Buyer
 from rag.explanation_check import ExplanationChecker
-from rag.pipeline import BuyerContext, LlmBackend, Pipeline, PipelineConfig, Scored, TurnRequest
+from rag.pipeline import BuyerContext, LlmBackend, Pipeline, PipelineConfig, Scored, TurnRequest, scored_hits
 from rag.terms import TermVocabulary
 from retrieval.catalogue import Catalogue, Product
 from retrieval.hierarchical import HierarchicalRetriever
@@ -42,10 +41,7 @@ def offline_pipeline(
     ) -> list[Scored]:  # fmt: skip
         query = SearchQuery(text=text, image=image, filter=search_filter)
         result = await asyncio.to_thread(retriever.search, query, k=k, explore=explore)
-        first_explored = len(result.hits) - result.explored
-        return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
-                               Path(h.image) if h.image else None), h.score, explored=i >= first_explored)
-                for i, h in enumerate(result.hits)]  # fmt: skip
+        return scored_hits(result)
 
     def lookup(ids: Sequence[str]) -> dict[str, Product]:
         found = (catalogue.get(i) for i in ids)

@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,6 +40,7 @@ from rag.session import Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
 from rag.validation import validate_ranking
 from retrieval.catalogue import Product
+from retrieval.hierarchical import SearchResult
 from retrieval.store import SearchFilter
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "TurnEvent",
     "TurnRequest",
     "TurnResult",
+    "scored_hits",
 ]
 
 
@@ -81,6 +84,14 @@ class Scored:
     product: Product
     score: float
     explored: bool = False  # from a category retrieval's level 1 left out (a broader choice), not a precise hit
+
+
+def scored_hits(result: SearchResult) -> list[Scored]:
+    """A retrieval result as the pipeline's candidates: the explored categories' products are the tail."""
+    first_explored = len(result.hits) - result.explored
+    return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
+                           Path(h.image) if h.image else None), h.score, explored=i >= first_explored)
+            for i, h in enumerate(result.hits)]  # fmt: skip
 
 
 class Search(Protocol):

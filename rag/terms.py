@@ -26,8 +26,9 @@ from retrieval.catalogue import Product
 __all__ = ["TermVocabulary", "TurnTerms"]
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
-_GENDERS = {"men": "men", "man": "men", "mens": "men", "women": "women", "woman": "women", "womens": "women",
-            "ladies": "women", "boys": "boys", "boy": "boys", "girls": "girls", "girl": "girls", "kids": "kids",
+_GENDERS = {"men": "men", "man": "men", "mens": "men", "men's": "men", "women": "women", "woman": "women",
+            "womens": "women", "women's": "women", "ladies": "women", "boys": "boys", "boy": "boys", "boy's": "boys",
+            "girls": "girls", "girl": "girls", "girl's": "girls", "kids": "kids", "kid's": "kids",
             "unisex": "unisex"}  # fmt: skip
 _NEGATION = re.compile(r"\b(?:not|no|without|except|other than|but not|exclude)\s+((?:this|that|the)\s+)?([a-z0-9-]+)")
 _SAME_BRAND_WORDS = {"brand", "brands", "make", "label"}
@@ -50,6 +51,8 @@ class TurnTerms:
     words: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     repeat_shown: bool = False
+    # Brands ruled out ("not this brand"), compared whole: a brand such as "U.S. Polo" is no single title word.
+    exclude_brands: tuple[str, ...] = ()
 
     def query(self) -> str:
         """The words retrieval and the ranker see, facets first."""
@@ -61,6 +64,8 @@ class TurnTerms:
 
     def excludes(self, product: Product) -> bool:
         """Whether the buyer ruled this product out (an excluded word in its title or facets)."""
+        if self.exclude_brands and TermVocabulary.brand_of(product) in self.exclude_brands:
+            return True
         haystack = set(_WORD.findall(f"{product.title} {' '.join(product.category)}".lower()))
         return any(word in haystack for word in self.exclude)
 
@@ -74,6 +79,7 @@ class TermVocabulary:
     usages: Iterable[str]
     brands: Iterable[str] = ()
     _kinds: dict[str, str] = field(init=False, repr=False)
+    _kind_phrases: list[str] = field(init=False, repr=False)
     _colours: list[str] = field(init=False, repr=False)
     _usages: list[str] = field(init=False, repr=False)
     _brands: set[str] = field(init=False, repr=False)
@@ -86,6 +92,8 @@ class TermVocabulary:
             if low.endswith("s") and len(low) > 3:
                 kinds[low[:-1]] = low  # "shirt" finds "shirts"
         object.__setattr__(self, "_kinds", kinds)
+        # Multi-word types ("track pants", "casual shoes") are read as phrases before single words and usages.
+        object.__setattr__(self, "_kind_phrases", sorted((k for k in kinds if " " in k), key=len, reverse=True))
         object.__setattr__(self, "_colours", sorted({c.lower() for c in self.colours if c}, key=len, reverse=True))
         object.__setattr__(self, "_usages", sorted({u.lower() for u in self.usages if u}, key=len, reverse=True))
         object.__setattr__(self, "_brands", {b.lower() for b in self.brands if b})
@@ -115,19 +123,33 @@ class TermVocabulary:
                 return option, pattern.sub(" ", text, count=1)
         return None, text
 
+    def _negated(self, low: str, shown_brand: str | None) -> tuple[list[str], list[str], str]:
+        """Exclusions (words, brands) and the text without them; a negated phrase goes whole ("not navy blue")."""
+        words: list[str] = []
+        brands: list[str] = []
+        phrases = [*self._kind_phrases, *self._colours, *self._usages]
+        for match in reversed(list(_NEGATION.finditer(low))):
+            this, word = match.group(1), match.group(2)
+            end = match.end()
+            if word in _SAME_BRAND_WORDS:
+                if this and shown_brand:
+                    brands.append(shown_brand)
+            else:
+                words.append(self._kinds.get(word, word))
+                tail = low[match.start(2) :]
+                phrase = next((p for p in phrases if " " in p and re.match(rf"{re.escape(p)}\b", tail)), None)
+                if phrase is not None:
+                    end = match.start(2) + len(phrase)
+            low = low[: match.start()] + " " + low[end:]
+        return words[::-1], brands[::-1], low
+
     def update(self, previous: TurnTerms | None, text: str, *, shown_brand: str | None = None) -> TurnTerms:
         """The terms after this message: a new article type starts over, anything else refines ``previous``."""
-        low = text.lower()
-        exclude: list[str] = []
-        for this, word in _NEGATION.findall(low):
-            if word in _SAME_BRAND_WORDS and this and shown_brand:
-                exclude.append(shown_brand)
-            elif word not in _SAME_BRAND_WORDS:
-                exclude.append(self._kinds.get(word, word))
-        low = _NEGATION.sub(" ", low)
+        exclude, brands, low = self._negated(text.lower(), shown_brand)
+        kind, low = self._phrase(low, self._kind_phrases)
+        kind = self._kinds[kind] if kind is not None else None
         colour, low = self._phrase(low, self._colours)
         usage, low = self._phrase(low, self._usages)
-        kind = None
         rest: list[str] = []
         gender = None
         for word in _WORD.findall(low):
@@ -139,7 +161,8 @@ class TermVocabulary:
                 rest.append(word)
         repeat = bool(_AGAIN.search(text.lower()))
         if previous is None or (kind is not None and kind != previous.kind):
-            return TurnTerms(kind, colour, usage, gender, tuple(rest[:6]), tuple(dict.fromkeys(exclude)), repeat)
+            return TurnTerms(kind, colour, usage, gender, tuple(rest[:6]), tuple(dict.fromkeys(exclude)), repeat,
+                             tuple(dict.fromkeys(brands)))  # fmt: skip
         return replace(
             previous,
             colour=colour or previous.colour,
@@ -148,4 +171,5 @@ class TermVocabulary:
             words=tuple(dict.fromkeys([*previous.words, *rest]))[-6:],
             exclude=tuple(dict.fromkeys([*previous.exclude, *exclude])),
             repeat_shown=repeat,
+            exclude_brands=tuple(dict.fromkeys([*previous.exclude_brands, *brands])),
         )

@@ -44,16 +44,18 @@ browser: ## Debian's chromium for the browser tests (apt-get, only when missing)
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "could not install chromium: the browser tests will be skipped"; }
 
-test: setup browser ## Lint, type-check and run the test suite (slow and gpu tests deselected)
+test: setup browser ## Lint, type-check, check the layer contract and run the test suite (slow and gpu tests deselected)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 test-all: setup browser ## Run every test, slow ones included (gpu ones skip without a GPU)
 	$(PY) -m pytest -m "slow or not slow"
 
-lint: setup ## ruff lint and format check
+lint: setup ## ruff lint, format check and the layer contract (import-linter)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check .
 
 format: setup ## Apply ruff formatting and safe fixes
@@ -67,16 +69,16 @@ bench: setup ## Benchmarks: indexing throughput, query latency, Qdrant Edge vs N
 	$(TANDEM) bench
 
 bench-llm: setup ## LLM serving: balancing policies under rising load, faults (eval/reports/llm_serving.*; QUICK=1)
-	$(PY) -m eval.bench_llm $(if $(QUICK),--quick,)
+	$(TANDEM) bench llm $(if $(QUICK),--quick,)
 
 bench-chat: setup ## Chat latency: first product card and first explanation token, p50/p95 (eval/reports/chat_latency.*)
-	$(PY) -m eval.bench_chat $(if $(TURNS),--turns $(TURNS),)
+	$(TANDEM) bench chat $(if $(TURNS),--turns $(TURNS),)
 
 bench-first-run: setup ## A fresh clone's `make run`, timed stage by stage until the chat answers (eval/reports/first_run.*)
 	$(PY) -m eval.bench_first_run
 
 loadtest: setup ## Locust load test of the API beside the raw encoder (eval/reports/api_loadtest.*; QUICK=1)
-	$(PY) -m eval.loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)
+	$(TANDEM) bench loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)
 
 clean: ## Remove the virtual environment (keeps TANDEM_HOME data)
 	rm -rf $(VENV)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from api.settings import ARTIFACTS_DIR, Settings
-from finetune.image_tower import ensure_untrained_tower
 from llms.base_model import ensure_base_model
 from llms.errors import BaseModelError
 from retrieval.categories import CategoryIndex
@@ -24,6 +23,7 @@ from retrieval.encoders import (
     set_offline,
 )
 from retrieval.hierarchical import HierarchicalRetriever
+from retrieval.image_tower import ensure_untrained_tower
 from retrieval.search import Retriever
 from retrieval.store import VectorStore
 
@@ -106,7 +106,7 @@ def build_retriever(
 def build_store(settings: Settings) -> VectorStore:
     q = settings.qdrant
     if q.url:
-        from qdrant_client import QdrantClient
+        from qdrant_client import QdrantClient  # noqa: PLC0415 - lazy: qdrant-client only when a Qdrant server is configured
 
         client = QdrantClient(
             url=q.url, api_key=q.api_key.get_secret_value() if q.api_key else None, timeout=int(q.timeout_s)

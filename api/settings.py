@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llms.config import DispatcherConfig, WorkerConfig
+from rag.turn import PipelineConfig
 from retrieval.catalogue import ColumnMapping
 from retrieval.hierarchical import Level1Config, SearchMode
 from retrieval.images import ImageLimits
@@ -48,8 +50,6 @@ def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         value = value.strip()
         if value.startswith("["):
-            import json
-
             return json.loads(value)
         return [v.strip() for v in value.split(",") if v.strip()]
     return value
@@ -177,21 +177,9 @@ class LlmSettings(BaseModel):
     explainer_model: str = Field(default="tandem-base", description="Base model that writes explanations.")
 
 
-class ChatSettings(BaseModel):
-    """The conversation pipeline: pool sizes, caps, deadlines and session limits (``TANDEM_CHAT__…``)."""
+class ChatSettings(PipelineConfig):
+    """The conversation: a turn's sizes, caps and deadlines (:class:`rag.turn.PipelineConfig`) and session limits."""
 
-    pool: int = Field(default=40, ge=1, le=500, description="Products retrieved per turn before filtering.")
-    ranker_candidates: int = Field(default=20, ge=1, le=26, description="Candidates the ranker sees.")
-    max_tool_rounds: int = Field(default=3, ge=1, le=10)
-    ranker_deadline_s: float = Field(default=20.0, gt=0)
-    ranker_fusion: float = Field(
-        default=0.5,
-        ge=0.0,
-        le=1.0,
-        description="The LLM ranker's share when its order is fused with retrieval order (RRF); 1: the ranker alone.",
-    )
-    explainer_deadline_s: float = Field(default=30.0, gt=0)
-    explainer_max_tokens: int = Field(default=40, ge=8, le=2048, description="Per explanation sentence.")
     max_sessions: int = Field(default=10_000, ge=1)
     session_ttl_s: float = Field(default=3600.0, gt=0)
     max_turns: int = Field(default=8, ge=1, le=100, description="Turns kept per session; older ones are dropped.")

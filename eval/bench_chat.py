@@ -1,6 +1,6 @@
 """Chat latency: time to the first product card and to the first explanation token, p50/p95, on this machine.
 
-``python -m eval.bench_chat [--turns N] [--reports DIR]`` (``make bench-chat``) serves the whole
+``tandem bench chat [--turns N] [--reports DIR]`` (``make bench-chat``) serves the whole
 product as ``make run`` does — the API (Qdrant Edge, the domain image tower) in a uvicorn
 thread and Tandem's embedded LLM worker (the base model, SmolLM2-135M-Instruct by default,
 and the LoRA ranker) as a child process — waits until ``/readyz`` reports the LLM part up,
@@ -11,22 +11,26 @@ sending to the ``ranking`` event (the first product card a buyer sees), to the f
 ``token`` event, and to ``done``; the report gives p50/p95 and a plot.
 
 Example:
-    >>> report = run_benchmark(get_settings(), turns=20)  # doctest: +SKIP
+    >>> report = run_benchmark("http://127.0.0.1:8000", catalogue, buyers, models, turns=20)  # doctest: +SKIP
     >>> report["first_card_ms"]["p50"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+
+from eval.machine import machine_info
+from eval.report_format import verdict
+from finetune.buyers import Buyer
+from retrieval.catalogue import Catalogue
 
 __all__ = ["run_benchmark"]
 
@@ -73,61 +77,50 @@ def _wait_for_llm(client: httpx.Client, timeout_s: float = 900.0) -> None:
     raise RuntimeError(f"the embedded LLM worker was not up within {timeout_s:g} s")
 
 
-def run_benchmark(settings: Any, *, turns: int = 60, reports: Path | None = None) -> dict[str, Any]:
-    """Serve the product, send ``turns`` streamed chat turns, write ``chat_latency.{json,md,png}``."""
-    import uvicorn
+def _buyer_turn(
+    client: httpx.Client, catalogue: Catalogue, buyer: Buyer, i: int, session: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """One SYNTHETIC buyer's turn (every third a follow-up in the same session): its timings and session id."""
+    message: dict[str, Any] = {"text": buyer.query_text}
+    follow_up = i % 3 == 2 and session is not None
+    if follow_up:
+        message = {"text": "in black, not this brand"}
+    elif buyer.query_image and (p := catalogue.get(buyer.query_image)) and p.image_path:
+        message["image_base64"] = base64.b64encode(p.image_path.read_bytes()).decode()
+    body: dict[str, Any] = {"message": message, "top_k": 10, "stream": True,
+                            "buyer": {"profile": buyer.profile.describe(), "history": list(buyer.history)}}  # fmt: skip
+    if follow_up:
+        body["session_id"] = session
+    row = _turn(client, body)
+    row.update(kind="follow-up" if follow_up else ("photo+text" if "image_base64" in message else "text"))
+    return row, row["session_id"]
 
-    from api.app import create_app
-    from api.console import progress_bar
-    from api.embedded_llm import embedded_llm_worker
-    from eval.bench_retrieval import machine_info
-    from finetune.buyers import BuyerConfig
-    from finetune.ranker_cases import ensure_buyers
-    from retrieval.catalogue import load_catalogue
 
-    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
-    buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
-    with embedded_llm_worker(settings) as worker:
-        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"workers": [worker]}),
-                                               "api": settings.api.model_copy(update={"keys": []})})  # fmt: skip
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None,
-                                               access_log=False))  # fmt: skip
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the API did not start")
-            time.sleep(0.1)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        rows: list[dict[str, Any]] = []
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client, progress_bar() as bar:
-                _wait_for_llm(client)
-                task = bar.add_task("chat turns", total=turns)
-                session: str | None = None
-                for i in range(turns):
-                    buyer = buyers[i % len(buyers)]
-                    message: dict[str, Any] = {"text": buyer.query_text}
-                    follow_up = i % 3 == 2 and session is not None
-                    if follow_up:
-                        message = {"text": "in black, not this brand"}
-                    elif buyer.query_image and (p := cat.get(buyer.query_image)) and p.image_path:
-                        message["image_base64"] = base64.b64encode(p.image_path.read_bytes()).decode()
-                    body: dict[str, Any] = {"message": message, "top_k": 10, "stream": True,
-                                            "buyer": {"profile": buyer.profile.describe(),
-                                                      "history": list(buyer.history)}}  # fmt: skip
-                    if follow_up:
-                        body["session_id"] = session
-                    row = _turn(client, body)
-                    row.update(kind="follow-up" if follow_up else ("photo+text" if "image_base64" in message
-                                                                   else "text"))  # fmt: skip
-                    session = row["session_id"]
-                    if i > 0:  # the first turn pays for lazy initialisation in both processes
-                        rows.append(row)
-                    bar.advance(task)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=15)
+def run_benchmark(
+    base_url: str,
+    catalogue: Catalogue,
+    buyers: Sequence[Buyer],
+    models: Mapping[str, str],
+    *,
+    turns: int = 60,
+    reports: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Send ``turns`` streamed chat turns to the service at ``base_url``; write ``chat_latency.{json,md,png}``.
+
+    The caller serves the product (``tandem bench chat`` does, as ``make run`` would); ``models``
+    names the base model and the ranker it serves, for the report.
+    """
+    report_progress = progress or (lambda done, total: None)
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(base_url=base_url, timeout=300) as client:
+        _wait_for_llm(client)
+        session: str | None = None
+        for i in range(turns):
+            row, session = _buyer_turn(client, catalogue, buyers[i % len(buyers)], i, session)
+            if i > 0:  # the first turn pays for lazy initialisation in both processes
+                rows.append(row)
+            report_progress(i + 1, turns)
     report: dict[str, Any] = {
         "turns": len(rows),
         "first_card_ms": _percentiles([r["first_card_ms"] for r in rows if "first_card_ms" in r]),
@@ -142,7 +135,7 @@ def run_benchmark(settings: Any, *, turns: int = 60, reports: Path | None = None
             for kind in ("text", "photo+text", "follow-up")
         },
         "machine": machine_info(),
-        "models": {"base": settings.llm.base, "ranker": str(settings.ranker_adapter_dir())},
+        "models": dict(models),
         "synthetic_buyers": True,
         "rows": rows,
     }
@@ -156,10 +149,10 @@ _TOY = {"first_card": "1006 / 1188 ms", "first_token": "1065 / 1238 ms"}
 
 
 def _write(report: dict[str, Any], reports: Path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "chat_latency.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -204,8 +197,8 @@ def _write(report: dict[str, Any], reports: Path) -> None:
         "",
         "| target (2 cores) | p95 measured | result |",
         "| --- | ---: | ---: |",
-        f"| first product card ≤ 2.5 s | {card['p95']} ms | {'PASS' if card['p95'] <= 2500 else 'MISS'} |",
-        f"| first explanation token ≤ 3 s | {token['p95']} ms | {'PASS' if token['p95'] <= 3000 else 'MISS'} |",
+        f"| first product card ≤ 2.5 s | {card['p95']} ms | {verdict(card['p95'] <= 2500, bold=False)} |",
+        f"| first explanation token ≤ 3 s | {token['p95']} ms | {verdict(token['p95'] <= 3000, bold=False)} |",
         "",
         "Before (the 4.2M-parameter model Tandem trained from scratch, the same benchmark, 39 turns): first card"
         f" p50 / p95 {_TOY['first_card']}, first token {_TOY['first_token']}.",
@@ -213,22 +206,3 @@ def _write(report: dict[str, Any], reports: Path) -> None:
         "![latency](chat_latency.png)",
     ]
     (reports / "chat_latency.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def main() -> None:
-    from api.settings import get_settings
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--turns", type=int, default=60)
-    parser.add_argument("--reports", type=Path, default=Path("eval/reports"))
-    args = parser.parse_args()
-    report = run_benchmark(get_settings(), turns=args.turns, reports=args.reports)
-    card, token = report["first_card_ms"], report["first_token_ms"]
-    print(
-        f"first card p50 {card['p50']} ms, p95 {card['p95']} ms; first token p50 {token['p50']} ms, "
-        f"p95 {token['p95']} ms"
-    )
-
-
-if __name__ == "__main__":
-    main()

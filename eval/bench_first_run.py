@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -30,6 +29,10 @@ from typing import Any
 
 import httpx
 
+from eval.machine import machine_info
+from eval.process import free_port
+from eval.report_format import machine_line
+
 __all__ = ["run_benchmark"]
 
 # The first line of each stage as `make run` prints it (a stage ends where the next one starts).
@@ -38,12 +41,6 @@ MARKERS = {
     "index_done_s": "indexed ",
     "server_started_s": "Uvicorn running",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _clean_env(port: int, limit: int | None) -> dict[str, str]:
@@ -90,10 +87,9 @@ def _chat_turn(base: str) -> dict[str, Any]:
 
 def run_benchmark(repo: Path, reports: Path, deadline_s: float = 1200.0, limit: int | None = None) -> dict[str, Any]:
     """Clone ``repo``'s HEAD, time its ``make run`` until the chat answers, write the report."""
-    from eval.bench_retrieval import machine_info
 
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    port = _free_port()
+    port = free_port()
     lines: list[tuple[float, str]] = []
     # Beside the repository, as a user's clone is: the default catalogue path (../shared/data/fashion) resolves.
     with tempfile.TemporaryDirectory(prefix=".tandem-first-run-", dir=repo.resolve().parent) as scratch:
@@ -130,7 +126,6 @@ def run_benchmark(repo: Path, reports: Path, deadline_s: float = 1200.0, limit: 
 
 
 def _write(report: dict[str, Any], reports: Path) -> None:
-    from eval.report_format import machine_line
 
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "first_run.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

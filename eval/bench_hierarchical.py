@@ -17,10 +17,12 @@ Example:
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import qdrant_edge as qe
 
 from eval.bench_retrieval import top_k_indices
 from eval.metrics import latency_percentiles
+from eval.retrieval_eval import format_table
 from retrieval.categories import CategoryIndex
 from retrieval.encoders import l2_normalise
 from retrieval.hierarchical import Level1Config, select_categories
@@ -38,6 +41,8 @@ __all__ = ["SYNTHETIC_LABEL", "bench_scaling", "scaled_sizes", "write_report"]
 SYNTHETIC_LABEL = "SYNTHETIC vectors (real category structure, scaled)"
 _VEC = "v"
 _KEY = "category_path"
+# One named list per figure a query yields, so the query loop and the report row cannot disagree on an order.
+_SERIES = ("flat", "hier", "l1", "fraction", "overlap", "hit", "exact_flat", "exact_hier")
 
 
 def scaled_sizes(real: Mapping[str, int], n: int) -> dict[str, int]:
@@ -52,6 +57,174 @@ def scaled_sizes(real: Mapping[str, int], n: int) -> dict[str, int]:
     rest = spare - int(base.sum())
     base[np.argsort(-(raw - base))[:rest]] += 1
     return {k: int(b) + 1 for k, b in zip(keys, base, strict=True)}
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The arguments of :func:`bench_scaling` that shape every size's run."""
+
+    dim: int
+    queries: int
+    k: int
+    noise: float
+    level1: Level1Config
+    seed: int
+    payload_m: int | None
+    report: Callable[[str, int, int], None]
+
+
+@dataclass
+class _Catalogue:
+    """One synthetic catalogue of N products, stored category by category."""
+
+    n: int
+    keys: list[str]
+    sizes: dict[str, int]
+    labels: np.ndarray
+    bounds: np.ndarray
+    centres: np.ndarray
+    matrix: np.ndarray
+
+
+def _synthetic_catalogue(real_sizes: Mapping[str, int], n: int, setup: _Setup, rng: np.random.Generator) -> _Catalogue:
+    cat_sizes = scaled_sizes(real_sizes, n)
+    keys = sorted(cat_sizes)
+    centres = l2_normalise(rng.standard_normal((len(keys), setup.dim)))
+    # Products are stored category by category, so each category is one contiguous slice of the
+    # matrix: exact search inside the kept categories reads only their rows (no gather, no copy).
+    labels = np.repeat(np.arange(len(keys)), [cat_sizes[c] for c in keys])
+    bounds = np.concatenate([[0], np.cumsum([cat_sizes[c] for c in keys])])
+    matrix = np.empty((n, setup.dim), dtype=np.float32)
+    return _Catalogue(n, keys, cat_sizes, labels, bounds, centres, matrix)
+
+
+def _create_shard(path: Path, dim: int, payload_m: int | None) -> Any:
+    # The same engine settings as the vector benchmark (eval/bench_retrieval/vectors.py): int8 scalar
+    # quantization with float rescoring keeps the single-threaded 1M HNSW build within minutes.
+    shard = qe.EdgeShard.create(
+        str(path),
+        qe.EdgeConfig(
+            vectors={_VEC: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=10_000, payload_m=payload_m),
+            quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+            wal_enabled=False,
+        ),
+    )
+    # payload_m builds extra HNSW links inside each category, so a search filtered to a few
+    # categories walks their own sub-graphs instead of skipping through the global one.
+    keyword = qe.KeywordIndexParams(is_tenant=True) if payload_m else qe.PayloadSchemaType.Keyword
+    shard.update(qe.UpdateOperation.create_field_index(_KEY, keyword))
+    return shard
+
+
+def _fill_and_build(shard: Any, cat: _Catalogue, setup: _Setup, rng: np.random.Generator) -> np.ndarray:
+    """Draw every product around its centre, store it in the matrix and the shard, build HNSW; returns the sums."""
+    n, keys, labels, report = cat.n, cat.keys, cat.labels, setup.report
+    sums = np.zeros((len(keys), setup.dim), dtype=np.float64)
+    chunk = 5000
+    for start in range(0, n, chunk):
+        lab = labels[start : start + chunk]
+        noise = setup.noise * rng.standard_normal((len(lab), setup.dim)).astype(np.float32)
+        x = l2_normalise(cat.centres[lab] + noise)
+        np.add.at(sums, lab, x)
+        cat.matrix[start : start + len(lab)] = x
+        shard.update(
+            qe.UpdateOperation.upsert_points(
+                [
+                    qe.Point(id=start + i, vector={_VEC: x[i].tolist()}, payload={_KEY: keys[lab[i]]})
+                    for i in range(len(lab))
+                ]
+            )
+        )
+        report(f"synthetic {n:,}: inserting", min(start + chunk, n), n)
+    shard.flush()
+    report(f"synthetic {n:,}: building HNSW", 0, 1)
+    shard.optimize()
+    report(f"synthetic {n:,}: building HNSW", 1, 1)
+    return sums
+
+
+def _time_queries(
+    shard: Any, cat: _Catalogue, index: CategoryIndex, setup: _Setup, rng: np.random.Generator
+) -> dict[str, list[Any]]:
+    """Both modes, in HNSW and exactly, for fresh samples of the categories (chosen in proportion to their size)."""
+    n, keys, k, protos = cat.n, cat.keys, setup.k, index.proto_image
+    q_lab = cat.labels[rng.integers(0, n, size=setup.queries)]
+    noise = setup.noise * rng.standard_normal((setup.queries, setup.dim)).astype(np.float32)
+    qs = l2_normalise(cat.centres[q_lab] + noise)
+    params = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0))
+    for q in qs[:10]:  # warm-up: first touches of the index pages are not what a server sees
+        shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist(), using=_VEC), params=params))
+    out: dict[str, list[Any]] = {key: [] for key in _SERIES}
+    for i, q in enumerate(qs):
+        ql = q.tolist()
+        t = time.perf_counter()
+        flat = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC), params=params))
+        out["flat"].append((time.perf_counter() - t) * 1000)
+        t = t_l1_start = time.perf_counter()
+        chosen = select_categories(protos @ q, index, setup.level1, min_products=k)
+        t_l1 = time.perf_counter()
+        flt = qe.Filter(must=[qe.FieldCondition(key=_KEY, match=qe.MatchAny(any=chosen.kept))])
+        hier = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC), filter=flt, params=params))
+        out["hier"].append((time.perf_counter() - t) * 1000)
+        out["l1"].append((t_l1 - t) * 1000)
+        out["fraction"].append(chosen.searched_fraction)
+        out["hit"].append(keys[q_lab[i]] in chosen.kept)
+        out["overlap"].append(len({p.id for p in flat} & {p.id for p in hier}) / k)
+        # Exact (brute-force) search, the single-stage baseline of the reference paper.
+        t = time.perf_counter()
+        top_k_indices(cat.matrix @ q, k)
+        out["exact_flat"].append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        kept_idx = [index.position[c] for c in chosen.kept]
+        scores = np.concatenate([cat.matrix[cat.bounds[c] : cat.bounds[c + 1]] @ q for c in kept_idx])
+        top_k_indices(scores, k)
+        out["exact_hier"].append((time.perf_counter() - t) * 1000 + (t_l1 - t_l1_start) * 1000)
+        setup.report(f"synthetic {n:,}: queries", i + 1, setup.queries)
+    return out
+
+
+def _scaling_row(n: int, categories: int, ms: Mapping[str, list[Any]], build_s: float) -> dict[str, Any]:
+    f, h = latency_percentiles(ms["flat"]), latency_percentiles(ms["hier"])
+    return {
+        "n": n,
+        "categories": categories,
+        "flat_p50_ms": round(f["latency_ms_p50"], 3),
+        "flat_p95_ms": round(f["latency_ms_p95"], 3),
+        "hier_p50_ms": round(h["latency_ms_p50"], 3),
+        "hier_p95_ms": round(h["latency_ms_p95"], 3),
+        "level1_p50_ms": round(float(np.median(ms["l1"])), 3),
+        "speedup_p50": round(f["latency_ms_p50"] / h["latency_ms_p50"], 2),
+        "exact_flat_p50_ms": round(float(np.median(ms["exact_flat"])), 3),
+        "exact_hier_p50_ms": round(float(np.median(ms["exact_hier"])), 3),
+        "exact_speedup_p50": round(float(np.median(ms["exact_flat"]) / np.median(ms["exact_hier"])), 2),
+        "searched_fraction": round(float(np.mean(ms["fraction"])), 4),
+        "category_recall": round(float(np.mean(ms["hit"])), 4),
+        "top10_overlap_with_flat": round(float(np.mean(ms["overlap"])), 4),
+        "build_s": round(build_s, 1),
+        "synthetic": True,
+    }
+
+
+def _bench_size(real_sizes: Mapping[str, int], n: int, setup: _Setup, work_dir: Path | None) -> dict[str, Any]:
+    rng = np.random.default_rng(setup.seed)
+    cat = _synthetic_catalogue(real_sizes, n, setup, rng)
+    tmp = Path(tempfile.mkdtemp(prefix=f"tandem-hier-{n}-", dir=work_dir))
+    try:
+        shard = _create_shard(tmp, setup.dim, setup.payload_m)
+        t0 = time.perf_counter()
+        sums = _fill_and_build(shard, cat, setup, rng)
+        build_s = time.perf_counter() - t0
+        protos = l2_normalise(sums.astype(np.float32))
+        index = CategoryIndex(None, cat.keys, np.array([cat.sizes[c] for c in cat.keys]), protos, protos, protos)
+        row = _scaling_row(n, len(cat.keys), _time_queries(shard, cat, index, setup, rng), build_s)
+        shard.close()
+        del cat
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        gc.collect()
+    return row
 
 
 def bench_scaling(
@@ -71,125 +244,8 @@ def bench_scaling(
     """Search-stage latency of both modes at each catalogue size, on SYNTHETIC vectors."""
     level1 = level1 or Level1Config(policy="mass", representation="prototype")
     report = progress or (lambda stage, done, total: None)
-    rows = []
-    for n in sizes:
-        rng = np.random.default_rng(seed)
-        cat_sizes = scaled_sizes(real_sizes, n)
-        keys = sorted(cat_sizes)
-        centres = l2_normalise(rng.standard_normal((len(keys), dim)))
-        # Products are stored category by category, so each category is one contiguous slice of the
-        # matrix: exact search inside the kept categories reads only their rows (no gather, no copy).
-        labels = np.repeat(np.arange(len(keys)), [cat_sizes[c] for c in keys])
-        bounds = np.concatenate([[0], np.cumsum([cat_sizes[c] for c in keys])])
-        matrix = np.empty((n, dim), dtype=np.float32)
-        tmp = Path(tempfile.mkdtemp(prefix=f"tandem-hier-{n}-", dir=work_dir))
-        try:
-            # The same engine settings as the vector benchmark (eval/bench_retrieval.py): int8 scalar
-            # quantization with float rescoring keeps the single-threaded 1M HNSW build within minutes.
-            shard = qe.EdgeShard.create(
-                str(tmp),
-                qe.EdgeConfig(
-                    vectors={_VEC: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
-                    hnsw_config=qe.HnswIndexConfig(
-                        m=16, ef_construct=64, full_scan_threshold=10_000, payload_m=payload_m
-                    ),
-                    quantization_config=qe.ScalarQuantizationConfig(
-                        type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
-                    ),
-                    optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
-                    wal_enabled=False,
-                ),
-            )
-            # payload_m builds extra HNSW links inside each category, so a search filtered to a few
-            # categories walks their own sub-graphs instead of skipping through the global one.
-            keyword = qe.KeywordIndexParams(is_tenant=True) if payload_m else qe.PayloadSchemaType.Keyword
-            shard.update(qe.UpdateOperation.create_field_index(_KEY, keyword))
-            t0 = time.perf_counter()
-            sums = np.zeros((len(keys), dim), dtype=np.float64)
-            chunk = 5000
-            for start in range(0, n, chunk):
-                lab = labels[start : start + chunk]
-                x = l2_normalise(centres[lab] + noise * rng.standard_normal((len(lab), dim)).astype(np.float32))
-                np.add.at(sums, lab, x)
-                matrix[start : start + len(lab)] = x
-                shard.update(
-                    qe.UpdateOperation.upsert_points(
-                        [
-                            qe.Point(id=start + i, vector={_VEC: x[i].tolist()}, payload={_KEY: keys[lab[i]]})
-                            for i in range(len(lab))
-                        ]
-                    )
-                )
-                report(f"synthetic {n:,}: inserting", min(start + chunk, n), n)
-            shard.flush()
-            report(f"synthetic {n:,}: building HNSW", 0, 1)
-            shard.optimize()
-            report(f"synthetic {n:,}: building HNSW", 1, 1)
-            build_s = time.perf_counter() - t0
-            protos = l2_normalise(sums.astype(np.float32))
-            cats = CategoryIndex(None, keys, np.array([cat_sizes[c] for c in keys]), protos, protos, protos)
-            # Queries: fresh samples of the categories, chosen in proportion to their size.
-            q_lab = labels[rng.integers(0, n, size=queries)]
-            qs = l2_normalise(centres[q_lab] + noise * rng.standard_normal((queries, dim)).astype(np.float32))
-            params = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0))
-            for q in qs[:10]:  # warm-up: first touches of the index pages are not what a server sees
-                shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist(), using=_VEC), params=params))
-            flat_ms, hier_ms, l1_ms, fractions, overlap, cat_hit = [], [], [], [], [], []
-            exact_flat_ms, exact_hier_ms = [], []
-            for i, q in enumerate(qs):
-                ql = q.tolist()
-                t = time.perf_counter()
-                flat = shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC), params=params))
-                flat_ms.append((time.perf_counter() - t) * 1000)
-                t = t_l1_start = time.perf_counter()
-                chosen = select_categories(protos @ q, cats, level1, min_products=k)
-                t_l1 = time.perf_counter()
-                flt = qe.Filter(must=[qe.FieldCondition(key=_KEY, match=qe.MatchAny(any=chosen.kept))])
-                hier = shard.query(
-                    qe.QueryRequest(limit=k, query=qe.Query.Nearest(ql, using=_VEC), filter=flt, params=params)
-                )
-                hier_ms.append((time.perf_counter() - t) * 1000)
-                l1_ms.append((t_l1 - t) * 1000)
-                fractions.append(chosen.searched_fraction)
-                cat_hit.append(keys[q_lab[i]] in chosen.kept)
-                overlap.append(len({p.id for p in flat} & {p.id for p in hier}) / k)
-                # Exact (brute-force) search, the single-stage baseline of the reference paper.
-                t = time.perf_counter()
-                top_k_indices(matrix @ q, k)
-                exact_flat_ms.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                kept_idx = [cats.position[c] for c in chosen.kept]
-                scores = np.concatenate([matrix[bounds[c] : bounds[c + 1]] @ q for c in kept_idx])
-                top_k_indices(scores, k)
-                exact_hier_ms.append((time.perf_counter() - t) * 1000 + (t_l1 - t_l1_start) * 1000)
-                report(f"synthetic {n:,}: queries", i + 1, queries)
-            f, h = latency_percentiles(flat_ms), latency_percentiles(hier_ms)
-            rows.append(
-                {
-                    "n": n,
-                    "categories": len(keys),
-                    "flat_p50_ms": round(f["latency_ms_p50"], 3),
-                    "flat_p95_ms": round(f["latency_ms_p95"], 3),
-                    "hier_p50_ms": round(h["latency_ms_p50"], 3),
-                    "hier_p95_ms": round(h["latency_ms_p95"], 3),
-                    "level1_p50_ms": round(float(np.median(l1_ms)), 3),
-                    "speedup_p50": round(f["latency_ms_p50"] / h["latency_ms_p50"], 2),
-                    "exact_flat_p50_ms": round(float(np.median(exact_flat_ms)), 3),
-                    "exact_hier_p50_ms": round(float(np.median(exact_hier_ms)), 3),
-                    "exact_speedup_p50": round(float(np.median(exact_flat_ms) / np.median(exact_hier_ms)), 2),
-                    "searched_fraction": round(float(np.mean(fractions)), 4),
-                    "category_recall": round(float(np.mean(cat_hit)), 4),
-                    "top10_overlap_with_flat": round(float(np.mean(overlap)), 4),
-                    "build_s": round(build_s, 1),
-                    "synthetic": True,
-                }
-            )
-            shard.close()
-            del matrix
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            gc.collect()
-    return rows
+    setup = _Setup(dim, queries, k, noise, level1, seed, payload_m, report)
+    return [_bench_size(real_sizes, n, setup, work_dir) for n in sizes]
 
 
 def write_report(
@@ -200,7 +256,6 @@ def write_report(
     ``results`` holds ``machine``, ``scaling`` (rows of :func:`bench_scaling`) and optionally
     ``eval`` (the report of :func:`eval.retrieval_eval.evaluate` on the real catalogue).
     """
-    import json
 
     reports_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = reports_dir / f"{name}.json", reports_dir / f"{name}.md"
@@ -215,8 +270,6 @@ def write_report(
         ]
     ev = results.get("eval")
     if ev:
-        from eval.retrieval_eval import format_table
-
         lines += [
             f"## Real catalogue: {ev.get('queries')} buyer-style photo queries, K={ev.get('k')}",
             "",
@@ -263,10 +316,10 @@ def write_report(
 
 
 def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
     n = [r["n"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.2))

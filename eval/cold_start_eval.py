@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.report_format import machine_line
+from eval.report_format import machine_line, verdict
 from finetune.buyers import BUSINESS_TYPES, Buyer
+from llms.client import ChatClient
 from rag.cold_start import cold_start_payload, parse_topics
-from rag.pipeline import LlmBackend
 from rag.ranker_format import product_gender
 from retrieval.catalogue import Catalogue
 from retrieval.hierarchical import HierarchicalRetriever
@@ -51,7 +51,7 @@ def _plausible(buyer: Buyer, categories: Sequence[tuple[str, ...]], genders: Seq
 
 
 def evaluate_cold_start(
-    llm: LlmBackend,
+    llm: ChatClient,
     model: str,
     retriever: HierarchicalRetriever,
     buyers: Sequence[Buyer],
@@ -119,7 +119,7 @@ def write_cold_start_report(results: Mapping[str, Any], report_dir: Path, model:
         "",
         "| target | measured | result |",
         "| --- | --- | ---: |",
-        f"| valid topic lists ≥ 95 % | {valid:.1%} | {'PASS' if valid >= 0.95 else 'MISS'} |",
+        f"| valid topic lists ≥ 95 % | {valid:.1%} | {verdict(valid >= 0.95, bold=False)} |",
         "",
         "## Answers verbatim",
         "",

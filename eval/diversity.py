@@ -1,22 +1,15 @@
-"""Diversity of recommendation lists: intra-list diversity (ILD), coverage and novelty.
+"""Diversity across many lists, for the experiments: coverage and novelty.
 
-- **ILD@K on embeddings**: the mean pairwise distance ``1 − cos(a, b)`` over the first K items
-  (image or text vectors; vectors are normalised here, so any scale works).
-- **ILD@K on the category path**: the share of distinct full paths among the K items, and the
-  mean pairwise *tree distance* — the levels below the deepest common ancestor, over the path
-  depth (0 for the same category, 1 for different top-level categories).
 - **Coverage** across many lists: distinct products and categories shown, over the catalogue's.
 - **Novelty**: the mean self-information ``−log2 p`` of the items, ``p`` their popularity
   (for example the share of lists, or of the catalogue, that a category takes).
 
-A list of fewer than two items has no pairs; its ILD is 0 by definition.
+The per-list measures (ILD on vectors and on the category path) are product code and live in
+:mod:`rag.diversity`.
 
 Example:
-    >>> import numpy as np
-    >>> round(ild(np.array([[1.0, 0.0], [0.0, 1.0]])), 3)
-    1.0
-    >>> tree_distance(("Apparel", "Topwear", "Shirts"), ("Apparel", "Bottomwear", "Jeans"))
-    0.6666666666666666
+    >>> round(novelty(["a", "b"], {"a": 0.5, "b": 0.25}), 3)
+    1.5
 """
 
 from __future__ import annotations
@@ -30,65 +23,7 @@ import numpy as np
 
 K = TypeVar("K", bound=Hashable)
 
-__all__ = [
-    "CoverageTracker",
-    "category_ild",
-    "distinct_path_share",
-    "ild",
-    "novelty",
-    "purchase_popularity",
-    "tree_distance",
-]
-
-
-def ild(vectors: np.ndarray | Sequence[Sequence[float]], k: int | None = None) -> float:
-    """Mean pairwise ``1 − cosine`` over the first ``k`` rows (all rows when ``k`` is None)."""
-    x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"vectors must be a 2-D array (items × dimensions), got shape {x.shape}")
-    if k is not None:
-        if k <= 0:
-            raise ValueError("k must be positive")
-        x = x[:k]
-    n = len(x)
-    if n < 2:
-        return 0.0
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError("a zero vector has no direction: cannot measure its distance")
-    x = x / norms
-    sims = x @ x.T
-    upper = sims[np.triu_indices(n, k=1)]
-    return float(np.mean(1.0 - upper))
-
-
-def tree_distance(a: Sequence[str], b: Sequence[str]) -> float:
-    """Levels below the deepest common ancestor, over the deeper path's depth (0 = same category)."""
-    depth = max(len(a), len(b))
-    if depth == 0:
-        return 0.0
-    common = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        common += 1
-    return (depth - common) / depth
-
-
-def category_ild(paths: Sequence[Sequence[str]], k: int | None = None) -> float:
-    """Mean pairwise :func:`tree_distance` over the first ``k`` category paths."""
-    chosen = list(paths[:k] if k is not None else paths)
-    n = len(chosen)
-    if n < 2:
-        return 0.0
-    total = sum(tree_distance(chosen[i], chosen[j]) for i in range(n) for j in range(i + 1, n))
-    return total / (n * (n - 1) / 2)
-
-
-def distinct_path_share(paths: Sequence[Sequence[str]], k: int | None = None) -> float:
-    """Distinct full category paths among the first ``k`` items, over the number of items (1.0 = all differ)."""
-    chosen = [tuple(p) for p in (paths[:k] if k is not None else paths)]
-    return len(set(chosen)) / len(chosen) if chosen else 0.0
+__all__ = ["CoverageTracker", "novelty", "purchase_popularity"]
 
 
 def novelty(items: Iterable[K], popularity: Mapping[K, float], *, floor: float = 1e-6) -> float:

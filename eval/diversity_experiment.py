@@ -21,7 +21,7 @@ would reach on these pools. Headline figures:
 ``ild_range_ratio`` (highest over lowest mean ILD@10 the sampling knobs reach) and
 ``ndcg_gap_vs_mmr_at_equal_ild`` (the best sampling setting's NDCG@10 minus MMR's,
 interpolated at the same ILD; ≥ 0 means the ranker's knobs are at least as good as MMR).
-The measured points are also Tandem's diversity calibration (``api.diversity``).
+The measured points are also Tandem's diversity calibration (``api.http.diversity``).
 
 Example:
     >>> report = run_experiment(settings, budget=200)  # doctest: +SKIP
@@ -41,12 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from eval.diversity import CoverageTracker, category_ild, ild, novelty
+from eval.diversity import CoverageTracker, novelty
 from eval.metrics import ndcg_at_k
 from eval.ranker_eval import llm_ranker
+from eval.report_format import verdict
 from finetune.buyers import Buyer
 from finetune.ranking_data import RankingCase, graded_relevance
-from rag.mmr import mmr_order
+from llms.client import ChatClient
+from rag.diversity import category_ild, ild, mmr_order
 from rag.validation import validate_ranking
 from retrieval.catalogue import Catalogue
 from retrieval.hierarchical import EXPLORE_PER_CATEGORY
@@ -176,7 +178,7 @@ def summarise(
 
 
 def ranker_orders(
-    service: Any,
+    llm: ChatClient,
     model: str,
     catalogue: Catalogue,
     requests: Sequence[Request],
@@ -185,7 +187,7 @@ def ranker_orders(
 ) -> list[list[str]]:
     """The validated ranking of every pool by the LLM ranker with these sampling knobs and this seed."""
     cases = [RankingCase(r.buyer, r.pool) for r in requests]
-    answers = llm_ranker(service, model, catalogue, sampling={**sampling, "seed": seed})(cases)
+    answers = llm_ranker(llm, model, catalogue, sampling={**sampling, "seed": seed})(cases)
     return [validate_ranking(a.ids, list(r.pool)).ranking for a, r in zip(answers, requests, strict=True)]
 
 
@@ -214,25 +216,14 @@ def _gaps(sampling: Sequence[Setting], mmr: Sequence[Setting]) -> list[tuple[Set
     return [(s, s.ndcg - float(np.interp(s.ild, xs, ys))) for s in sampling if xs[0] <= s.ild <= xs[-1]]
 
 
-def run_experiment(
-    requests: Sequence[Request],
-    catalogue: Catalogue,
-    vectors: dict[str, np.ndarray],
+def _sampling_settings(
     rank: Callable[[dict[str, Any], int], list[list[str]]],
-    *,
-    seeds: int = 3,
-    popularity: Mapping[str, float] | None = None,
-    progress: Progress | None = None,
-    pool: tuple[int, int] = (20, 0),
-) -> dict[str, Any]:
-    """Sweep every knob over the same pools; ``rank(sampling, seed)`` orders every pool with the LLM ranker.
-
-    ``popularity`` (product id → share of purchases) adds novelty; coverage is over the pooled products.
-    ``pool`` says how the pools were made (precise hits, nearby categories explored) for the report.
-    """
-    report_progress = progress or (lambda stage, done, total: None)
-    relevance = [_relevance(r, catalogue) for r in requests]
-    scorer = _Scorer(requests, catalogue, vectors, popularity)
+    scorer: _Scorer,
+    relevance: Sequence[dict[str, int]],
+    seeds: int,
+    report_progress: Progress,
+) -> list[Setting]:
+    """One setting per sampling knob value, each ranked with every seed (greedy decoding: once)."""
     settings: list[Setting] = []
     total = sum(1 if s["temperature"] == 0.0 else seeds for _, _, s in SAMPLING)
     done = 0
@@ -246,6 +237,13 @@ def run_experiment(
             done += 1
             report_progress("ranker sampling sweep", done, total)
         settings.append(summarise(knob, value, per_seed, coverage))
+    return settings
+
+
+def _mmr_settings(
+    requests: Sequence[Request], vectors: dict[str, np.ndarray], scorer: _Scorer, relevance: Sequence[dict[str, int]]
+) -> list[Setting]:
+    settings: list[Setting] = []
     for lam in MMR_LAMBDAS:
         orders = []
         for request in requests:
@@ -253,6 +251,13 @@ def run_experiment(
             orders.append([request.pool[i] for i in order])
         rows = [scorer.score(o, rel) for o, rel in zip(orders, relevance, strict=True)]
         settings.append(summarise("mmr_lambda", lam, [rows], [scorer.coverage(orders)]))
+    return settings
+
+
+def _baselines(
+    requests: Sequence[Request], scorer: _Scorer, relevance: Sequence[dict[str, int]], seeds: int
+) -> tuple[Setting, Setting]:
+    """The pools in retrieval order, and in a uniformly random order (one shuffle per seed)."""
     pools = [list(r.pool) for r in requests]
     retrieval = summarise("retrieval", 0.0, [[scorer.score(o, rel) for o, rel in zip(pools, relevance, strict=True)]],
                           [scorer.coverage(pools)])  # fmt: skip
@@ -265,11 +270,22 @@ def run_experiment(
         [[scorer.score(o, rel) for o, rel in zip(run, relevance, strict=True)] for run in shuffled_runs],
         [scorer.coverage(run) for run in shuffled_runs],
     )
+    return retrieval, random_order
+
+
+def _experiment_report(
+    requests: Sequence[Request],
+    settings: Sequence[Setting],
+    baselines: tuple[Setting, Setting],
+    seeds: int,
+    pool: tuple[int, int],
+) -> dict[str, Any]:
+    """The report dict: every setting, the headline figures and how the requests and pools were made."""
+    retrieval, random_order = baselines
     sampled = [s for s in settings if s.knob in {"temperature", "top_p", "top_k"}]
     mmr = [s for s in settings if s.knob == "mmr_lambda"]
     lowest = min(s.ild for s in sampled)
     temps = [s.ild for s in settings if s.knob == "temperature"]
-
     return {
         "settings": [
             {"knob": s.knob, "value": s.value, **s.metrics(), "ndcg_std": s.ndcg_std, "seeds": s.seeds}
@@ -299,15 +315,38 @@ def run_experiment(
     }
 
 
-def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any]) -> None:
-    """``diversity.json``, ``diversity.md`` (table, targets, reading) and ``diversity.png`` (the trade-off)."""
-    import matplotlib
+def run_experiment(
+    requests: Sequence[Request],
+    catalogue: Catalogue,
+    vectors: dict[str, np.ndarray],
+    rank: Callable[[dict[str, Any], int], list[list[str]]],
+    *,
+    seeds: int = 3,
+    popularity: Mapping[str, float] | None = None,
+    progress: Progress | None = None,
+    pool: tuple[int, int] = (20, 0),
+) -> dict[str, Any]:
+    """Sweep every knob over the same pools; ``rank(sampling, seed)`` orders every pool with the LLM ranker.
+
+    ``popularity`` (product id → share of purchases) adds novelty; coverage is over the pooled products.
+    ``pool`` says how the pools were made (precise hits, nearby categories explored) for the report.
+    """
+    report_progress = progress or (lambda stage, done, total: None)
+    relevance = [_relevance(r, catalogue) for r in requests]
+    scorer = _Scorer(requests, catalogue, vectors, popularity)
+    settings = _sampling_settings(rank, scorer, relevance, seeds, report_progress)
+    settings += _mmr_settings(requests, vectors, scorer, relevance)
+    baselines = _baselines(requests, scorer, relevance, seeds)
+    return _experiment_report(requests, settings, baselines, seeds, pool)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    """The trade-off: NDCG@10 against ILD@10 per knob, with the retrieval and random orders for scale."""
+    import matplotlib  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "diversity.json").write_text(json.dumps({**report, "machine": machine}, indent=2), encoding="utf-8")
     fig, ax = plt.subplots(figsize=(7.5, 5))
     labels = {"temperature": "ranker temperature", "top_p": "ranker top-p (T=1)", "top_k": "ranker top-k (T=1)",
               "mmr_lambda": "MMR λ (retrieval scores)"}  # fmt: skip
@@ -332,11 +371,15 @@ def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(reports / "diversity.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+def _markdown(report: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    """``diversity.md`` as lines: what was measured, the table, the targets and the reading."""
+    base = report["retrieval_order"]
     ratio, gap = report["ild_range_ratio"], report["ndcg_gap_vs_mmr_at_equal_ild"]
-    lines = [
+    return [
         "# Diversity you can dial: the relevance–diversity trade-off per knob",
         "",
         "> Requests are those of **SYNTHETIC** test buyers (`finetune/buyers.py`) plus photo-only queries of their"
@@ -367,12 +410,11 @@ def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any])
         "",
         "| target | measured | result |",
         "| --- | --- | ---: |",
-        f"| ILD@10 raised across ≥ 2× by the sampling knobs alone | {ratio:.2f}× |"
-        f" {'PASS' if ratio >= 2 else 'MISS'} |",
+        f"| ILD@10 raised across ≥ 2× by the sampling knobs alone | {ratio:.2f}× | {verdict(ratio >= 2, bold=False)} |",
         f"| mean ILD@10 monotone in temperature | {report['temperature_monotone']} |"
-        f" {'PASS' if report['temperature_monotone'] else 'MISS'} |",
+        f" {verdict(bool(report['temperature_monotone']), bold=False)} |",
         f"| NDCG@10 at equal ILD ≥ MMR's | {gap if gap is not None else 'no overlap'} |"
-        f" {'PASS' if gap is not None and gap >= 0 else 'MISS'} |",
+        f" {verdict(gap is not None and gap >= 0, bold=False)} |",
         "",
         "![trade-off](diversity.png)",
         "",
@@ -380,7 +422,14 @@ def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any])
         "",
         *_reading(report),
     ]
-    (reports / "diversity.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_report(report: dict[str, Any], reports: Path, machine: dict[str, Any]) -> None:
+    """``diversity.json``, ``diversity.md`` (table, targets, reading) and ``diversity.png`` (the trade-off)."""
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "diversity.json").write_text(json.dumps({**report, "machine": machine}, indent=2), encoding="utf-8")
+    _plot(report, reports / "diversity.png")
+    (reports / "diversity.md").write_text("\n".join(_markdown(report, machine)) + "\n", encoding="utf-8")
 
 
 def _pool_words(report: Mapping[str, Any]) -> str:

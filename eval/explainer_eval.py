@@ -27,11 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.report_format import machine_line
+from eval.report_format import machine_line, verdict
 from eval.turns import buyer_turn
 from finetune.buyers import Buyer
 from rag.explanation_check import ExplanationChecker
-from rag.pipeline import Pipeline, TurnResult
+from rag.pipeline import Pipeline
+from rag.turn import TurnResult
 from retrieval.catalogue import Catalogue
 
 __all__ = ["evaluate_explainer", "write_explainer_report"]
@@ -135,7 +136,7 @@ def write_explainer_report(results: Mapping[str, Any], report_dir: Path, model: 
         "",
         "| target | measured | result |",
         "| --- | --- | ---: |",
-        *[f"| {name} | {value} | {'PASS' if ok else 'MISS'} |" for name, value, ok in _targets(results)],
+        *[f"| {name} | {value} | {verdict(bool(ok), bold=False)} |" for name, value, ok in _targets(results)],
         "",
         "A shown sentence is either the model's, passed by the check, or the record's (true by construction), so the"
         " 'shown' row measures the replacement with the same check; what the check's vocabularies cannot read"

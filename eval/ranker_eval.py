@@ -8,12 +8,12 @@ On SYNTHETIC test buyers (never seen in training), two protocols:
 - **full list**: the first 20 hits of hierarchical retrieval; graded relevance (3 = the wanted
   product, 2 = same category path and colour, 1 = same path); NDCG@10 and Recall@10 of grade ≥ 2.
 
-The models answer through the embedded worker's code path (:class:`llms.worker.service.WorkerService`
-over a :class:`llms.worker.hf_engine.TransformersEngine`): the ranker prompt with the tools in,
-Hermes tool calls parsed out, candidate ids (``A``, ``B``, …) resolved to catalogue ids. Every answer is
-validated against the candidates (unknown and
-duplicate ids dropped and counted, missing slots filled in retrieval order), as the RAG pipeline
-does; the rates say how often that was needed.
+The models answer through the embedded worker's code path (an :class:`llms.in_process.InProcessClient`
+over a :class:`llms.worker.service.WorkerService` and a :class:`llms.worker.hf_engine.TransformersEngine`):
+the ranker request built as serving builds it, Hermes tool calls parsed out, candidate ids (``A``, ``B``, …)
+resolved to catalogue ids. Every answer is validated against the candidates (unknown and duplicate ids
+dropped and counted, missing slots filled in retrieval order), as the RAG pipeline does; the rates say how
+often that was needed.
 
 Example:
     >>> results = evaluate_cases(cases, rankers)  # doctest: +SKIP
@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from eval.machine import machine_info
 from eval.metrics import ndcg_at_k, recall_at_k
-from finetune.ranking_data import RankingCase, ranker_messages
+from eval.report_format import verdict
+from finetune.ranking_data import RankingCase, ranker_case_prompt
+from llms.client import ChatClient
 from rag.rank_fusion import fuse_rankings
-from rag.ranker_format import ranker_tools
-from rag.ranker_tools import RankerToolbox, SearchProducts, run_ranker
+from rag.ranker_tools import RankerToolbox, SearchProducts, ranker_completion, run_ranker
 from rag.validation import ValidatedRanking, validate_ranking
 from retrieval.catalogue import Catalogue
 
@@ -59,7 +61,7 @@ Ranker = Callable[[Sequence[RankingCase]], Sequence[RankerAnswer]]
 
 
 def llm_ranker(
-    service: Any,
+    llm: ChatClient,
     model: str,
     catalogue: Catalogue,
     *,
@@ -68,29 +70,17 @@ def llm_ranker(
     search: SearchProducts | None = None,
     sampling: Mapping[str, Any] | None = None,
 ) -> Ranker:
-    """A ranker that asks ``model`` through a worker service (tools offered and run) for each case.
+    """A ranker that asks ``model`` through ``llm`` (tools offered and run) for each case, as the pipeline does.
 
     Greedy unless ``sampling`` (temperature, top_p, top_k, seed) says otherwise.
     """
-    knobs = dict(sampling) if sampling is not None else {"temperature": 0.0}
-    from llms.protocol import ChatCompletionRequest
 
     async def one(case: RankingCase, gate: asyncio.Semaphore) -> RankerAnswer:
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
-        tools = ranker_tools(len(products))
-
-        async def complete(messages: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
-            # As the pipeline asks: a tool call is required (guided decoding keeps it well-formed when sampling).
-            body = {"model": model, "messages": messages, "tools": tools, "tool_choice": tool_choice,
-                    "max_tokens": max_tokens, **knobs}  # fmt: skip
-            answer = await service.complete(ChatCompletionRequest.model_validate(body))
-            message: dict[str, Any] = answer["choices"][0]["message"]
-            return message
-
+        prompt = ranker_case_prompt(case.buyer, products, catalogue)
+        complete = ranker_completion(llm, model, prompt.tools, max_tokens=max_tokens, sampling=sampling)
         async with gate:
-            outcome = await run_ranker(
-                complete, ranker_messages(case.buyer, products, catalogue), RankerToolbox(catalogue, products, search)
-            )
+            outcome = await run_ranker(complete, prompt.messages, RankerToolbox(catalogue, products, search))
         return RankerAnswer(outcome.ids, outcome.raw)
 
     def rank(cases: Sequence[RankingCase]) -> list[RankerAnswer]:
@@ -212,7 +202,6 @@ def _gain(results: Mapping[str, Any], protocol: str, method: str = "lora") -> fl
 
 def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping[str, Any] | None = None) -> Path:
     """``ranker_eval.json`` and ``ranker_eval.md`` (machine, method, table, targets) in ``report_dir``."""
-    from eval.bench_retrieval import machine_info
 
     report_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
@@ -245,7 +234,7 @@ def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping
         "",
         "| target | measured | result |",
         "| --- | --- | ---: |",
-        *[f"| {name} | {value} | {'PASS' if ok else 'MISS'} |" for name, value, ok in _targets(results)],
+        *[f"| {name} | {value} | {verdict(bool(ok), bold=False)} |" for name, value, ok in _targets(results)],
         "",
         "Reference points (public): random NDCG@10 ≈ 0.227 on 1-of-20; 7–8B zero-shot LLMs ≈ 0.28;"
         " LlamaRec's LoRA ranker gained ~7 % NDCG@10 over its retriever.",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from eval.metrics import ndcg_at_k
-from finetune.ranking_data import RankingCase, ranker_messages
+from finetune.ranking_data import RankingCase, ranker_case_prompt
 from rag.ranker_format import handles, ranker_tools
 from retrieval.catalogue import Catalogue
 
@@ -52,12 +52,12 @@ def first_slot_logprobs(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[float]]:
     """Per case, the log-probability of each candidate id (in list order) as the first id submitted."""
-    import torch
+    import torch  # noqa: PLC0415 - lazy: torch costs seconds of start-up; only this path needs it
 
     rows: list[list[float]] = []
     for i, case in enumerate(cases):
         products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
-        messages = ranker_messages(case.buyer, products, catalogue)
+        messages = ranker_case_prompt(case.buyer, products, catalogue).messages
         prompt = tokenizer.apply_chat_template(
             messages, tools=ranker_tools(len(products)), add_generation_prompt=True, tokenize=False
         )

@@ -12,44 +12,28 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
-
-from PIL import Image
-
 from finetune.buyers import Buyer
-from rag.explanation_check import ExplanationChecker
-from rag.pipeline import BuyerContext, LlmBackend, Pipeline, PipelineConfig, Scored, TurnRequest, scored_hits
-from rag.terms import TermVocabulary
-from retrieval.catalogue import Catalogue, Product
+from llms.client import ChatClient
+from rag.assembly import CandidateSearch, build_pipeline
+from rag.pipeline import Pipeline
+from rag.turn import BuyerContext, PipelineConfig, TurnModels, TurnRequest
+from retrieval.catalogue import Catalogue
 from retrieval.hierarchical import HierarchicalRetriever
 from retrieval.images import ImageLimits, read_image_file
-from retrieval.search import SearchQuery
-from retrieval.store import SearchFilter
 
 __all__ = ["buyer_turn", "offline_pipeline"]
 
 
 def offline_pipeline(
-    retriever: HierarchicalRetriever, catalogue: Catalogue, llm: LlmBackend, config: PipelineConfig | None = None
+    retriever: HierarchicalRetriever,
+    catalogue: Catalogue,
+    llm: ChatClient,
+    config: PipelineConfig | None = None,
+    *,
+    models: TurnModels | None = None,
 ) -> Pipeline:
-    """The chat pipeline over ``retriever`` (called in a thread) and ``llm``."""
-
-    async def search(
-        text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None, /, *,
-        explore: int = 0,
-    ) -> list[Scored]:  # fmt: skip
-        query = SearchQuery(text=text, image=image, filter=search_filter)
-        result = await asyncio.to_thread(retriever.search, query, k=k, explore=explore)
-        return scored_hits(result)
-
-    def lookup(ids: Sequence[str]) -> dict[str, Product]:
-        found = (catalogue.get(i) for i in ids)
-        return {p.product_id: p for p in found if p is not None}
-
-    return Pipeline(search, lookup, llm, config or PipelineConfig(),
-                    vocabulary=TermVocabulary.from_products(catalogue.products),
-                    checker=ExplanationChecker(catalogue.products))  # fmt: skip
+    """The chat pipeline over ``retriever`` (called in a thread) and ``llm``, assembled as the service assembles it."""
+    return build_pipeline(catalogue, CandidateSearch.threaded(retriever), llm, config, models=models)
 
 
 def buyer_turn(buyer: Buyer, catalogue: Catalogue, *, with_history: bool = True, top_k: int = 10) -> TurnRequest:

@@ -16,8 +16,8 @@ answer (relevance first, then the buyer's latent utility), sometimes after a
 Candidates carry short candidate ids (``A``, ``B``, …), see :mod:`rag.ranker_format`.
 
 Example:
-    >>> messages = ranker_messages(buyer, candidates, catalogue)  # doctest: +SKIP
-    >>> messages[1]["content"].startswith("Buyer:")  # doctest: +SKIP
+    >>> prompt = ranker_case_prompt(buyer, candidates, catalogue)  # doctest: +SKIP
+    >>> prompt.messages[1]["content"].startswith("Buyer:")  # doctest: +SKIP
     True
 """
 
@@ -32,13 +32,12 @@ from typing import Any, Literal
 
 from finetune.buyers import Buyer, CatalogueCodes, buyer_utility
 from rag.ranker_format import (
-    PHOTO_NOTE,
+    RankerPrompt,
     candidate_line,
     describe_product,
     handles,
-    ranker_system_message,
-    ranker_tools,
-    ranker_user_message,
+    ranker_prompt,
+    ranker_request_line,
 )
 from retrieval.catalogue import Catalogue, Product
 
@@ -47,7 +46,7 @@ __all__ = [
     "RankingCase",
     "graded_relevance",
     "make_case",
-    "ranker_messages",
+    "ranker_case_prompt",
     "request_match_scores",
     "request_text",
     "sft_conversation",
@@ -69,14 +68,15 @@ class RankingCase:
 
 
 def request_text(buyer: Buyer) -> str:
-    return buyer.query_text + (PHOTO_NOTE if buyer.query_image else "")
+    return ranker_request_line(buyer.query_text, buyer.query_image is not None)
 
 
-def ranker_messages(buyer: Buyer, candidates: Sequence[Product], catalogue: Catalogue) -> list[dict[str, Any]]:
-    """The ranker's system and user messages for one request (the tools go beside them)."""
+def ranker_case_prompt(
+    buyer: Buyer, candidates: Sequence[Product], catalogue: Catalogue, *, at_least: int = 10
+) -> RankerPrompt:
+    """A SYNTHETIC buyer's ranker request, built as serving builds it (:func:`rag.ranker_format.ranker_prompt`)."""
     history = [p for p in (catalogue.get(h) for h in buyer.history[-HISTORY_SHOWN:]) if p is not None]
-    user = ranker_user_message(buyer.profile.describe(), history, request_text(buyer), candidates)
-    return [ranker_system_message(), {"role": "user", "content": user}]
+    return ranker_prompt(buyer.profile.describe(), history, request_text(buyer), candidates, at_least=at_least)
 
 
 def graded_relevance(target: Product, product: Product) -> int:
@@ -181,7 +181,8 @@ def sft_conversation(
     if shuffle:
         case = replace(case, candidates=tuple(rng.sample(case.candidates, len(case.candidates))))
     products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
-    messages = ranker_messages(case.buyer, products, catalogue)
+    prompt = ranker_case_prompt(case.buyer, products, catalogue, at_least=top_n)
+    messages = prompt.messages
     to_handle = dict(zip(case.candidates, handles(len(case.candidates)), strict=True))
     if rng.random() < lookup_share:
         looked = list(to_handle.values())[:3]
@@ -190,4 +191,4 @@ def sft_conversation(
         messages.append({"role": "tool", "name": "get_products", "content": json.dumps(facts, ensure_ascii=False)})
     ranking = [to_handle[pid] for pid in best]
     messages.append({"role": "assistant", "content": "", "tool_calls": [_call("submit_ranking", {"ids": ranking})]})
-    return {"messages": messages, "tools": ranker_tools(len(case.candidates), at_least=top_n)}
+    return {"messages": messages, "tools": prompt.tools}

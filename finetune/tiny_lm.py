@@ -81,7 +81,7 @@ def default_corpus() -> list[str]:
 
 
 def _train_tokenizer(corpus: Sequence[str], vocab_size: int) -> object:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: PLC0415 - lazy: only building the tiny test model needs it
 
     tok = Tokenizer(models.BPE())
     # Qwen2's exact pipeline: AutoTokenizer rebuilds a "qwen2" checkpoint's tokenizer as Qwen2Tokenizer with these
@@ -113,7 +113,7 @@ def make_chat_tokenizer(corpus: Sequence[str], vocab_size: int, *, model_max_len
         >>> tok.eos_token  # doctest: +SKIP
         '<|im_end|>'
     """
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
 
     return PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(corpus, vocab_size),
@@ -147,7 +147,7 @@ def build_tiny_chat_model(
         >>> AutoTokenizer.from_pretrained(model_dir).eos_token  # doctest: +SKIP
         '<|im_end|>'
     """
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
 
     min_vocab = 256 + len(SPECIAL_TOKENS) + len(TOOL_TOKENS)
     if vocab_size < min_vocab:
@@ -196,8 +196,8 @@ def build_tiny_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: 
     Example:
         >>> adapter_dir = build_tiny_lora_adapter(model_dir, tmp_path / "adapter-a", seed=1)  # doctest: +SKIP
     """
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - lazy: peft pulls transformers (seconds); only this path needs it
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
 
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)

@@ -24,13 +24,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from finetune.buyers import CatalogueCodes
 from finetune.ranking_data import RankingCase, sft_conversation
+from finetune.trainer_budget import TimeBudget
+from llms.ollama_admin import modelfile_for_adapter
+from llms.worker.hf_engine import cpu_has_fast_bf16
 from retrieval.catalogue import Catalogue
+
+if TYPE_CHECKING:
+    from trl.trainer.sft_config import SFTConfig
 
 __all__ = ["CONFIG_FILE", "RankerTrainConfig", "RankerTrainReport", "serving_instructions", "train_ranker"]
 
@@ -154,9 +160,100 @@ def _use_bf16(config: RankerTrainConfig) -> bool:
         return config.bf16
     if torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
-    from llms.worker.hf_engine import cpu_has_fast_bf16
 
     return cpu_has_fast_bf16()
+
+
+@dataclass
+class _Fit:
+    """What the trainer did: optimiser steps, seconds, the logged losses, trainable parameters, the resume point."""
+
+    steps: int
+    seconds: float
+    losses: list[tuple[int, float]]
+    trainable: int
+    resumed_from: int
+
+
+def _sft_config(
+    config: RankerTrainConfig, output_dir: Path, max_steps: int, bf16: bool, checkpoint_dir: Path | None
+) -> SFTConfig:
+    from trl.trainer.sft_config import SFTConfig  # noqa: PLC0415 - lazy: TRL pulls transformers (seconds); only training needs it
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, max_steps // 20),
+        max_steps=max_steps,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        logging_steps=max(1, min(10, max_steps // 50)),
+        save_strategy="steps" if checkpoint_dir else "no",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=True,
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        # On a CPU without bf16 units autocast made steps ~20x slower; with AMX it makes them ~2x faster.
+        bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataset_num_proc=None,
+    )
+
+
+def _fit(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    config: RankerTrainConfig,
+    budget: TimeBudget,
+    schedule: tuple[int, bool],
+    out_dir: Path,
+    checkpoint_dir: Path | None,
+    served_base: str | None,
+) -> _Fit:
+    """Train the LoRA adapter with TRL's ``SFTTrainer`` (``schedule``: max steps, bf16) and save it in ``out_dir``."""
+    from peft import LoraConfig  # noqa: PLC0415 - lazy: peft pulls transformers (seconds); only this path needs it
+    from transformers import PrinterCallback  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
+    from transformers.trainer_utils import get_last_checkpoint  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
+    from trl.trainer.sft_trainer import SFTTrainer  # noqa: PLC0415 - lazy: TRL pulls transformers (seconds); only training needs it
+
+    max_steps, bf16 = schedule
+    lora = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        output_dir = checkpoint_dir or Path(scratch)
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        args = _sft_config(config, output_dir, max_steps, bf16, checkpoint_dir)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora, callbacks=[budget])  # fmt: skip
+        trainer.remove_callback(PrinterCallback)
+        peft_model: Any = trainer.model  # a PeftModel once SFTTrainer has applied the LoRA config
+        trainable = sum(int(p.numel()) for p in peft_model.parameters() if p.requires_grad)
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - t0
+        # The trainer's own log holds the steps before a resume too (the callback only saw this run's).
+        losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if served_base:
+            # The adapter names what vLLM loads it on, not this machine's converted folder.
+            peft_model.peft_config["default"].base_model_name_or_path = served_base
+        peft_model.save_pretrained(out_dir)
+    resumed_from = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    return _Fit(int(result.global_step), seconds, losses, trainable, resumed_from)
+
+
+def _write_beside(out_dir: Path, report: RankerTrainReport, adapter_name: str, shown_base: str) -> None:
+    """The report, the serving instructions and the ollama Modelfile, beside the adapter."""
+    (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(report), indent=2), encoding="utf-8")
+    (out_dir / "SERVE.md").write_text(serving_instructions(shown_base, out_dir, adapter_name), encoding="utf-8")
+    # ollama resolves ADAPTER against the Modelfile's folder, which is the adapter folder itself.
+    (out_dir / "Modelfile").write_text(modelfile_for_adapter(shown_base, "."), encoding="utf-8")
 
 
 def train_ranker(
@@ -178,104 +275,39 @@ def train_ranker(
     resumes from the last one it finds there (the same command, run again); the checkpoints
     are removed once the adapter is saved.
     """
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl.trainer.sft_config import SFTConfig
-    from trl.trainer.sft_trainer import SFTTrainer
-
-    from finetune.trainer_budget import TimeBudget
-    from llms.ollama_admin import modelfile_for_adapter
+    from datasets import Dataset  # noqa: PLC0415 - lazy: datasets is slow to import; only training needs it
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
 
     report_progress: Progress = progress or (lambda stage, done, total: None)
     rows = _rows(cases, catalogue, codes, config)
     dataset = Dataset.from_list(rows)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    lora = LoraConfig(
-        r=config.r,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
-    )
     per_step = config.batch_size * config.gradient_accumulation
     max_steps = config.max_steps or max(1, int(len(rows) * config.epochs / per_step))
     bf16 = _use_bf16(config)
     budget = TimeBudget(config.max_minutes * 60 if config.max_minutes else None, max_steps, report_progress,
                         "ranker training")  # fmt: skip
-    with tempfile.TemporaryDirectory() as scratch:
-        output_dir = checkpoint_dir or Path(scratch)
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        args = SFTConfig(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation,
-            learning_rate=config.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=max(1, max_steps // 20),
-            max_steps=max_steps,
-            max_length=config.max_length,
-            completion_only_loss=True,
-            logging_steps=max(1, min(10, max_steps // 50)),
-            save_strategy="steps" if checkpoint_dir else "no",
-            save_steps=config.save_steps,
-            save_total_limit=2,
-            report_to=[],
-            disable_tqdm=True,
-            seed=config.seed,
-            use_cpu=not torch.cuda.is_available(),
-            # On a CPU without bf16 units autocast made steps ~20x slower; with AMX it makes them ~2x faster.
-            bf16=bf16,
-            gradient_checkpointing=config.gradient_checkpointing,
-            dataset_num_proc=None,
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora,
-            callbacks=[budget],
-        )
-        trainer.remove_callback(PrinterCallback)
-        peft_model: Any = trainer.model  # a PeftModel once SFTTrainer has applied the LoRA config
-        trainable = sum(int(p.numel()) for p in peft_model.parameters() if p.requires_grad)
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-        seconds = time.perf_counter() - t0
-        # The trainer's own log holds the steps before a resume too (the callback only saw this run's).
-        losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if served_base:
-            # The adapter names what vLLM loads it on, not this machine's converted folder.
-            peft_model.peft_config["default"].base_model_name_or_path = served_base
-        peft_model.save_pretrained(out_dir)
-    resumed_from = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    fit = _fit(model, tokenizer, dataset, config, budget, (max_steps, bf16), out_dir, checkpoint_dir, served_base)
     report = RankerTrainReport(
         config=config.to_json(),
         base=base,
         examples=len(rows),
-        steps=int(result.global_step),
+        steps=fit.steps,
         planned_steps=max_steps,
-        seconds_train=round(seconds, 1),
-        first_loss=losses[0][1] if losses else None,
-        final_loss=losses[-1][1] if losses else None,
-        trainable_parameters=trainable,
+        seconds_train=round(fit.seconds, 1),
+        first_loss=fit.losses[0][1] if fit.losses else None,
+        final_loss=fit.losses[-1][1] if fit.losses else None,
+        trainable_parameters=fit.trainable,
         out_dir=str(out_dir),
         device="cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
         precision="bf16 autocast" if bf16 else "float32",
-        resumed_from_step=resumed_from,
+        resumed_from_step=fit.resumed_from,
         served_base=served_base or base,
         command=command,
-        losses=losses,
+        losses=fit.losses,
     )
-    (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(report), indent=2), encoding="utf-8")
-    shown_base = served_base or base
-    (out_dir / "SERVE.md").write_text(serving_instructions(shown_base, out_dir, config.adapter_name), encoding="utf-8")
-    # ollama resolves ADAPTER against the Modelfile's folder, which is the adapter folder itself.
-    (out_dir / "Modelfile").write_text(modelfile_for_adapter(shown_base, "."), encoding="utf-8")
+    _write_beside(out_dir, report, config.adapter_name, served_base or base)
     if checkpoint_dir is not None and report.complete:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return report

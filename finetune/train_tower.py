@@ -36,11 +36,11 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from finetune.augment import BuyerPhotoAugment, resize_batch
-from finetune.image_tower import TowerConfig, TowerSpec, build_tower, load_base_tower, save_tower, tower_spec
 from retrieval.catalogue import Catalogue, Product
 from retrieval.categories import category_key, category_text
 from retrieval.encoders import TextEncoder
 from retrieval.errors import ImageError
+from retrieval.image_tower import TowerConfig, TowerSpec, build_tower, load_base_tower, save_tower, tower_spec
 from retrieval.images import ImageLimits, read_image_file
 from retrieval.text_cache import encode_texts_cached
 
@@ -187,26 +187,28 @@ def _holdout_metrics(
     return out
 
 
-def train_image_tower(
+@dataclass
+class _TrainData:
+    """What a run trains and evaluates on: photos, frozen text targets, category labels and the split."""
+
+    images: torch.Tensor
+    text_emb: torch.Tensor
+    cat_emb: torch.Tensor
+    labels: torch.Tensor
+    train_idx: torch.Tensor
+    hold_idx: torch.Tensor
+    categories: int
+    held: set[str]
+
+
+def _prepare(
     catalogue: Catalogue,
     text_encoder: TextEncoder,
     config: ClipTrainConfig,
-    out_dir: Path,
-    *,
-    cache_dir: Path | None = None,
-    progress: ProgressFn | None = None,
-    command: str = "",
-) -> TowerReport:
-    """Train the tower on ``catalogue`` and save it as an open_clip checkpoint in ``out_dir``.
-
-    Its config, the report and ``command`` (what rebuilds it) are saved beside the weights.
-    """
-    started = time.perf_counter()
-    report_progress = progress or (lambda stage, done, total: None)
-    if config.tower.embed_dim != text_encoder.dim:
-        config = config.model_copy(update={"tower": config.tower.model_copy(update={"embed_dim": text_encoder.dim})})
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    cache_dir: Path | None,
+    report_progress: ProgressFn,
+) -> _TrainData:
+    """Decode the photos, embed product and category texts with the frozen encoder, and split off the held-out set."""
     products = catalogue.products
     held = holdout_ids([p.product_id for p in products], config.holdout_fraction, config.seed)
 
@@ -229,21 +231,52 @@ def train_image_tower(
     hold_idx = torch.tensor([i for i in keep if products[i].product_id in held], dtype=torch.long)
     if len(train_idx) < 2:
         raise ValueError("need at least two trainable products")
+    return _TrainData(images, text_emb, cat_emb, labels, train_idx, hold_idx, len(categories), held)
 
+
+def _tower(config: ClipTrainConfig, text_encoder: TextEncoder) -> tuple[Any, TowerSpec]:
+    """The tower to train (Tandem's own, or an open_clip base), with only its visual half trainable."""
     model: Any
     if config.base_model:
         model, spec = load_base_tower(config.base_model, config.base_pretrained, text_encoder.dim)
     else:
         model, spec = build_tower(config.tower), tower_spec(config.tower)
-    norm = _Pixels(spec)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.visual.parameters():
         p.requires_grad_(True)
+    return model, spec
+
+
+def _loss(
+    model: Any,
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    data: _TrainData,
+    scales: tuple[torch.Tensor, torch.Tensor],
+    category_weight: float,
+) -> torch.Tensor:
+    """Contrastive loss against the products' texts plus the weighted category loss, for one batch."""
+    logit_scale, cat_scale = scales
+    img = F.normalize(model.encode_image(x), dim=-1)
+    t = data.text_emb[idx]
+    logits = logit_scale.clamp(max=math.log(100)).exp() * img @ t.T
+    target = torch.arange(len(idx))
+    loss_con = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    cat_logits = cat_scale.clamp(max=math.log(100)).exp() * img @ data.cat_emb.T
+    loss_cat = F.cross_entropy(cat_logits, data.labels[idx])
+    return loss_con + category_weight * loss_cat
+
+
+def _fit(
+    model: Any, spec: TowerSpec, norm: _Pixels, data: _TrainData, config: ClipTrainConfig, report_progress: ProgressFn
+) -> tuple[list[float], int, float]:
+    """Train on buyer-like augmentations of the photos; returns the mean loss per epoch, the steps and the seconds."""
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     cat_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = [*model.visual.parameters(), logit_scale, cat_scale]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    train_idx = data.train_idx
     # Small catalogues (a demo subset) still get several steps per epoch.
     bs = min(config.batch_size, max(16, len(train_idx) // 8))
     steps_per_epoch = max(1, len(train_idx) // bs)
@@ -263,15 +296,8 @@ def train_image_tower(
         running = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
-            x = norm(aug(images[idx], g))
-            img = F.normalize(model.encode_image(x), dim=-1)
-            t = text_emb[idx]
-            logits = logit_scale.clamp(max=math.log(100)).exp() * img @ t.T
-            target = torch.arange(len(idx))
-            loss_con = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-            cat_logits = cat_scale.clamp(max=math.log(100)).exp() * img @ cat_emb.T
-            loss_cat = F.cross_entropy(cat_logits, labels[idx])
-            loss = loss_con + config.category_weight * loss_cat
+            x = norm(aug(data.images[idx], g))
+            loss = _loss(model, x, idx, data, (logit_scale, cat_scale), config.category_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -280,25 +306,54 @@ def train_image_tower(
             step += 1
             report_progress("training", step, total_steps)
         losses.append(running / steps_per_epoch)
-    train_seconds = time.perf_counter() - t_train
+    return losses, total_steps, time.perf_counter() - t_train
+
+
+def _save(model: Any, spec: TowerSpec, out_dir: Path, meta: dict[str, Any], held: set[str]) -> None:
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    save_tower(model, spec, tmp, meta)
+    (tmp / "holdout_ids.json").write_text(json.dumps(sorted(held)))
+    # Swap in atomically: a crash mid-save never leaves a half-written default encoder.
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def train_image_tower(
+    catalogue: Catalogue,
+    text_encoder: TextEncoder,
+    config: ClipTrainConfig,
+    out_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+    command: str = "",
+) -> TowerReport:
+    """Train the tower on ``catalogue`` and save it as an open_clip checkpoint in ``out_dir``.
+
+    Its config, the report and ``command`` (what rebuilds it) are saved beside the weights.
+    """
+    started = time.perf_counter()
+    report_progress = progress or (lambda stage, done, total: None)
+    if config.tower.embed_dim != text_encoder.dim:
+        config = config.model_copy(update={"tower": config.tower.model_copy(update={"embed_dim": text_encoder.dim})})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = _prepare(catalogue, text_encoder, config, cache_dir, report_progress)
+    model, spec = _tower(config, text_encoder)
+    norm = _Pixels(spec)
+    losses, total_steps, train_seconds = _fit(model, spec, norm, data, config, report_progress)
 
     report_progress("evaluating held-out photos", 0, 1)
-    holdout = _holdout_metrics(
-        model,
-        images[hold_idx],
-        labels[hold_idx],
-        cat_emb,
-        text_emb[hold_idx],
-        spec.image_size,
-        config.seed,
-        norm,
-    )
+    hold = data.hold_idx
+    holdout = _holdout_metrics(model, data.images[hold], data.labels[hold], data.cat_emb, data.text_emb[hold],
+                               spec.image_size, config.seed, norm)  # fmt: skip
     report_progress("evaluating held-out photos", 1, 1)
     report = TowerReport(
         checkpoint=str(out_dir),
-        train_products=len(train_idx),
-        holdout_products=len(hold_idx),
-        categories=len(categories),
+        train_products=len(data.train_idx),
+        holdout_products=len(hold),
+        categories=data.categories,
         epochs=config.epochs,
         steps=total_steps,
         train_seconds=round(train_seconds, 1),
@@ -307,25 +362,9 @@ def train_image_tower(
         losses=losses,
         holdout=holdout,
     )
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    save_tower(
-        model,
-        spec,
-        tmp,
-        {
-            "trained": True,
-            "text_encoder": text_encoder.model_id,
-            "train_config": config.model_dump(),
-            "command": command,
-            "catalogue": str(catalogue.root),
-            "report": report.as_dict(),
-        },
-    )
-    (tmp / "holdout_ids.json").write_text(json.dumps(sorted(held)))
-    # Swap in atomically: a crash mid-save never leaves a half-written default encoder.
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    meta = {"trained": True, "text_encoder": text_encoder.model_id, "train_config": config.model_dump(),
+            "command": command, "catalogue": str(catalogue.root), "report": report.as_dict()}  # fmt: skip
+    _save(model, spec, out_dir, meta, data.held)
     return report
 
 

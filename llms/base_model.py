@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llms.errors import BaseModelError
+from prompts import load_chat_template
 
 __all__ = [
     "CONVERSION_FILE",
@@ -207,7 +208,7 @@ def _download(source: BaseModelSource, target: Path) -> Path:
             f"the base model {source.value} is a hub id but HF_HUB_OFFLINE=1: download it once where there is "
             "internet (`hf download` into a folder) and set TANDEM_LLM__BASE to that folder"
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 - lazy: only a hub download needs it
 
     try:
         snapshot_download(source.value, local_dir=target)
@@ -217,10 +218,8 @@ def _download(source: BaseModelSource, target: Path) -> Path:
 
 
 def _convert(gguf: Path, sha: str, source: BaseModelSource, target: Path, report: Progress) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from prompts import load_chat_template
+    import torch  # noqa: PLC0415 - lazy: torch costs seconds of start-up; only this path needs it
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
 
     t0 = time.perf_counter()
     scratch = target.with_name(target.name + ".converting")

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 __all__ = ["BreakerState", "CircuitBreaker"]
@@ -25,9 +26,10 @@ BreakerState = Literal["closed", "open", "half_open"]
 class CircuitBreaker:
     """Closed → (threshold failures in a row) → open → (reset_s) → one probe → closed or open again."""
 
-    def __init__(self, threshold: int, reset_s: float) -> None:
+    def __init__(self, threshold: int, reset_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
         self.reset_s = reset_s
+        self._clock = clock  # injectable so tests can move past reset_s without sleeping
         self.failures = 0
         self.opened_at: float | None = None
         self._probing = False
@@ -44,7 +46,7 @@ class CircuitBreaker:
             return True
         if self._probing:
             return False
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         return now - self.opened_at >= self.reset_s
 
     def on_dispatch(self) -> None:
@@ -58,7 +60,7 @@ class CircuitBreaker:
         self._probing = False
 
     def record_failure(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         self.failures += 1
         if self._probing or self.failures >= self.threshold:
             self.opened_at = now

@@ -6,7 +6,9 @@ queue, priorities, deadlines, retries and load balancing; the model never talks 
 
 Messages are sent in the OpenAI chat-completions wire format (assistant ``tool_calls`` with
 ``function.arguments`` as a JSON *string*, ``tool`` messages with ``tool_call_id``), which
-vLLM, ollama's ``/v1`` and Tandem's embedded worker all read.
+vLLM, ollama's ``/v1`` and Tandem's embedded worker all read; the conversions live in
+:mod:`llms.chat_wire`. This module holds the model and the hand-over of sync and foreign-loop
+calls to the dispatcher's event loop.
 
 Example:
     >>> async def main(dispatcher):  # doctest: +SKIP
@@ -25,24 +27,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from typing import Any, TypeVar, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, InvalidToolCall, ToolCall, ToolCallChunk
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.messages.utils import convert_to_openai_messages
-from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, field_validator
 
-from llms.dispatcher import Completion, Dispatcher, Priority
-from llms.errors import LLMError, MalformedToolCallError, NoWorkerError
-from llms.tool_calls import HermesStreamSplitter, normalize_message_tool_calls, parse_hermes
+from llms.chat_wire import StreamAssembler, ai_message, openai_tool_choice, wire_messages
+from llms.dispatcher import Dispatcher, Priority
+from llms.errors import LLMError, NoWorkerError
 
 __all__ = ["TandemChatModel"]
 
@@ -50,9 +47,6 @@ T = TypeVar("T")
 
 # Sampling knobs sent only when set, so each server applies its own defaults otherwise.
 _SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "seed")
-# Blocks LangChain may keep in AIMessage.content (output_version="v1") that the chat wire format
-# carries elsewhere (tool calls) or not at all (reasoning); servers refuse unknown content parts.
-_NON_WIRE_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning"})
 _END = object()
 
 
@@ -138,7 +132,7 @@ class TandemChatModel(BaseChatModel):
         of it), a tool's name to force that tool, or ``True`` to force the only tool.
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
-        choice = _tool_choice(tool_choice, formatted)
+        choice = openai_tool_choice(tool_choice, formatted)
         if choice is not None:
             kwargs["tool_choice"] = choice
         return self.bind(tools=formatted, **kwargs)
@@ -151,7 +145,7 @@ class TandemChatModel(BaseChatModel):
         params.pop("stream", None)  # the dispatcher decides, by the method called
         priority = _priority(params.pop("priority", self.priority))
         deadline_s = params.pop("deadline_s", self.deadline_s)
-        payload: dict[str, Any] = {"model": params.pop("model", self.model), "messages": _wire_messages(messages)}
+        payload: dict[str, Any] = {"model": params.pop("model", self.model), "messages": wire_messages(messages)}
         for key in _SAMPLING:
             value = params.pop(key, getattr(self, key))
             if value is not None:
@@ -198,7 +192,7 @@ class TandemChatModel(BaseChatModel):
         payload, priority, deadline_s, _ = self._request(messages, stop, kwargs)
         dispatcher = cast(Dispatcher, self.dispatcher)
         done = await dispatcher.complete(payload, priority=priority, deadline_s=deadline_s)
-        return ChatResult(generations=[ChatGeneration(message=_ai_message(done, payload["model"]))])
+        return ChatResult(generations=[ChatGeneration(message=ai_message(done, payload["model"]))])
 
     async def _agenerate(
         self,
@@ -235,7 +229,7 @@ class TandemChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         payload, priority, deadline_s, tool_names = self._request(messages, stop, kwargs)
         payload.setdefault("stream_options", {"include_usage": True})
-        assembler = _StreamAssembler(payload["model"], tool_names)
+        assembler = StreamAssembler(payload["model"], tool_names)
         dispatcher = cast(Dispatcher, self.dispatcher)
         stream = dispatcher.stream(payload, priority=priority, deadline_s=deadline_s)
         try:
@@ -299,171 +293,6 @@ def _priority(value: Any) -> Priority:
         except KeyError:
             raise ValueError(f"unknown priority {value!r}; use one of {[p.name.lower() for p in Priority]}") from None
     return Priority(value)
-
-
-def _tool_choice(
-    choice: str | bool | dict[str, Any] | None, tools: list[dict[str, Any]]
-) -> str | dict[str, Any] | None:
-    names = [t["function"]["name"] for t in tools]
-    if choice is None or choice is False:
-        return None
-    if choice is True:
-        if len(names) != 1:
-            raise ValueError(f"tool_choice=True forces the only tool, but {len(names)} tools are bound")
-        return "required"
-    if isinstance(choice, dict):
-        return choice
-    if choice == "any":
-        return "required"
-    if choice in {"auto", "none", "required"}:
-        return choice
-    if choice in names:
-        return {"type": "function", "function": {"name": choice}}
-    raise ValueError(f"tool_choice {choice!r} is neither auto/none/required/any nor a bound tool ({', '.join(names)})")
-
-
-def _wire_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages in the OpenAI chat wire format."""
-    wire = convert_to_openai_messages(messages, text_format="string")
-    for message in wire:
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = [p for p in content if not (isinstance(p, dict) and p.get("type") in _NON_WIRE_BLOCKS)]
-            if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
-                message["content"] = "".join(str(p.get("text", "")) for p in parts)
-            else:
-                message["content"] = parts
-    return wire
-
-
-def _usage(usage: Any) -> UsageMetadata | None:
-    if not isinstance(usage, dict):
-        return None
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    return UsageMetadata(
-        input_tokens=prompt,
-        output_tokens=completion,
-        total_tokens=int(usage.get("total_tokens") or prompt + completion),
-    )
-
-
-def _ai_message(done: Completion, model: str) -> AIMessage:
-    body = done.body
-    message = done.message
-    tool_calls: list[ToolCall] = []
-    invalid: list[InvalidToolCall] = []
-    for raw in message.get("tool_calls") or []:
-        try:
-            parsed = parse_tool_call(raw, return_id=True)
-        except OutputParserException as exc:
-            invalid.append(make_invalid_tool_call(raw, str(exc)))
-            continue
-        if parsed is not None:
-            tool_calls.append(cast(ToolCall, parsed))
-    content = message.get("content")
-    usage = _usage(body.get("usage"))
-    return AIMessage(
-        content=content if isinstance(content, str) else "",
-        tool_calls=tool_calls,
-        invalid_tool_calls=invalid,
-        id=body.get("id") if isinstance(body.get("id"), str) else None,
-        usage_metadata=usage,
-        response_metadata={
-            "model_name": body.get("model") or model,
-            "finish_reason": body["choices"][0].get("finish_reason"),
-            "worker": done.worker,
-            "attempts": done.attempts,
-            "queue_wait_s": done.queue_wait_s,
-            "latency_s": done.latency_s,
-        },
-    )
-
-
-class _StreamAssembler:
-    """OpenAI ``chat.completion.chunk`` dicts → LangChain chunks, with the checks ``complete()`` makes.
-
-    ``Dispatcher.complete`` turns ``<tool_call>`` text (a server without a tool parser) into
-    tool calls and refuses malformed or unknown ones; ``Dispatcher.stream`` passes chunks on
-    as they come. So the stream holds back everything from ``<tool_call>`` on and checks the
-    calls at the end, and streaming and non-streaming calls agree on what a reply means.
-    """
-
-    def __init__(self, model: str, tool_names: set[str]) -> None:
-        self._model = model
-        self._tool_names = tool_names
-        self._splitter = HermesStreamSplitter()
-        self._calls: dict[int, dict[str, Any]] = {}
-        self._finish_reason: str | None = None
-        self._usage: Any = None
-
-    def feed(self, raw: Mapping[str, Any]) -> ChatGenerationChunk | None:
-        if isinstance(raw.get("model"), str) and raw["model"]:
-            self._model = raw["model"]
-        if raw.get("usage"):
-            self._usage = raw["usage"]
-        choices = raw.get("choices") or []
-        if not choices:
-            return None
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self._finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
-        text = self._splitter.feed(content) if isinstance(content, str) and content else ""
-        calls = [self._remember(position, call) for position, call in enumerate(delta.get("tool_calls") or [])]
-        if not text and not calls:
-            return None
-        return ChatGenerationChunk(message=AIMessageChunk(content=text, tool_call_chunks=calls))
-
-    def _remember(self, position: int, call: Mapping[str, Any]) -> ToolCallChunk:
-        function = call.get("function") or {}
-        index = call.get("index")
-        index = position if not isinstance(index, int) else index
-        seen = self._calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
-        seen["id"] = seen["id"] or call.get("id")
-        seen["name"] += function.get("name") or ""
-        seen["arguments"] += function.get("arguments") or ""
-        return tool_call_chunk(
-            name=function.get("name"), args=function.get("arguments"), id=call.get("id"), index=index
-        )
-
-    def finish(self) -> list[ChatGenerationChunk]:
-        held, call_text = self._splitter.finish()
-        text_calls: list[ToolCallChunk] = []
-        if call_text:
-            parsed = parse_hermes(call_text)
-            if parsed.malformed:
-                raise MalformedToolCallError(
-                    f"model streamed {len(parsed.malformed)} malformed <tool_call> block(s)", raw=parsed.malformed[0]
-                )
-            first = max(self._calls, default=-1) + 1
-            text_calls = [self._remember(0, c.to_openai(index=first + i)) for i, c in enumerate(parsed.tool_calls)]
-        if self._calls:
-            calls = [
-                {
-                    "id": c["id"],
-                    "type": "function",
-                    "function": {"name": c["name"], "arguments": c["arguments"] or "{}"},
-                }
-                for _, c in sorted(self._calls.items())
-            ]
-            normalize_message_tool_calls({"content": None, "tool_calls": calls}, self._tool_names)
-        out: list[ChatGenerationChunk] = []
-        if held or text_calls:
-            out.append(ChatGenerationChunk(message=AIMessageChunk(content=held, tool_call_chunks=text_calls)))
-        usage = _usage(self._usage)
-        last = AIMessageChunk(
-            content="",
-            chunk_position="last",
-            response_metadata={
-                "model_name": self._model,
-                "finish_reason": "tool_calls" if text_calls else self._finish_reason,
-            },
-            usage_metadata=usage,
-        )
-        out.append(ChatGenerationChunk(message=last))
-        return out
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -2,7 +2,7 @@
 
 httpx, transformers and peft errors are translated into these at the boundary with
 ``raise ... from exc``, so the API maps one family onto HTTP statuses in one place
-(``api/errors.py``) and the RAG pipeline can tell "degrade" from "bug".
+(``api/http/errors.py``) and the RAG pipeline can tell "degrade" from "bug".
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from llms.dispatcher import Completion
+from llms.client import Completion
 from llms.protocol import ChatCompletionRequest
 from llms.worker.service import WorkerService
 

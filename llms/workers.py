@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,13 +49,22 @@ def _peak_ewma(current: float | None, sample: float, weight: float) -> float:
 class WorkerState:
     """Mutable per-worker state; only touched from the dispatcher's event loop, so it needs no locks."""
 
-    def __init__(self, config: WorkerConfig, *, order: int, breaker_threshold: int, breaker_reset_s: float) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        order: int,
+        breaker_threshold: int,
+        breaker_reset_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self._clock = clock  # the dispatcher's clock, so latency decay and the breaker share its notion of time
         self.order = order
         self.models: frozenset[str] = frozenset(config.models)
         self.healthy = True  # optimistic until the first check; a refused connection takes it out at once
         self.failed_checks = 0
-        self.breaker = CircuitBreaker(breaker_threshold, breaker_reset_s)
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_reset_s, clock=clock)
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
@@ -83,7 +93,7 @@ class WorkerState:
         The balancer's signal is time per output token, so a worker that happened to write long
         explanations does not look slower than one that answered short ranker calls.
         """
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         w = math.exp(-(now - self._latency_at) / decay_s)
         self.latency_ewma_s = _peak_ewma(self.latency_ewma_s, seconds, w)
         self.token_time_ewma_s = _peak_ewma(self.token_time_ewma_s, seconds / max(1, tokens), w)

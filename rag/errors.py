@@ -1,4 +1,4 @@
-"""The RAG pipeline's errors; the API maps them to HTTP in one place (``api/errors.py``).
+"""The RAG pipeline's errors; the API maps them to HTTP in one place (``api/http/errors.py``).
 
 Example:
     >>> issubclass(SessionNotFoundError, RagError)

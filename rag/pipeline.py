@@ -1,6 +1,6 @@
 """One conversation turn: terms → retrieval → LoRA ranker with tools → validation → streamed explanation.
 
-Every LLM call goes through the injected :class:`LlmBackend` (in production, the LLM
+Every LLM call goes through the injected :class:`llms.client.ChatClient` (in production, the LLM
 dispatcher: bounded queue, balancing, failover). The turn degrades instead of failing: a
 ranker that is down, slow or answers garbage leaves retrieval order (flagged ``ranker``); an
 explainer that fails, or names a product outside the ranking, leaves a plain sentence
@@ -20,214 +20,49 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from llms.client import ChatClient
 from rag.cold_start import cold_start_payload, parse_topics
+from rag.diversity import mmr_order
 from rag.errors import InvalidTurnError, RetrievalUnavailableError
 from rag.explainer_prompt import expand_references, explainer_messages, record_sentence, sentence_start
 from rag.explanation_check import ExplanationChecker
-from rag.mmr import mmr_order
 from rag.rank_fusion import fuse_rankings
-from rag.ranker_format import HANDLES, PHOTO_NOTE, ranker_system_message, ranker_tools, ranker_user_message
-from rag.ranker_tools import RankerToolbox, run_ranker
+from rag.ranker_format import HANDLES, ranker_prompt, ranker_request_line
+from rag.ranker_tools import RankerToolbox, ranker_completion, run_ranker
 from rag.session import Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
+from rag.turn import (
+    BuyerContext,
+    CandidatesEvent,
+    Degradation,
+    DoneEvent,
+    Lookup,
+    PipelineConfig,
+    RankedProduct,
+    RankingEvent,
+    Scored,
+    Search,
+    TokenEvent,
+    TurnEvent,
+    TurnModels,
+    TurnRequest,
+    TurnResult,
+    Vectors,
+)
 from rag.validation import validate_ranking
 from retrieval.catalogue import Product
-from retrieval.hierarchical import SearchResult
 from retrieval.store import SearchFilter
 
-__all__ = [
-    "BuyerContext",
-    "CandidatesEvent",
-    "Degradation",
-    "DoneEvent",
-    "LlmBackend",
-    "Pipeline",
-    "PipelineConfig",
-    "RankedProduct",
-    "RankingEvent",
-    "Sampling",
-    "Scored",
-    "TokenEvent",
-    "TurnEvent",
-    "TurnRequest",
-    "TurnResult",
-    "scored_hits",
-]
-
-
-class LlmBackend(Protocol):
-    """What the pipeline needs of the LLM dispatcher (``llms.dispatcher.Dispatcher`` is one)."""
-
-    def serves(self, model: str) -> bool:
-        """Whether a healthy worker serves ``model`` now; a turn does not wait on a model that is not up."""
-        ...
-
-    async def complete(self, payload: Mapping[str, Any], *, deadline_s: float | None = None) -> Any: ...
-
-    def stream(
-        self, payload: Mapping[str, Any], *, deadline_s: float | None = None
-    ) -> AsyncIterator[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A retrieved product and its retrieval score."""
-
-    product: Product
-    score: float
-    explored: bool = False  # from a category retrieval's level 1 left out (a broader choice), not a precise hit
-
-
-def scored_hits(result: SearchResult) -> list[Scored]:
-    """A retrieval result as the pipeline's candidates: the explored categories' products are the tail."""
-    first_explored = len(result.hits) - result.explored
-    return [Scored(Product(h.product_id, h.title, tuple(h.category), dict(h.attributes),
-                           Path(h.image) if h.image else None), h.score, explored=i >= first_explored)
-            for i, h in enumerate(result.hits)]  # fmt: skip
-
-
-class Search(Protocol):
-    """Retrieval as the pipeline calls it: ``k`` precise hits, then ``explore`` nearby categories' best products."""
-
-    def __call__(
-        self, text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None, /, *,
-        explore: int = 0,
-    ) -> Awaitable[list[Scored]]: ...  # fmt: skip
-
-
-Vectors = Callable[[Sequence[str]], Awaitable[Mapping[str, np.ndarray]]]
-Lookup = Callable[[Sequence[str]], Mapping[str, Product]]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The ranker's per-request sampling knobs (None: the server's default)."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-
-    def payload(self) -> dict[str, Any]:
-        return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p), ("top_k", self.top_k),
-                                  ("seed", self.seed)) if v is not None}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class BuyerContext:
-    """What the platform knows about the buyer (all optional)."""
-
-    buyer_id: str | None = None
-    profile: str | None = None
-    history: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    """One buyer message (words, a photo or both) in a session."""
-
-    text: str | None = None
-    image: Image.Image | None = None
-    session_id: str | None = None
-    buyer: BuyerContext | None = None
-    top_k: int = 10
-    sampling: Sampling = field(default_factory=Sampling)
-    candidates: int | None = None  # how many the ranker sees (default: the pipeline's ranker_candidates)
-    mmr_lambda: float | None = None  # MMR over the ranked list, on image vectors (None: the ranker's order)
-    explore: int = 0  # nearby categories whose best product joins the candidates, after the precise hits
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Models, pool sizes, caps and deadlines of a turn."""
-
-    ranker_model: str = "tandem-ranker"
-    explainer_model: str = "tandem-base"
-    pool: int = 40  # retrieved, before shown/excluded products are taken out
-    ranker_candidates: int = 20  # what the ranker sees (at most 26 candidate ids)
-    max_tool_rounds: int = 3
-    ranker_max_tokens: int = 160
-    ranker_deadline_s: float = 20.0
-    # The ranker's share in reciprocal rank fusion with retrieval order (rag.rank_fusion); 1.0: its order alone.
-    # The shipped 135M ranker (126 CPU steps) orders below retrieval; fused at 0.5 it loses a third as much
-    # (eval/reports/ranker_eval.md: NDCG@10 -8.8 % / -1.4 % fused, -24 % / -3.7 % alone). 0.0: retrieval order.
-    ranker_fusion: float = 0.5
-    explainer_max_tokens: int = 40  # per sentence
-    explainer_deadline_s: float = 30.0
-    explained: int = 3  # the products the explanation is about, one sentence each
-    history_shown: int = 6
-    cold_start_topics: int = 4
-
-
-@dataclass(frozen=True)
-class Degradation:
-    """A part of the turn that fell back, and why."""
-
-    part: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RankedProduct:
-    """A product in the final list: retrieval score and, when the ranker placed it, its rank reason."""
-
-    product: Product
-    score: float
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class TurnResult:
-    """Everything a turn produced."""
-
-    session_id: str
-    query: str
-    items: list[RankedProduct]
-    explanation: str
-    degraded: list[Degradation]
-    timing_ms: dict[str, float]
-    ranker: dict[str, Any]
-    # What the explainer wrote: "sentences" shown, "model_sentences" of them in its own words, "raw" (each sentence
-    # as the model wrote it, before the check; None where it failed) and "replaced" (the check's reasons).
-    explainer: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CandidatesEvent:
-    session_id: str
-    query: str
-    candidates: list[Scored]
-
-
-@dataclass(frozen=True)
-class RankingEvent:
-    items: list[RankedProduct]
-    degraded: list[Degradation]
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    text: str
-
-
-@dataclass(frozen=True)
-class DoneEvent:
-    result: TurnResult
+__all__ = ["Pipeline"]
 
 
 class EmptySentenceError(Exception):
     """The explainer answered with no words."""
-
-
-TurnEvent = CandidatesEvent | RankingEvent | TokenEvent | DoneEvent
 
 
 def _reason(product: Product, terms: TurnTerms, history: Sequence[Product]) -> str:
@@ -258,9 +93,10 @@ class Pipeline:
         self,
         search: Search,
         lookup: Lookup,
-        llm: LlmBackend,
+        llm: ChatClient,
         config: PipelineConfig | None = None,
         *,
+        models: TurnModels | None = None,
         vocabulary: TermVocabulary,
         checker: ExplanationChecker,
         sessions: SessionStore | None = None,
@@ -271,6 +107,7 @@ class Pipeline:
         self.lookup = lookup
         self.llm = llm
         self.config = config or PipelineConfig()
+        self.models = models or TurnModels()
         self.vocabulary = vocabulary
         self.checker = checker
         self.sessions = sessions or SessionStore()
@@ -309,7 +146,7 @@ class Pipeline:
         history_map = self.lookup(buyer.history[-cfg.history_shown :])
         history = [history_map[h] for h in buyer.history[-cfg.history_shown :] if h in history_map]
         topics: list[str] = []
-        if request.buyer is not None and not buyer.history and self._up("cold_start", cfg.explainer_model, degraded):
+        if request.buyer is not None and not buyer.history and self._up("cold_start", self.models.explainer, degraded):
             topics = await self._cold_start(buyer, query, degraded)
 
         try:
@@ -336,10 +173,10 @@ class Pipeline:
         yield CandidatesEvent(session.session_id, query, candidates)
 
         t1 = time.perf_counter()
-        if self._up("ranker", cfg.ranker_model, degraded):
+        if self._up("ranker", self.models.ranker, degraded):
             ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded)
         else:
-            ranked_ids, ranker_info = [c.product.product_id for c in candidates], {"model": cfg.ranker_model}
+            ranked_ids, ranker_info = [c.product.product_id for c in candidates], {"model": self.models.ranker}
         if request.mmr_lambda is not None and self.vectors is not None and len(ranked_ids) > 1:
             ranked_ids = await self._mmr(ranked_ids, request.mmr_lambda, request.top_k)
         by_id = {c.product.product_id: c for c in candidates}
@@ -354,7 +191,7 @@ class Pipeline:
         t2 = time.perf_counter()
         explanation = ""
         explainer_info: dict[str, Any] = {}
-        if items and not self._up("explainer", cfg.explainer_model, degraded):
+        if items and not self._up("explainer", self.models.explainer, degraded):
             explanation = _record_explanation([i.product for i in items[: cfg.explained]])
             explainer_info = {"sentences": min(len(items), cfg.explained), "model_sentences": 0}
         elif items:
@@ -391,7 +228,7 @@ class Pipeline:
     async def _cold_start(self, buyer: BuyerContext, query: str, degraded: list[Degradation]) -> list[str]:
         """A buyer without history: the base model lists interest topics (JSON) to retrieve on as well."""
         n = self.config.cold_start_topics
-        payload = cold_start_payload(self.config.explainer_model, buyer.profile or "unknown business", query, n)
+        payload = cold_start_payload(self.models.explainer, buyer.profile or "unknown business", query, n)
         try:
             completion = await self.llm.complete(payload, deadline_s=self.config.explainer_deadline_s)
             topics = parse_topics(str(completion.message.get("content") or ""), n)
@@ -414,27 +251,22 @@ class Pipeline:
         degraded: list[Degradation],
     ) -> tuple[list[str], dict[str, Any]]:
         ids = [c.product.product_id for c in candidates]
-        info: dict[str, Any] = {"model": self.config.ranker_model, "candidates": len(ids)}
+        info: dict[str, Any] = {"model": self.models.ranker, "candidates": len(ids)}
         if len(ids) < 2:
             return ids, info
         products = [c.product for c in candidates]
-        profile = buyer.profile or "not given"
-        # Worded as in training (finetune.ranking_data.request_text), so the adapter sees what it learned on.
-        request_line = (query or "products like the photo") + (PHOTO_NOTE if request.image is not None else "")
-        user = ranker_user_message(profile, history, request_line, products, topics)
-        messages = [ranker_system_message(), {"role": "user", "content": user}]
-
-        # A tool call is required: a server with guided decoding (vLLM, the embedded worker) then always writes a
-        # well-formed one, whatever the sampling knobs; the ids in it are checked below.
-        tools = ranker_tools(len(ids), at_least=request.top_k)
-
-        async def complete(transcript: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
-            payload = {"model": self.config.ranker_model, "messages": transcript, "tools": tools,
-                       "tool_choice": tool_choice, "max_tokens": self.config.ranker_max_tokens, "temperature": 0.0,
-                       **request.sampling.payload()}  # fmt: skip
-            completion = await self.llm.complete(payload, deadline_s=self.config.ranker_deadline_s)
-            message: dict[str, Any] = completion.message
-            return message
+        line = ranker_request_line(query, request.image is not None)
+        prompt = ranker_prompt(
+            buyer.profile or "not given", history, line, products, interests=topics, at_least=request.top_k
+        )
+        complete = ranker_completion(
+            self.llm,
+            self.models.ranker,
+            prompt.tools,
+            max_tokens=self.config.ranker_max_tokens,
+            sampling=request.sampling.payload(),
+            deadline_s=self.config.ranker_deadline_s,
+        )
 
         async def search(q: str, k: int, search_filter: SearchFilter | None) -> list[Product]:
             return [s.product for s in await self.search(q, None, k, search_filter)]
@@ -443,7 +275,7 @@ class Pipeline:
                                 attribute_values=self.attribute_values)  # fmt: skip
         try:
             outcome = await asyncio.wait_for(
-                run_ranker(complete, messages, toolbox, max_rounds=self.config.max_tool_rounds),
+                run_ranker(complete, prompt.messages, toolbox, max_rounds=self.config.max_tool_rounds),
                 timeout=self.config.ranker_deadline_s,
             )
         except Exception as exc:
@@ -522,7 +354,7 @@ class Pipeline:
 
     async def _sentence(self, request_text: str, product: Product, rank: int) -> str:
         """The explainer's sentence about one product: the start Tandem wrote, continued to the end of the line."""
-        payload = {"model": self.config.explainer_model, "messages": explainer_messages(request_text, product, rank),
+        payload = {"model": self.models.explainer, "messages": explainer_messages(request_text, product, rank),
                    "max_tokens": self.config.explainer_max_tokens, "temperature": 0.0, "stop": ["\n"],
                    "continue_final_message": True, "add_generation_prompt": False}  # fmt: skip
         parts: list[str] = []

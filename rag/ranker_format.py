@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prompts import load_prompt, load_tools
@@ -31,6 +32,7 @@ from retrieval.catalogue import Product
 __all__ = [
     "HANDLES",
     "PHOTO_NOTE",
+    "RankerPrompt",
     "candidate_line",
     "describe_product",
     "handles",
@@ -38,6 +40,8 @@ __all__ = [
     "product_brand",
     "product_gender",
     "product_line",
+    "ranker_prompt",
+    "ranker_request_line",
     "ranker_system_message",
     "ranker_tools",
     "ranker_user_message",
@@ -149,11 +153,47 @@ def ranker_user_message(
     """
     if history:
         orders = "\n".join(history_line(p) for p in history)
+    elif interests:
+        orders = load_prompt("ranker_no_orders_interests").format(interests=", ".join(interests))
     else:
-        orders = "- nothing yet" + ("; interests: " + ", ".join(interests) if interests else "")
+        orders = load_prompt("ranker_no_orders")
     return load_prompt("ranker_user").format(
         profile=profile,
         history=orders,
         request=request,
         candidates="\n".join(candidate_line(h, p) for h, p in zip(handles(len(candidates)), candidates, strict=True)),
+    )
+
+
+def ranker_request_line(text: str | None, has_photo: bool) -> str:
+    """The request as the ranker reads it: the buyer's words, and a note when a photo came with them."""
+    return (text or "products like the photo") + (PHOTO_NOTE if has_photo else "")
+
+
+@dataclass(frozen=True)
+class RankerPrompt:
+    """The ranker's opening messages and the tools it may call, for one request."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+
+
+def ranker_prompt(
+    profile: str,
+    history: Sequence[Product],
+    request: str,
+    candidates: Sequence[Product],
+    *,
+    interests: Sequence[str] = (),
+    at_least: int = 10,
+) -> RankerPrompt:
+    """The one ranker request: serving (the pipeline), training data (``finetune``) and eval all build it here.
+
+    ``request`` is :func:`ranker_request_line`'s wording; ``at_least`` is how many ids
+    ``submit_ranking`` must carry (the list shown, or fewer when there are fewer candidates).
+    """
+    user = ranker_user_message(profile, history, request, candidates, interests)
+    return RankerPrompt(
+        messages=[ranker_system_message(), {"role": "user", "content": user}],
+        tools=ranker_tools(len(candidates), at_least=at_least),
     )

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llms.client import ChatClient
 from rag.ranker_format import describe_product, handles, resolve_ids
 from retrieval.catalogue import CATEGORY_SEPARATOR, Product
 from retrieval.store import SearchFilter
@@ -28,6 +29,7 @@ __all__ = [
     "RankerOutcome",
     "RankerToolbox",
     "SearchProducts",
+    "ranker_completion",
     "run_ranker",
 ]
 
@@ -35,6 +37,30 @@ SearchProducts = Callable[[str, int, SearchFilter | None], Awaitable[Sequence[Pr
 # (transcript, tool_choice): "required" on every round but the last, which names submit_ranking.
 Complete = Callable[[list[dict[str, Any]], Any], Awaitable[dict[str, Any]]]
 SUBMIT_CHOICE: dict[str, Any] = {"type": "function", "function": {"name": "submit_ranking"}}
+
+
+def ranker_completion(
+    llm: ChatClient,
+    model: str,
+    tools: list[dict[str, Any]],
+    *,
+    max_tokens: int,
+    sampling: Mapping[str, Any] | None = None,
+    deadline_s: float | None = None,
+) -> Complete:
+    """One ranker round as every caller asks it: greedy unless ``sampling`` says otherwise, a tool call required.
+
+    A required tool call lets a server with guided decoding (vLLM, the embedded worker) always
+    write a well-formed one, whatever the sampling knobs; the ids in it are validated afterwards.
+    """
+    knobs = {"temperature": 0.0, **(sampling or {})}
+
+    async def complete(transcript: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
+        payload = {"model": model, "messages": transcript, "tools": tools, "tool_choice": tool_choice,
+                   "max_tokens": max_tokens, **knobs}  # fmt: skip
+        return (await llm.complete(payload, deadline_s=deadline_s)).message
+
+    return complete
 
 
 class ProductSource(Protocol):

@@ -18,6 +18,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rag.errors import SessionNotFoundError
@@ -63,10 +64,18 @@ class Session:
 class SessionStore:
     """In-process sessions with LRU eviction and an idle TTL."""
 
-    def __init__(self, *, max_sessions: int = 10_000, ttl_s: float = 3600.0, max_turns: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 10_000,
+        ttl_s: float = 3600.0,
+        max_turns: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self.max_turns = max_turns
+        self._clock = clock  # injectable so tests can expire sessions without sleeping
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -81,10 +90,10 @@ class SessionStore:
 
     def open(self, session_id: str | None) -> Session:
         """The session with this id, or a new one when ``session_id`` is None; unknown ids are an error."""
-        now = time.monotonic()
+        now = self._clock()
         self._expire(now)
         if session_id is None:
-            session = Session(uuid.uuid4().hex, self.max_turns)
+            session = Session(uuid.uuid4().hex, self.max_turns, last_used=now)
             self._sessions[session.session_id] = session
             self._expire(now)
             return session

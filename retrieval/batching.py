@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["BatchStats", "MicroBatcher"]
+__all__ = ["BatchStats", "MicroBatcher", "serving_threads"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -152,3 +153,10 @@ class MicroBatcher(Generic[T, R]):
             if self._on_batch is not None:
                 wait_ms = (started - min(p.queued_at for p in batch)) * 1000
                 self._on_batch(BatchStats(len(batch), wait_ms, (finished - started) * 1000))
+
+
+def serving_threads(configured: int | None) -> int:
+    """torch threads for serving: all cores but one, which is left to the event loop (HTTP, decoding)."""
+    if configured is not None:
+        return configured
+    return max(1, (os.cpu_count() or 2) - 1)

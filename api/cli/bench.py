@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +22,16 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise CliError(f"sizes must be comma-separated integers, got {text!r}") from exc
 
 
+bench_app = typer.Typer(
+    help="Benchmarks, written to eval/reports/: retrieval (no subcommand), chat latency (chat).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@bench_app.callback()
 def bench(
+    ctx: typer.Context,
     reports: Annotated[Path, typer.Option("--reports", help="Where reports go.")] = Path("eval/reports"),
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Catalogue products to index.")] = None,
     vector_sizes: Annotated[str, typer.Option("--vector-sizes", help="Synthetic sizes, Edge vs NumPy.")] = (
@@ -34,7 +45,11 @@ def bench(
     only: Annotated[str | None, typer.Option("--only", help="retrieval, eval or scaling")] = None,
 ) -> None:
     """Indexing throughput, query latency, Qdrant Edge vs NumPy, hierarchical vs flat (real and synthetic)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from api.components import build_image_encoder, build_text_encoder
     from eval import bench_hierarchical, bench_retrieval
+    from eval.machine import machine_info
 
     settings = get_settings()
     if only not in (None, "retrieval", "eval", "scaling"):
@@ -43,10 +58,16 @@ def bench(
     if only in (None, "retrieval"):
         with progress_bar() as bar:
             res = bench_retrieval.run(
-                settings, limit=limit, sizes=vector_ns, queries=queries, reports_dir=reports, progress=bar
+                settings,
+                lambda: (build_text_encoder(settings), build_image_encoder(settings)),
+                limit=limit,
+                sizes=vector_ns,
+                queries=queries,
+                reports_dir=reports,
+                progress=bar,
             )
         out.print(f"wrote {res['report']['markdown']}")
-    machine = bench_retrieval.machine_info()
+    machine = machine_info()
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     if only in (None, "eval"):
         report = _real_eval(settings, eval_queries)
@@ -80,7 +101,7 @@ def bench(
 
 def _real_eval(settings: Settings, n: int) -> dict[str, object] | None:
     """Hierarchical vs flat on buyer-style photo queries of the real catalogue (needs the main index)."""
-    from api.cli_eval import holdout_products
+    from api.cli.evaluate import holdout_products
     from api.components import build_retriever, build_store
     from eval.queries import make_photo_queries
     from eval.retrieval_eval import evaluate, load_queries
@@ -103,3 +124,80 @@ def _real_eval(settings: Settings, n: int) -> dict[str, object] | None:
     report["skipped"] = len(report["skipped"])
     out.print(json.dumps({m: report[m].get("ndcg@10") for m in ("hierarchical", "flat")}))
     return report
+
+
+@contextmanager
+def _served_product(settings: Settings) -> Iterator[str]:
+    """The product as ``make run`` serves it (API in a uvicorn thread, embedded LLM worker beside it): its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from api.http.app import create_app
+    from api.worker.embedded import embedded_llm_worker
+
+    with embedded_llm_worker(settings) as worker:
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"workers": [worker]}),
+                                               "api": settings.api.model_copy(update={"keys": []})})  # fmt: skip
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_config=None,
+                                               access_log=False))  # fmt: skip
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise CliError("the API did not start")
+            time.sleep(0.1)
+        try:
+            yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=15)
+
+
+@bench_app.command("chat")
+def bench_chat(
+    turns: Annotated[int, typer.Option("--turns", min=2, help="Streamed chat turns (the first is not counted).")] = 60,
+    reports: Annotated[Path, typer.Option("--reports", help="Where chat_latency.{json,md,png} go.")] = Path(
+        "eval/reports"
+    ),
+) -> None:
+    """Chat latency on the real models: time to the first product card and the first explanation token, p50/p95."""
+    from eval.bench_chat import run_benchmark
+    from finetune.buyers import BuyerConfig
+    from finetune.ranker_cases import ensure_buyers
+    from retrieval.catalogue import load_catalogue
+
+    settings = get_settings()
+    cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
+    buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
+    models = {"base": settings.llm.base, "ranker": str(settings.ranker_adapter_dir())}
+    with _served_product(settings) as url, progress_bar() as bar:
+        task = bar.add_task("chat turns", total=turns)
+        report = run_benchmark(url, cat, buyers, models, turns=turns, reports=reports,
+                               progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+    card, token = report["first_card_ms"], report["first_token_ms"]
+    out.print(f"first card p50 {card['p50']} ms, p95 {card['p95']} ms; first token p50 {token['p50']} ms, "
+              f"p95 {token['p95']} ms")  # fmt: skip
+
+
+_FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench_app.command("loadtest", context_settings=_FORWARD, add_help_option=False)
+def bench_loadtest(ctx: typer.Context) -> None:
+    """The REST API under Locust load: images/s, latency, errors (``--help`` lists its options)."""
+    from api.components import build_image_encoder
+    from eval.loadtest.cli import main as loadtest_main
+
+    settings = get_settings()
+    code = loadtest_main(list(ctx.args), settings=settings, build_encoder=lambda: build_image_encoder(settings))
+    raise typer.Exit(code)
+
+
+@bench_app.command("llm", context_settings=_FORWARD, add_help_option=False)
+def bench_llm(ctx: typer.Context) -> None:
+    """The LLM dispatcher against real worker processes on a SIMULATED model (``--help`` lists its options)."""
+    from eval.bench_llm.cli import main as bench_llm_main
+
+    raise typer.Exit(bench_llm_main(list(ctx.args), home=get_settings().home))

@@ -145,6 +145,7 @@ def eval_ranker(
 
     from api.console import staged_progress
     from eval.ranker_eval import evaluate_cases, llm_ranker
+    from llms.in_process import InProcessClient
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
 
@@ -152,9 +153,10 @@ def eval_ranker(
     base_dir, adapter_dir, cat, test, cases = _test_cases(base, adapter, buyers)
     engine = TransformersEngine.load(base_dir, {"tandem-ranker": adapter_dir})
     service = WorkerService(engine)
+    llm = InProcessClient(service)
     rankers = {
-        "base_zero_shot": llm_ranker(service, service.base_name, cat),
-        "lora": llm_ranker(service, "tandem-ranker", cat),
+        "base_zero_shot": llm_ranker(llm, service.base_name, cat),
+        "lora": llm_ranker(llm, "tandem-ranker", cat),
     }
     with staged_progress() as progress:
         results = evaluate_cases(cases, rankers, progress=progress)
@@ -284,17 +286,17 @@ def eval_explainer(
     from eval.turns import offline_pipeline
     from finetune.buyers import BuyerConfig
     from finetune.ranker_cases import ensure_buyers
-    from rag.pipeline import PipelineConfig
+    from rag.turn import TurnModels
     from retrieval.catalogue import load_catalogue
 
     settings, base_dir, adapter_dir = _served_models(base, adapter)
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"][:turns]
     llm = _in_process_llm(settings, base_dir, adapter_dir)
-    config = PipelineConfig(ranker_model=settings.llm.ranker_model, explainer_model=settings.llm.explainer_model)
+    models = TurnModels(ranker=settings.llm.ranker_model, explainer=settings.llm.explainer_model)
     store = build_store(settings)
     try:
-        pipeline = offline_pipeline(build_retriever(settings, store), cat, llm, config)
+        pipeline = offline_pipeline(build_retriever(settings, store), cat, llm, settings.chat, models=models)
         with staged_progress() as progress:
             results = evaluate_explainer(pipeline, buyers, cat,
                                          progress=lambda done, total: progress("chat turns", done, total))  # fmt: skip

@@ -6,23 +6,25 @@ line to stderr and exits non-zero; ``TANDEM_DEBUG=1`` shows tracebacks instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from api.cli_bench import bench
-from api.cli_eval import eval_app
-from api.cli_experiment import experiment_app
-from api.cli_train import train_app
-from api.cli_worker import worker
+from api.cli.bench import bench_app
+from api.cli.evaluate import eval_app
+from api.cli.experiment import experiment_app
+from api.cli.train import train_app
+from api.cli.worker import worker
 from api.console import CliError, err, out, progress_bar, report_issues
 from api.settings import Settings, get_settings
-from retrieval.hierarchical import SearchMode
+from retrieval.hierarchical import SearchMode, SearchResult
 
 app = typer.Typer(
     name="tandem",
@@ -36,7 +38,7 @@ app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(experiment_app, name="experiment")
-app.command("bench")(bench)
+app.add_typer(bench_app, name="bench")
 app.command("worker")(worker)
 
 
@@ -161,44 +163,38 @@ def run_search(
     mmr_lambda: float | None = None,
     diversity: float | None = None,
 ) -> None:
-    from dataclasses import asdict
-
-    import numpy as np
-
+    from api.cli.image_source import open_image_source
     from api.components import build_retriever, build_store
-    from api.diversity import DiversityCalibration, list_diversity
-    from api.image_source import open_image_source
-    from rag.mmr import mmr_order
+    from rag.diversity import DiversityCalibration
+    from rag.errors import RagError
+    from rag.recommend import Recommender
     from retrieval.search import SearchQuery
-    from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR
 
     if not text and not image:
         raise CliError("give --text, --image, or both")
     if mmr_lambda is not None and diversity is not None:
         raise CliError("give --mmr or --diversity, not both")
-    settings_used: dict[str, object] = {}
-    if diversity is not None:
-        chosen = DiversityCalibration.load(settings.diversity_calibration_path).settings_for(diversity, {"mmr_lambda"})
-        mmr_lambda = float(chosen["value"])
-        settings_used = {"diversity": diversity, "calibrated": chosen["calibrated"]}
-    pool = max(pool or (4 * k if mmr_lambda is not None else k), k)
     pil = open_image_source(image, settings.images) if image else None
     store = build_store(settings)
     try:
-        result = build_retriever(settings, store).search(SearchQuery(text=text, image=pil), k=pool, mode=mode)
-        hits = result.hits
-        image_vectors = store.vectors([h.product_id for h in hits], using=IMAGE_VECTOR)
-        if mmr_lambda is not None and len(hits) > 1 and len(image_vectors) == len(hits):
-            matrix = np.vstack([image_vectors[h.product_id] for h in hits])
-            hits = [hits[i] for i in mmr_order([h.score for h in hits], matrix, lam=mmr_lambda, k=k)]
-            settings_used["mmr_lambda"] = mmr_lambda
-        hits = hits[:k]
-        ids = [h.product_id for h in hits]
-        text_vectors = store.vectors(ids, using=TEXT_VECTOR)
+        retriever = build_retriever(settings, store)
+
+        async def search(query: SearchQuery, pool: int, mode: SearchMode) -> SearchResult:
+            return retriever.search(query, k=pool, mode=mode)
+
+        calibration = DiversityCalibration.load(settings.diversity_calibration_path)
+        recommender = Recommender(
+            search, vectors=lambda ids, using: store.vectors(ids, using=using), calibration=calibration
+        )
+        rec = asyncio.run(recommender.recommend(SearchQuery(text=text, image=pil), top_k=k, mode=mode,
+                                                pool=max(pool, k) if pool else None, mmr_lambda=mmr_lambda,
+                                                diversity=diversity))  # fmt: skip
+    except RagError as exc:
+        raise CliError(str(exc)) from exc
     finally:
         store.close()
-    reached = asdict(list_diversity(ids, [h.category for h in hits], image=image_vectors, text=text_vectors))
-    reached["settings"] = {**settings_used, "pool": pool}
+    hits, result = rec.hits, rec.result
+    reached = {**asdict(rec.diversity), "settings": rec.settings}
     if as_json:
         body = {"items": [h.as_dict() for h in hits], "diversity": reached}
         sys.stdout.write(json.dumps(body, ensure_ascii=False) + "\n")
@@ -250,7 +246,7 @@ def search(
 
 def prepare(settings: Settings, limit: int | None) -> None:
     """Build what is missing: the domain image tower (when it is the image encoder), then the index."""
-    from api.cli_train import run_train_clip
+    from api.cli.train import run_train_clip
     from api.components import tower_is_trained
 
     uses_own_tower = settings.encoders.image_checkpoint is None and settings.encoders.image_model is None
@@ -310,8 +306,8 @@ def serve(
     """Serve the API and the web chat (FastAPI + uvicorn) until Ctrl-C."""
     from contextlib import ExitStack
 
-    from api.embedded_llm import embedded_llm_worker
-    from api.server import serve as run_server
+    from api.http.server import serve as run_server
+    from api.worker.embedded import embedded_llm_worker
 
     settings = get_settings()
     with ExitStack() as stack:

@@ -36,10 +36,10 @@ def run_train_clip(
     out_dir: Path | None = None,
 ) -> None:
     from api.components import build_text_encoder
-    from eval.bench_retrieval import machine_info
-    from finetune.image_tower import TowerConfig
+    from eval.machine import machine_info
     from finetune.train_tower import ClipTrainConfig, train_image_tower, write_tower_report
     from retrieval.catalogue import load_catalogue
+    from retrieval.image_tower import TowerConfig
 
     target = out_dir or settings.tower_dir
     if (target / "open_clip_config.json").is_file() and not force:

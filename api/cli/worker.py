@@ -8,11 +8,14 @@ model instead (load tests and fault drills; its answers say "[simulated …]").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from api.console import CliError, out
+
+if TYPE_CHECKING:
+    from llms.worker.engine import Engine
 
 
 def _parse_adapters(items: list[str], *, simulate: bool) -> dict[str, Path]:
@@ -67,43 +70,22 @@ def worker(
     import uvicorn
 
     from api.logs import configure_logging
-    from api.worker_app import create_worker_app
-    from llms.worker.delay import DelayModel
-    from llms.worker.engine import Engine
+    from api.worker.app import create_worker_app
     from llms.worker.service import WorkerService
 
     adapters = _parse_adapters(adapter or [], simulate=simulate)
     engine: Engine
     if simulate:
-        from llms.worker.simulated import SimulatedEngine
-
-        try:
-            delay = DelayModel.parse(delay_model)
-        except ValueError as exc:
-            raise CliError(f"--delay-model: {exc}") from exc
-        engine = SimulatedEngine(
-            model_name=served_name or (Path(model).name if model else "tandem-simulated"),
-            adapters=list(adapters),
-            delay=delay,
-            slots=slots,
-            reply=reply,
-            hang=hang,
-            seed=seed,
-        )
+        name = served_name or (Path(model).name if model else "tandem-simulated")
+        engine = _simulated_engine(name, list(adapters), delay_model, slots=slots, reply=reply, hang=hang, seed=seed)
         kind = f"SIMULATED engine, {delay_model}"
     else:
         if model is None:
             raise CliError("--model DIR is required (or --simulate)")
         if hang or reply is not None or slots is not None:
             raise CliError("--hang, --reply and --slots only apply with --simulate")
-        from api.settings import get_settings
-        from llms.base_model import ensure_base_model
-        from llms.worker.hf_engine import TransformersEngine
-
-        folder = ensure_base_model(model, get_settings().models_dir)
-        engine = TransformersEngine.load(
-            folder, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, dtype=dtype
-        )
+        engine = _model_engine(model, adapters, device=device, dtype=dtype, max_batch=max_batch,
+                               batch_wait_ms=batch_wait_ms)  # fmt: skip
         kind = f"transformers on {device}, {dtype}"
     service = WorkerService(engine, served_name=served_name)
     configure_logging("INFO")
@@ -119,4 +101,41 @@ def worker(
         access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
+    )
+
+
+def _simulated_engine(
+    name: str,
+    adapters: list[str],
+    delay_model: str,
+    *,
+    slots: int | None,
+    reply: str | None,
+    hang: bool,
+    seed: int | None,
+) -> Engine:
+    """The SIMULATED engine: no model, service times drawn from ``delay_model``."""
+    from llms.worker.delay import DelayModel
+    from llms.worker.simulated import SimulatedEngine
+
+    try:
+        delay = DelayModel.parse(delay_model)
+    except ValueError as exc:
+        raise CliError(f"--delay-model: {exc}") from exc
+    return SimulatedEngine(
+        model_name=name, adapters=adapters, delay=delay, slots=slots, reply=reply, hang=hang, seed=seed
+    )
+
+
+def _model_engine(
+    model: str, adapters: dict[str, Path], *, device: str, dtype: str, max_batch: int, batch_wait_ms: float
+) -> Engine:
+    """A real model (converted once into TANDEM_HOME when it is a GGUF or a package) and its adapters."""
+    from api.settings import get_settings
+    from llms.base_model import ensure_base_model
+    from llms.worker.hf_engine import TransformersEngine
+
+    folder = ensure_base_model(model, get_settings().models_dir)
+    return TransformersEngine.load(
+        folder, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, dtype=dtype
     )

@@ -21,19 +21,19 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import (
+from api.http.errors import (
     ApiError,
     PayloadTooLargeError,
     ValidationFailedError,
     error_body,
     to_api_error,
 )
-from api.metrics import ApiMetrics
-from api.middleware import BodyTooLargeError, ServiceMiddleware
-from api.resources import Resources
-from api.routers import chat, health, llm, metrics, recommendations
+from api.http.metrics import ApiMetrics
+from api.http.middleware import BodyTooLargeError, ServiceMiddleware
+from api.http.resources import Resources
+from api.http.routers import chat, health, llm, metrics, recommendations
+from api.http.ssrf import Resolver, system_resolver
 from api.settings import Settings, get_settings
-from api.ssrf import Resolver, system_resolver
 from llms.errors import LLMError
 from rag.errors import RagError
 from retrieval.errors import RetrievalError

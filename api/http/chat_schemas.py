@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.schemas import DiversityInfo, RecommendedItem
+from api.http.schemas import DiversityInfo, RecommendedItem
 
 __all__ = [
     "MAX_CHAT_TOP_K",

@@ -7,25 +7,24 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, replace
 from typing import Any
 
 from PIL import Image
 
-from api.chat_schemas import ChatItem, ChatRequest, ChatResponse, DegradedPart
-from api.diversity import DiversityCalibration, list_diversity
-from api.image_fetch import ImageFetcher, decode_base64_image
-from api.recommender import VectorLookup, card_image_url
-from api.schemas import DiversityInfo
+from api.http.chat_schemas import ChatItem, ChatRequest, ChatResponse, DegradedPart
+from api.http.image_fetch import ImageFetcher, decode_base64_image
+from api.http.recommender import card_image_url
+from api.http.schemas import DiversityInfo
 from api.settings import Settings
-from rag.pipeline import (
+from rag.diversity import DiversityCalibration
+from rag.pipeline import Pipeline
+from rag.recommend import VectorLookup, measure_list
+from rag.turn import (
     BuyerContext,
     CandidatesEvent,
     DoneEvent,
-    Pipeline,
     RankedProduct,
     RankingEvent,
     Sampling,
@@ -35,9 +34,8 @@ from rag.pipeline import (
     TurnResult,
 )
 from retrieval.images import ImageLimits, decode_image
-from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR
 
-__all__ = ["ChatService", "sse"]
+__all__ = ["ChatService"]
 
 
 class ChatService:
@@ -116,11 +114,7 @@ class ChatService:
 
     async def diversity(self, result: TurnResult, settings: dict[str, Any]) -> DiversityInfo:
         ids = [i.product.product_id for i in result.items]
-        image = text = None
-        if self.vectors is not None and ids:
-            image = await asyncio.to_thread(self.vectors, ids, IMAGE_VECTOR)
-            text = await asyncio.to_thread(self.vectors, ids, TEXT_VECTOR)
-        reached = list_diversity(ids, [i.product.category for i in result.items], image=image, text=text)
+        reached = await measure_list(self.vectors, ids, [i.product.category for i in result.items])
         return DiversityInfo(**asdict(reached), settings=settings)
 
     def card(self, item: RankedProduct | Scored, base_url: str) -> ChatItem:
@@ -174,8 +168,3 @@ class ChatService:
 
 def _dump(cards: Any) -> list[dict[str, Any]]:
     return [c.model_dump(mode="json") for c in cards]
-
-
-def sse(event: str, data: dict[str, Any] | Sequence[Any]) -> str:
-    """One Server-Sent Event."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -13,9 +13,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from api.errors import NotReadyError, UnauthorizedError
-from api.recommender import RecommendationService
-from api.resources import Resources
+from api.http.errors import NotReadyError, UnauthorizedError
+from api.http.recommender import RecommendationService
+from api.http.resources import Resources
 from llms.dispatcher import Dispatcher
 
 __all__ = ["ApiKeyDep", "DispatcherDep", "RequestIdDep", "ResourcesDep", "ServiceDep", "require_api_key"]

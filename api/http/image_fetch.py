@@ -27,7 +27,7 @@ import httpx
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from api.errors import (
+from api.http.errors import (
     ApiError,
     BadRequestError,
     ImageNotFoundError,
@@ -39,8 +39,8 @@ from api.errors import (
     StorageUnavailableError,
     UrlNotAllowedError,
 )
+from api.http.ssrf import Resolver, UrlPolicy, system_resolver
 from api.settings import StorageSettings
-from api.ssrf import Resolver, UrlPolicy, system_resolver
 from retrieval.images import ImageLimits
 
 __all__ = ["ImageFetcher", "decode_base64_image"]
@@ -231,8 +231,8 @@ class ImageFetcher:
 
     def _s3_client(self) -> Any:
         if self._s3 is None:
-            import boto3
-            from botocore.config import Config
+            import boto3  # noqa: PLC0415 - lazy: boto3 only when s3:// images are configured (about a second to import)
+            from botocore.config import Config  # noqa: PLC0415 - lazy: botocore only when s3:// images are configured
 
             s = self.settings
             self._s3 = boto3.session.Session().client(
@@ -262,7 +262,7 @@ class ImageFetcher:
             return await asyncio.to_thread(self._s3_get, bucket, key)
 
     def _s3_get(self, bucket: str, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+        from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError  # noqa: PLC0415 - lazy: botocore only when s3:// images are configured
 
         try:
             obj = self._s3_client().get_object(Bucket=bucket, Key=key)

@@ -19,10 +19,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, OverloadedError, PayloadTooLargeError, UnauthorizedError, error_body
+from api.http.errors import ApiError, OverloadedError, PayloadTooLargeError, UnauthorizedError, error_body
+from api.http.metrics import ApiMetrics
+from api.http.ssrf import is_loopback
 from api.logs import request_id_var
-from api.metrics import ApiMetrics
-from api.ssrf import is_loopback
 
 __all__ = ["BodyTooLargeError", "ServiceMiddleware"]
 

@@ -1,4 +1,4 @@
-"""The recommendation use case behind the HTTP routes: fetch → decode → batched encode + search → cards.
+"""The REST recommendation route's adapter: fetch → decode → :class:`rag.recommend.Recommender` → cards.
 
 Example:
     >>> response = await service.recommend(RecommendRequest(text="red kurta"), request_id="r1")  # doctest: +SKIP
@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import PurePath
-from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 from PIL import Image
 
-from api.diversity import DiversityCalibration, list_diversity
-from api.errors import ValidationFailedError
-from api.image_fetch import ImageFetcher, decode_base64_image
-from api.metrics import ApiMetrics
-from api.schemas import (
+from api.http.errors import ValidationFailedError
+from api.http.image_fetch import ImageFetcher, decode_base64_image
+from api.http.metrics import ApiMetrics
+from api.http.schemas import (
     DiversityInfo,
     RecommendedItem,
     RecommendFilters,
@@ -31,17 +27,16 @@ from api.schemas import (
     RecommendResponse,
     StageTimings,
 )
-from rag.mmr import mmr_order
+from rag.diversity import DiversityCalibration
+from rag.recommend import Recommender, VectorLookup
 from retrieval.batch_search import BatchQuery
 from retrieval.batching import MicroBatcher
-from retrieval.hierarchical import SearchResult
+from retrieval.hierarchical import SearchMode, SearchResult
 from retrieval.images import ImageLimits, decode_image
 from retrieval.search import SearchHit, SearchQuery
-from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
+from retrieval.store import SearchFilter
 
-__all__ = ["RecommendationService", "VectorLookup", "card_image_url"]
-
-VectorLookup = Callable[[Sequence[str], str], dict[str, np.ndarray]]
+__all__ = ["RecommendationService", "card_image_url"]
 
 # Decoding a catalogue-sized JPEG takes ~0.1 ms: cheaper inline than a thread hop. Larger
 # uploads are decoded in a thread so a 90-megapixel photo never stalls other requests.
@@ -57,7 +52,7 @@ def card_image_url(image: str | None, base_url: str, public_base: str | None) ->
 
 
 class RecommendationService:
-    """Answers :class:`RecommendRequest` s; one instance per service, shared by all requests."""
+    """The REST face of :class:`rag.recommend.Recommender`: request images and filters in, response schema out."""
 
     def __init__(
         self,
@@ -71,14 +66,16 @@ class RecommendationService:
         vectors: VectorLookup | None = None,
         calibration: DiversityCalibration | None = None,
     ) -> None:
+        async def search(query: SearchQuery, k: int, mode: SearchMode) -> SearchResult:
+            return await batcher.submit(BatchQuery(query, k=k, mode=mode))
+
         self.fetcher = fetcher
         self.batcher = batcher
         self.limits = limits
         self.metrics = metrics
         self.attribute_fields = set(attribute_fields)
         self.image_base_url = image_base_url
-        self.vectors = vectors
-        self.calibration = calibration or DiversityCalibration.default()
+        self.recommender = Recommender(search, vectors=vectors, calibration=calibration)
 
     async def _decode(self, data: bytes, name: str) -> Image.Image:
         if len(data) <= _INLINE_DECODE_BYTES:
@@ -124,22 +121,16 @@ class RecommendationService:
         image = await self.load_image(request, upload)
         t1 = time.perf_counter()
         text = request.text.strip() if request.text and request.text.strip() else None
-        query = SearchQuery(text=text, image=image, filter=search_filter)
-        lam, settings = self.mmr_setting(request.mmr_lambda, request.diversity)
-        pool = request.pool or (4 * request.top_k if lam is not None else request.top_k)
-        result = await self.batcher.submit(BatchQuery(query, k=pool, mode=request.mode))
-        hits = result.hits
-        image_vectors = await self.lookup_vectors([h.product_id for h in hits], IMAGE_VECTOR)
-        if lam is not None and len(hits) > 1 and len(image_vectors) == len(hits):
-            order = mmr_order([h.score for h in hits], np.vstack([image_vectors[h.product_id] for h in hits]),
-                              lam=lam, k=request.top_k)  # fmt: skip
-            hits = [hits[i] for i in order]
-        hits = hits[: request.top_k]
-        ids = [h.product_id for h in hits]
-        text_vectors = await self.lookup_vectors(ids, TEXT_VECTOR)
-        reached = list_diversity(ids, [h.category for h in hits], image=image_vectors, text=text_vectors)
+        rec = await self.recommender.recommend(
+            SearchQuery(text=text, image=image, filter=search_filter),
+            top_k=request.top_k,
+            mode=request.mode,
+            pool=request.pool,
+            mmr_lambda=request.mmr_lambda,
+            diversity=request.diversity,
+        )
         t2 = time.perf_counter()
-        search_ms = result.timing_ms.get("search", 0.0)
+        search_ms = rec.result.timing_ms.get("search", 0.0)
         timing = StageTimings(
             fetch=round((t1 - t0) * 1000, 3),
             encode=round(max((t2 - t1) * 1000 - search_ms, 0.0), 3),
@@ -150,24 +141,9 @@ class RecommendationService:
             self.metrics.stage.labels(stage).observe(getattr(timing, stage) / 1000)
         return RecommendResponse(
             request_id=request_id,
-            mode=result.mode,
-            items=[self.item(h, base_url) for h in hits],
+            mode=rec.result.mode,
+            items=[self.item(h, base_url) for h in rec.hits],
             timing_ms=timing,
-            searched_fraction=round(result.searched_fraction, 6),
-            diversity=DiversityInfo(**asdict(reached), settings={**settings, "pool": pool}),
+            searched_fraction=round(rec.result.searched_fraction, 6),
+            diversity=DiversityInfo(**asdict(rec.diversity), settings=rec.settings),
         )
-
-    def mmr_setting(self, mmr_lambda: float | None, diversity: float | None) -> tuple[float | None, dict[str, Any]]:
-        """MMR's λ for this request (None: relevance order), and the settings to report."""
-        if diversity is not None:
-            chosen = self.calibration.settings_for(diversity, knobs={"mmr_lambda"})
-            return float(chosen["value"]), {"diversity": diversity, "mmr_lambda": chosen["value"],
-                                            "calibrated": chosen["calibrated"]}  # fmt: skip
-        if mmr_lambda is not None:
-            return mmr_lambda, {"mmr_lambda": mmr_lambda}
-        return None, {}
-
-    async def lookup_vectors(self, ids: list[str], using: str) -> dict[str, np.ndarray]:
-        if self.vectors is None or not ids:
-            return {}
-        return await asyncio.to_thread(self.vectors, ids, using)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,41 +19,33 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from api.chat_service import ChatService
 from api.components import build_image_encoder, build_retriever, build_store, build_text_encoder
-from api.diversity import DiversityCalibration
-from api.image_fetch import ImageFetcher
-from api.metrics import ApiMetrics
-from api.recommender import RecommendationService
+from api.http.chat_service import ChatService
+from api.http.image_fetch import ImageFetcher
+from api.http.metrics import ApiMetrics
+from api.http.recommender import RecommendationService
+from api.http.ssrf import Resolver, system_resolver
 from api.settings import Settings
-from api.ssrf import Resolver, system_resolver
 from llms.dispatcher import Dispatcher
-from rag.explanation_check import ExplanationChecker
-from rag.pipeline import Pipeline, PipelineConfig, Scored, scored_hits
+from rag.assembly import CandidateSearch, build_pipeline
+from rag.diversity import DiversityCalibration
 from rag.session import SessionStore
-from rag.terms import TermVocabulary
+from rag.turn import TurnModels
 from retrieval.batch_search import BatchQuery, search_batch
-from retrieval.batching import MicroBatcher
-from retrieval.catalogue import Catalogue, Product, load_catalogue
+from retrieval.batching import MicroBatcher, serving_threads
+from retrieval.catalogue import Catalogue, load_catalogue
 from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError
 from retrieval.hierarchical import HierarchicalRetriever, SearchResult
 from retrieval.search import SearchQuery
-from retrieval.store import IMAGE_VECTOR, SearchFilter, VectorStore
+from retrieval.store import IMAGE_VECTOR, VectorStore
 
 __all__ = ["Resources"]
 
 log = logging.getLogger("tandem.api")
 
 
-def serving_threads(configured: int | None) -> int:
-    """torch threads for serving: all cores but one, which is left to the event loop (HTTP, decoding)."""
-    if configured is not None:
-        return configured
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 def _pin_torch_threads(n: int) -> None:
-    import torch
+    import torch  # noqa: PLC0415 - lazy: torch costs seconds of start-up; only this path needs it
 
     torch.set_num_threads(n)
 
@@ -178,47 +169,22 @@ class Resources:
         batcher = self.batcher
         assert batcher is not None
 
-        async def search(
-            text: str | None, image: Image.Image | None, k: int, search_filter: SearchFilter | None, /, *,
-            explore: int = 0,
-        ) -> list[Scored]:  # fmt: skip
-            query = SearchQuery(text=text, image=image, filter=search_filter)
-            result = await batcher.submit(BatchQuery(query, k=k, explore=explore))
-            return scored_hits(result)
-
-        def lookup(ids: Sequence[str]) -> dict[str, Product]:
-            found = (catalogue.get(i) for i in ids)
-            return {p.product_id: p for p in found if p is not None}
+        async def retrieve(query: SearchQuery, k: int, explore: int) -> SearchResult:
+            return await batcher.submit(BatchQuery(query, k=k, explore=explore))
 
         chat = settings.chat
-        config = PipelineConfig(
-            ranker_model=settings.llm.ranker_model,
-            explainer_model=settings.llm.explainer_model,
-            pool=chat.pool,
-            ranker_candidates=chat.ranker_candidates,
-            max_tool_rounds=chat.max_tool_rounds,
-            ranker_deadline_s=chat.ranker_deadline_s,
-            ranker_fusion=chat.ranker_fusion,
-            explainer_deadline_s=chat.explainer_deadline_s,
-            explainer_max_tokens=chat.explainer_max_tokens,
-        )
-        vocabulary, checker = await asyncio.to_thread(
-            lambda: (TermVocabulary.from_products(catalogue.products), ExplanationChecker(catalogue.products))
-        )
+        models = TurnModels(ranker=settings.llm.ranker_model, explainer=settings.llm.explainer_model)
         sessions = SessionStore(max_sessions=chat.max_sessions, ttl_s=chat.session_ttl_s, max_turns=chat.max_turns)
-        values: dict[str, set[str]] = {}
-        for p in catalogue.products:
-            for name, value in p.attributes.items():
-                values.setdefault(name, set()).add(value)
         store = self.store
         assert store is not None
 
         async def image_vectors(ids: Sequence[str]) -> dict[str, np.ndarray]:
             return await asyncio.to_thread(store.vectors, ids, using=IMAGE_VECTOR)
 
-        pipeline = Pipeline(search, lookup, self.dispatcher, config, vocabulary=vocabulary, checker=checker,
-                            sessions=sessions, attribute_values={k: sorted(v) for k, v in values.items()},
-                            vectors=image_vectors)  # fmt: skip
+        pipeline = await asyncio.to_thread(
+            build_pipeline, catalogue, CandidateSearch(retrieve), self.dispatcher, chat,
+            models=models, sessions=sessions, vectors=image_vectors,
+        )  # fmt: skip
         self.chat = ChatService(pipeline, self.fetcher, settings.images, settings, vectors=partial(_vectors, store),
                                 calibration=DiversityCalibration.load(settings.diversity_calibration_path))  # fmt: skip
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 
 from api.console import out
+from api.http.app import create_app
+from api.http.ssrf import is_loopback
 from api.logs import configure_logging
 from api.settings import Settings
-from api.ssrf import is_loopback
 
 __all__ = ["effective_host", "serve"]
 
@@ -29,9 +30,7 @@ def effective_host(settings: Settings, host: str) -> tuple[str, str | None]:
 
 
 def serve(settings: Settings, host: str, port: int, *, log_level: str = "INFO") -> None:
-    import uvicorn
-
-    from api.app import create_app
+    import uvicorn  # noqa: PLC0415 - lazy: the CLI imports this module for every command; uvicorn only when serving
 
     bind, notice = effective_host(settings, host)
     configure_logging(log_level)

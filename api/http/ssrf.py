@@ -18,7 +18,7 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-from api.errors import ImageUnavailableError, UrlNotAllowedError
+from api.http.errors import ImageUnavailableError, UrlNotAllowedError
 
 __all__ = ["IPAddress", "Resolver", "UrlPolicy", "is_loopback", "system_resolver"]
 

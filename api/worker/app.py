@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.sse import SSE_DONE, sse_event
 from llms.errors import EngineError, InvalidChatRequestError, LLMError, ModelNotFoundError
 from llms.protocol import ChatCompletionRequest
 from llms.worker.service import WorkerService
@@ -108,13 +108,13 @@ def create_worker_app(service: WorkerService, *, api_key: str | None = None) -> 
         async def events() -> AsyncIterator[str]:
             try:
                 async for chunk in service.stream(body, gen):
-                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                    yield sse_event(chunk)
             except LLMError as exc:
                 # Headers are gone: the error travels as a data event, as vLLM sends it.
                 payload = {"error": {"message": str(exc), "type": "server_error", "code": "engine_error"}}
-                yield f"data: {json.dumps(payload)}\n\n"
+                yield sse_event(payload)
                 return
-            yield "data: [DONE]\n\n"
+            yield SSE_DONE
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 def worker_command(settings: Settings, port: int) -> list[str]:
     """The ``tandem worker`` command line of the embedded worker."""
-    return [sys.executable, "-m", "api.cli", "worker", "--port", str(port), "--model", settings.llm.base,
+    return [sys.executable, "-m", "api.cli.main", "worker", "--port", str(port), "--model", settings.llm.base,
             "--served-name", settings.llm.explainer_model,
             "--adapter", f"{settings.llm.ranker_model}={settings.ranker_adapter_dir()}",
             "--device", settings.llm.device, "--dtype", settings.llm.dtype]  # fmt: skip

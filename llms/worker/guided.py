@@ -94,7 +94,7 @@ class GuidedRow:
         unique: UniqueItemsTracker | None = None,
         token_texts: Sequence[str] = (),
     ) -> None:
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
         self._matcher = matcher
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
@@ -110,7 +110,7 @@ class GuidedRow:
 
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits of tokens the grammar forbids next to -inf (in place; a 1-D row of the vocabulary)."""
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
         self._matcher.fill_next_token_bitmask(self._bitmask)
         row = logits.view(1, -1)
@@ -156,7 +156,7 @@ class GrammarGuide:
     """Compiles (and caches) the grammars of requests for one tokenizer; see the module doc."""
 
     def __init__(self, tokenizer: Any, *, vocab_size: int, stop_token_ids: Sequence[int], cache_size: int = 64) -> None:
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids))
         self._compiler = xgr.GrammarCompiler(info)
@@ -175,7 +175,7 @@ class GrammarGuide:
         A required or named tool call wins over a ``response_format``; a schema the grammar
         cannot express is the caller's error (:class:`InvalidChatRequestError`).
         """
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
         if tools and is_guided(tools, tool_choice):
             key, what = json.dumps(["tools", tools, tool_choice], sort_keys=True), "tool calls with these tools"
@@ -220,13 +220,13 @@ class GrammarGuide:
 
 
 def _literal(text: str) -> Any:
-    import xgrammar as xgr
+    import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
     return xgr.Grammar.from_ebnf("root ::= " + json.dumps(text))
 
 
 def _json_grammar(schema: Mapping[str, Any]) -> Any:
-    import xgrammar as xgr
+    import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
     return xgr.Grammar.from_json_schema(dict(schema), any_whitespace=False, separators=_SEPARATORS)
 
@@ -250,7 +250,7 @@ def _bounded(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 def _tools_grammar(tools: Sequence[dict[str, Any]], tool_choice: Any) -> Any:
     """One Hermes call of any offered function ("required") or of the named one."""
-    import xgrammar as xgr
+    import xgrammar as xgr  # noqa: PLC0415 - lazy: xgrammar pulls torch; only guided decoding needs it
 
     functions = [t.get("function") or {} for t in tools]
     if isinstance(tool_choice, dict):

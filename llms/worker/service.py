@@ -3,7 +3,7 @@
 It resolves the model name (the base model or a LoRA adapter), runs the engine, parses
 Hermes ``<tool_call>`` blocks into ``tool_calls`` when the request offered tools (as vLLM's
 ``--enable-auto-tool-choice --tool-call-parser hermes`` does; a block that does not parse
-stays text, as it does there), and shapes responses and stream chunks. ``api/worker_app.py``
+stays text, as it does there), and shapes responses and stream chunks. ``api/worker/app.py``
 puts it on HTTP.
 
 Example:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+
+from eval.process import free_port
 
 API_KEY = "test-key-123"
 BUCKET = "buyer-photos"
@@ -41,8 +42,8 @@ def api_home(
 def shared_encoders(text_encoder: Any, image_encoder: Any) -> Iterator[None]:
     """Apps built in tests reuse the session's encoders instead of loading them again."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("api.resources.build_text_encoder", lambda settings: text_encoder)
-        mp.setattr("api.resources.build_image_encoder", lambda settings: image_encoder)
+        mp.setattr("api.http.resources.build_text_encoder", lambda settings: text_encoder)
+        mp.setattr("api.http.resources.build_image_encoder", lambda settings: image_encoder)
         yield
 
 
@@ -123,12 +124,6 @@ def s3_server(small_catalogue_dir: Path) -> Iterator[str]:
     server.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_settings(home: Path, catalogue: Path, tower: Path, **sections: dict[str, Any]) -> Any:
     from api.settings import Settings
 
@@ -180,7 +175,7 @@ def client(main_settings: Any, shared_encoders: None) -> Iterator[Any]:
     """The service with keys, an allow-listed 127.0.0.1 and an S3 server, in process (TestClient)."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from api.http.app import create_app
 
     with TestClient(create_app(main_settings), headers={"X-API-Key": API_KEY}) as c:
         yield c
@@ -210,7 +205,7 @@ def start_live(app: Any) -> tuple[Any, threading.Thread, str]:
 @pytest.fixture(scope="session")
 def tight_live(settings_factory: Callable[..., Any], shared_encoders: None) -> Iterator[LiveServer]:
     """A live uvicorn server with tight limits: 1 request in flight, a 1 s deadline, a 2-failure breaker."""
-    from api.app import create_app
+    from api.http.app import create_app
 
     settings = settings_factory(
         api={"max_in_flight": 1, "deadline_s": 1.0},
@@ -226,7 +221,7 @@ def tight_live(settings_factory: Callable[..., Any], shared_encoders: None) -> I
 @pytest.fixture(scope="session")
 def main_live(settings_factory: Callable[..., Any], s3_server: str, shared_encoders: None) -> Iterator[LiveServer]:
     """The main service as a live uvicorn server (for the Java client and concurrency)."""
-    from api.app import create_app
+    from api.http.app import create_app
 
     app = create_app(settings_factory(**_main_sections(s3_server)))
     server, thread, url = start_live(app)
@@ -248,7 +243,7 @@ def small_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An embedded worker serving a small base model as tandem-base and a LoRA adapter as tandem-ranker."""
     import uvicorn
 
-    from api.worker_app import create_worker_app
+    from api.worker.app import create_worker_app
     from finetune.tiny_lm import build_tiny_chat_model, build_tiny_lora_adapter
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
@@ -272,7 +267,7 @@ def small_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def chat_live(settings_factory: Callable[..., Any], shared_encoders: None, small_worker: str) -> Iterator[LiveServer]:
-    from api.app import create_app
+    from api.http.app import create_app
 
     settings = settings_factory(
         llm={"workers": [{"url": small_worker, "name": "small", "max_concurrency": 4}]},

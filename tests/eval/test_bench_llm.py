@@ -391,9 +391,9 @@ def test_in_process_overhead_runs_on_a_mock_transport() -> None:
 
 @pytest.mark.slow
 def test_quick_benchmark_end_to_end(tmp_path: Path) -> None:
-    """``python -m eval.bench_llm --quick``: real worker processes, every scenario, the report written."""
+    """``tandem bench llm --quick``: real worker processes, every scenario, the report written."""
     done = subprocess.run(
-        [sys.executable, "-m", "eval.bench_llm", "--quick", "--reports", str(tmp_path)],
+        [sys.executable, "-m", "api.cli.main", "bench", "llm", "--quick", "--reports", str(tmp_path)],
         check=False,
         cwd=ROOT,
         capture_output=True,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from eval.bench_retrieval import bench_vector_search, machine_info, write_report
+from eval.bench_retrieval import bench_vector_search, write_report
+from eval.machine import machine_info
 
 
 def test_bench_vector_search_small(tmp_path: Path) -> None:

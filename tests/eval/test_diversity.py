@@ -7,15 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eval.diversity import (
-    CoverageTracker,
-    category_ild,
-    distinct_path_share,
-    ild,
-    novelty,
-    purchase_popularity,
-    tree_distance,
-)
+from eval.diversity import CoverageTracker, novelty, purchase_popularity
+from rag.diversity import category_ild, distinct_path_share, ild, tree_distance
 
 
 def test_ild_of_hand_made_lists() -> None:

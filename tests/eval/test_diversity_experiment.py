@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from eval.diversity import ild
 from eval.diversity_experiment import (
     SAMPLING,
     ListScore,
@@ -23,6 +22,7 @@ from eval.diversity_experiment import (
     write_report,
 )
 from finetune.buyers import Buyer, BuyerProfile
+from rag.diversity import ild
 from retrieval.catalogue import Catalogue, Product
 
 

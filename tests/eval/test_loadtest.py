@@ -26,8 +26,6 @@ from eval.loadtest import (
     ENV_WAIT,
     ClientConfig,
     LoadtestConfig,
-    _Service,
-    _wait_http,
     build_payload,
     check_response,
     evaluate_targets,
@@ -49,9 +47,10 @@ from eval.loadtest import (
     wait_for_quiet,
     write_report,
 )
+from eval.process import Service, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_API = Path(__file__).with_name("fake_recommendation_api.py")
+FAKE_API = Path(__file__).parents[1] / "support" / "fake_recommendation_api.py"
 
 # Locust 2.x CSV output (columns and values as Locust writes them).
 STATS_HEADER = (
@@ -522,9 +521,9 @@ def test_image_server_serves_the_folder(tmp_path: Path) -> None:
     (tmp_path / "42.jpg").write_bytes(photo)
     port = free_port()
     code = "import sys; from eval.loadtest import serve_images; serve_images(sys.argv[1], int(sys.argv[2]))"
-    server = _Service("image_server", [sys.executable, "-c", code, str(tmp_path), str(port)], tmp_path / "log")
+    server = Service("image_server", [sys.executable, "-c", code, str(tmp_path), str(port)], tmp_path / "log")
     try:
-        _wait_http(f"http://127.0.0.1:{port}/42.jpg", server, 30)
+        wait_http(f"http://127.0.0.1:{port}/42.jpg", server, 30)
         with httpx.Client() as client:  # two requests on one kept-alive connection
             first = client.get(f"http://127.0.0.1:{port}/42.jpg")
             second = client.get(f"http://127.0.0.1:{port}/missing.jpg")
@@ -570,6 +569,7 @@ def test_index_and_tower_checks(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_against_a_stand_in_service(tandem_env: Path, fashion_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every moving part but the real API: photos, image server, raw encoder, three Locust runs, metrics, report."""
+    from api.components import build_image_encoder
     from api.settings import get_settings
 
     monkeypatch.setenv("TANDEM_CATALOGUE__PATH", str(fashion_dir))
@@ -584,7 +584,10 @@ def test_run_against_a_stand_in_service(tandem_env: Path, fashion_dir: Path, mon
         prepare_index=False,
         api_argv=(sys.executable, str(FAKE_API), "{port}"),
     )
-    results = run(get_settings(), config, reports_dir=tandem_env / "reports")
+    settings = get_settings()
+    results = run(
+        settings, config, build_encoder=lambda: build_image_encoder(settings), reports_dir=tandem_env / "reports"
+    )
 
     runs = results["runs"]
     assert list(runs) == ["single", "think", "saturation"]
@@ -619,11 +622,22 @@ def test_run_against_a_stand_in_service(tandem_env: Path, fashion_dir: Path, mon
 
 @pytest.mark.slow
 def test_quick_load_test_of_tandem_serve(tandem_env: Path, small_catalogue_dir: Path, tmp_path: Path) -> None:
-    """``python -m eval.loadtest --quick`` end to end: index built, API served, Locust runs, report written."""
+    """``tandem bench loadtest --quick`` end to end: index built, API served, Locust runs, report written."""
     env = {**os.environ, "TANDEM_CATALOGUE__PATH": str(small_catalogue_dir)}
     reports = tmp_path / "reports"
     done = subprocess.run(
-        [sys.executable, "-m", "eval.loadtest", "--quick", "--reports", str(reports), "--users", "20"],
+        [
+            sys.executable,
+            "-m",
+            "api.cli.main",
+            "bench",
+            "loadtest",
+            "--quick",
+            "--reports",
+            str(reports),
+            "--users",
+            "20",
+        ],
         check=False,
         cwd=ROOT,
         env=env,

@@ -10,7 +10,7 @@ import pytest
 
 from eval.ranker_probe import FIRST_SLOT, first_slot_logprobs, probe_scores
 from finetune.buyers import Buyer, BuyerProfile
-from finetune.ranking_data import RankingCase, ranker_messages
+from finetune.ranking_data import RankingCase, ranker_case_prompt
 from rag.ranker_format import handles, ranker_tools
 from retrieval.catalogue import load_catalogue
 
@@ -58,7 +58,7 @@ def test_the_probe_reads_the_slot_a_trained_ranking_call_fills(tmp_path: Path, f
     # The prompt is what training renders up to the first id; the token read is the one training puts there.
     call = {"type": "function", "function": {"name": "submit_ranking", "arguments": {"ids": ["C", "A"]}}}
     messages = [
-        *ranker_messages(case.buyer, products, catalogue),
+        *ranker_case_prompt(case.buyer, products, catalogue).messages,
         {"role": "assistant", "content": "", "tool_calls": [call]},
     ]
     trained = tokenizer.apply_chat_template(messages, tools=ranker_tools(12), tokenize=False)

@@ -19,7 +19,7 @@ from finetune.buyers import (
     product_gender,
     save_buyers,
 )
-from finetune.ranking_data import make_case, ranker_messages, request_match_scores, sft_conversation, teacher_ranking
+from finetune.ranking_data import make_case, ranker_case_prompt, request_match_scores, sft_conversation, teacher_ranking
 from rag.ranker_format import candidate_line, resolve_ids
 from retrieval.catalogue import Catalogue, load_catalogue
 
@@ -161,7 +161,7 @@ def test_shuffled_answers_follow_the_teacher_and_carry_no_position_prior(catalog
 def test_prompt_lists_profile_history_request_and_candidates(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
     b = buyers[2]
     products = catalogue.products[:5]
-    system, user = ranker_messages(b, products, catalogue)
+    system, user = ranker_case_prompt(b, products, catalogue).messages
     assert "submit_ranking" in system["content"]
     assert b.profile.business_type in user["content"]
     assert b.query_text in user["content"]

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from finetune.augment import BuyerPhotoAugment, resize_batch
-from finetune.image_tower import TowerConfig
 from finetune.train_tower import ClipTrainConfig, TowerReport, holdout_ids, train_image_tower
 from retrieval.catalogue import load_catalogue
 from retrieval.encoders import OpenClipImageEncoder, SentenceTransformerTextEncoder
+from retrieval.image_tower import TowerConfig
 
 
 def test_augment_shapes_range_and_determinism() -> None:
@@ -87,7 +87,7 @@ def test_fine_tunes_an_open_clip_base_with_another_output_size(
     small_catalogue_dir: Path, text_encoder: SentenceTransformerTextEncoder, tmp_path: Path
 ) -> None:
     """A pretrained open_clip model (a local-dir: checkpoint of size 64) is fine-tuned into the 384-d text space."""
-    from finetune.image_tower import build_tower, load_base_tower, save_tower
+    from retrieval.image_tower import build_tower, load_base_tower, save_tower
 
     base_cfg = TowerConfig(name="base", embed_dim=64, image_size=32, width=32, layers=1, head_width=16, seed=5)
     base_model = build_tower(base_cfg)

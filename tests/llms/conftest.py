@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from eval.process import free_port
 from llms.worker.engine import GenerationEvent, GenerationRequest
 from llms.worker.simulated import SimulatedEngine
 
@@ -34,12 +34,6 @@ class EmbeddedWorker:
     engine: RecordingEngine
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def start_worker() -> Iterator[Callable[..., EmbeddedWorker]]:
     """Start an embedded worker (FastAPI app + uvicorn in a thread) per call; all stop at the session's end.
@@ -48,7 +42,7 @@ def start_worker() -> Iterator[Callable[..., EmbeddedWorker]]:
     """
     import uvicorn
 
-    from api.worker_app import create_worker_app
+    from api.worker.app import create_worker_app
     from llms.worker.service import WorkerService
 
     running: list[tuple[Any, threading.Thread]] = []

@@ -18,7 +18,8 @@ import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from pydantic import BaseModel, ConfigDict, Field
 
-from llms.chat_model import TandemChatModel, _wire_messages
+from llms.chat_model import TandemChatModel
+from llms.chat_wire import wire_messages
 from llms.config import DispatcherConfig, WorkerConfig
 from llms.dispatcher import Dispatcher, Priority
 from llms.errors import LLMError, MalformedToolCallError, ModelNotFoundError, NoWorkerError
@@ -287,7 +288,7 @@ def test_wire_messages_drop_v1_tool_call_blocks() -> None:
         content=[{"type": "text", "text": "Ranking now."}, {"type": "tool_call", "id": "c1", "name": "f", "args": {}}],
         tool_calls=[{"name": "f", "args": {"x": "é"}, "id": "c1"}],
     )
-    (wire,) = _wire_messages([msg])
+    (wire,) = wire_messages([msg])
     assert wire == {
         "role": "assistant",
         "content": "Ranking now.",

@@ -1,10 +1,15 @@
-"""The dispatcher against scripted workers: admission, priorities, deadlines, balancing, failover, breakers."""
+"""The dispatcher against scripted workers: admission, priorities, deadlines, balancing, failover, breakers.
+
+No test here measures seconds on the real clock: order is set with gated workers and
+:func:`settle`, and deadlines, latencies and breaker resets run on a :class:`FakeClock` the test
+advances. Real waits remain only where the dispatcher itself must sleep (a hung worker, a
+stalled stream, the health loop), each under a generous guard that turns a hang into a failure.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,7 +27,9 @@ from llms.errors import (
     OverloadedError,
     StreamInterruptedError,
 )
-from tests.llms.scripted import Behaviour, ScriptedTransport
+from tests.support.clock import FakeClock
+from tests.support.scripted import Behaviour, ScriptedTransport
+from tests.support.waiting import eventually, settle
 
 T = TypeVar("T")
 
@@ -39,6 +46,7 @@ def run(
     *,
     health_checks: bool = False,
     workers: list[WorkerConfig] | None = None,
+    clock: FakeClock | None = None,
     **config: Any,
 ) -> T:
     async def main() -> T:
@@ -49,9 +57,10 @@ def run(
         dispatcher = Dispatcher(
             DispatcherConfig(**config),
             configs,
-            transport=ScriptedTransport(behaviours),
+            transport=ScriptedTransport(behaviours, clock),
             rng=random.Random(7),
             health_checks=health_checks,
+            **({} if clock is None else {"clock": clock}),
         )
         async with dispatcher:
             return await body(dispatcher)
@@ -84,68 +93,134 @@ def test_per_worker_concurrency_limit_is_never_exceeded() -> None:
 
 
 def test_full_queue_refuses_at_once_and_loses_nothing_admitted() -> None:
-    behaviours = {"a": Behaviour(delay_s=0.1)}
+    gate = asyncio.Event()
+    behaviours = {"a": Behaviour(gate=gate)}
 
-    async def body(d: Dispatcher) -> tuple[list[Any], float]:
+    async def body(d: Dispatcher) -> list[Any]:
         tasks = [asyncio.create_task(d.complete(payload())) for _ in range(4 + 3)]  # 4 in flight + 3 queued
-        await asyncio.sleep(0.01)
-        assert d.queued == 3
-        t0 = time.perf_counter()
-        with pytest.raises(OverloadedError) as refused:
-            await d.complete(payload())
-        refused_after = time.perf_counter() - t0
-        assert refused.value.retry_after_s >= 1
-        return await asyncio.gather(*tasks, return_exceptions=True), refused_after
+        await settle(lambda: behaviours["a"].requests == 4 and d.queued == 3)
+        refused = d.complete(payload())
+        # "At once" means before the first suspension: one step of the coroutine must raise, not park it in the queue.
+        with pytest.raises(OverloadedError) as error:
+            refused.send(None)
+        assert error.value.retry_after_s >= 1
+        assert d.queued == 3 and behaviours["a"].requests == 4
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
 
-    results, refused_after = run(behaviours, body, max_queue=3)
-    assert refused_after < 0.05, "an overload error must not wait for a slot"
+    results = run(behaviours, body, max_queue=3)
     assert all(not isinstance(r, BaseException) for r in results)
     assert behaviours["a"].requests == 7
 
 
 def test_batch_work_cannot_fill_the_whole_queue() -> None:
+    gate = asyncio.Event()
+    behaviours = {"a": Behaviour(gate=gate)}
+
     async def body(d: Dispatcher) -> None:
         tasks = [asyncio.create_task(d.complete(payload(), priority=Priority.BATCH)) for _ in range(4 + 2)]
-        await asyncio.sleep(0.01)
-        with pytest.raises(OverloadedError):
+        await settle(lambda: d.queued == 2)
+        with pytest.raises(OverloadedError, match="limit 2 for batch"):
             await d.complete(payload(), priority=Priority.BATCH)
         interactive = asyncio.create_task(d.complete(payload()))  # still room for chat
+        await settle(lambda: d.queued == 3)
+        gate.set()
         await asyncio.gather(*tasks, interactive)
 
-    run({"a": Behaviour(delay_s=0.05)}, body, max_queue=4, batch_queue_fraction=0.5)
+    run(behaviours, body, max_queue=4, batch_queue_fraction=0.5)
+    assert behaviours["a"].requests == 4 + 2 + 1
 
 
 def test_interactive_requests_leave_the_queue_before_batch_ones() -> None:
-    order: list[str] = []
+    gate = asyncio.Event()
+    behaviours = {"a": Behaviour(gate=gate)}
 
     async def body(d: Dispatcher) -> None:
-        async def one(tag: str, priority: Priority) -> None:
-            await d.complete(payload(), priority=priority)
-            order.append(tag)
+        def send(tag: str, priority: Priority) -> asyncio.Task[Any]:
+            return asyncio.create_task(d.complete(payload(user=tag), priority=priority))
 
-        blockers = [asyncio.create_task(one("block", Priority.BATCH)) for _ in range(4)]
-        await asyncio.sleep(0.005)
-        batch = [asyncio.create_task(one("batch", Priority.BATCH)) for _ in range(4)]
-        await asyncio.sleep(0.005)
-        chat = [asyncio.create_task(one("chat", Priority.INTERACTIVE)) for _ in range(4)]
+        blockers = [send(f"block{i}", Priority.BATCH) for i in range(4)]
+        await settle(lambda: behaviours["a"].requests == 4)
+        batch = [send(f"batch{i}", Priority.BATCH) for i in range(4)]
+        await settle(lambda: d.queued == 4)
+        chat = [send(f"chat{i}", Priority.INTERACTIVE) for i in range(4)]
+        await settle(lambda: d.queued == 8)
+        gate.set()
         await asyncio.gather(*blockers, *batch, *chat)
 
-    run({"a": Behaviour(delay_s=0.05)}, body)
-    assert order[4:8] == ["chat"] * 4, order
+    run(behaviours, body)
+    served = [p["user"] for p in behaviours["a"].payloads]
+    # Chat that arrived last is served before batch that arrived earlier; each priority keeps arrival order.
+    assert served == [f"{tag}{i}" for tag in ("block", "chat", "batch") for i in range(4)], served
 
 
 def test_deadline_in_queue_ends_the_request_and_frees_its_place() -> None:
+    clock = FakeClock()
+    gate = asyncio.Event()
+    behaviours = {"a": Behaviour(gate=gate)}
+
     async def body(d: Dispatcher) -> None:
         blockers = [asyncio.create_task(d.complete(payload())) for _ in range(4)]
-        await asyncio.sleep(0.005)
-        t0 = time.perf_counter()
-        with pytest.raises(DeadlineExceededError):
-            await d.complete(payload(), deadline_s=0.05)
-        assert time.perf_counter() - t0 < 0.15
+        await settle(lambda: behaviours["a"].requests == 4)
+        late = asyncio.create_task(d.complete(payload(), deadline_s=0.05))
+        await settle(lambda: d.queued == 1)
+        clock.advance(0.04)
+        # Real time runs past 0.05 s here; the request must still wait, because its clock says 0.04 s.
+        await asyncio.sleep(0.1)
+        assert not late.done() and d.queued == 1
+        clock.advance(0.02)
+        with pytest.raises(DeadlineExceededError, match="in queue"):
+            await late
         assert d.queued == 0
+        gate.set()
         await asyncio.gather(*blockers)
+        assert 'tandem_llm_rejected_total{reason="deadline_in_queue"} 1.0' in d.metrics.render().decode()
 
-    run({"a": Behaviour(delay_s=0.2)}, body)
+    run(behaviours, body, clock=clock)
+    assert behaviours["a"].requests == 4  # the expired request never reached a worker
+
+
+@pytest.mark.parametrize(("on_worker_s", "retried"), [(4.9, True), (5.0, False)])
+def test_a_deadline_that_passes_during_a_failed_attempt_stops_the_retries(on_worker_s: float, retried: bool) -> None:
+    clock = FakeClock()
+    gate = asyncio.Event()
+    behaviours = {"a": Behaviour(mode="http_500", gate=gate), "b": Behaviour()}
+
+    async def body(d: Dispatcher) -> None:
+        task = asyncio.create_task(d.complete(payload(), deadline_s=5.0))
+        await settle(lambda: behaviours["a"].requests == 1)
+        clock.advance(on_worker_s)
+        gate.set()
+        if retried:
+            done = await task
+            assert (done.worker, done.attempts) == ("b", 2)
+        else:
+            with pytest.raises(DeadlineExceededError, match="after 1 failed attempt"):
+                await task
+
+    run(behaviours, body, clock=clock, policy=BalancingPolicy.ROUND_ROBIN)
+    assert behaviours["b"].requests == (1 if retried else 0)
+
+
+def test_queue_wait_and_latency_are_measured_on_the_dispatchers_clock() -> None:
+    clock = FakeClock()
+    gate = asyncio.Event()
+    behaviours = {"a": Behaviour(gate=gate)}
+
+    async def body(d: Dispatcher) -> None:
+        first = asyncio.create_task(d.complete(payload()))
+        await settle(lambda: behaviours["a"].requests == 1)
+        second = asyncio.create_task(d.complete(payload()))
+        await settle(lambda: d.queued == 1)
+        clock.advance(1.5)
+        gate.set()
+        one, two = await asyncio.gather(first, second)
+        assert (one.queue_wait_s, one.latency_s) == (0.0, 1.5)
+        assert (two.queue_wait_s, two.latency_s) == (1.5, 1.5)  # all of it queued; the worker took no clock time
+        assert d.workers()[0].latency_ewma_ms == 1500.0  # the balancer's signal runs on the same clock
+
+    workers = [WorkerConfig(url="http://a/v1", name="a", models=["m"], max_concurrency=1)]
+    run(behaviours, body, workers=workers, clock=clock)
 
 
 def test_connection_refused_fails_over_and_takes_the_worker_out() -> None:
@@ -166,15 +241,16 @@ def test_health_checks_bring_a_worker_back() -> None:
     behaviours = {"a": Behaviour(), "b": Behaviour()}
 
     async def body(d: Dispatcher) -> None:
+        def b_healthy() -> bool:
+            return next(w for w in d.workers() if w.name == "b").healthy
+
         behaviours["b"].healthy = False
-        await asyncio.sleep(0.2)
-        assert not next(w for w in d.workers() if w.name == "b").healthy
+        await eventually(lambda: not b_healthy())  # only the background loop can notice: nothing is sent to b
         before = behaviours["b"].requests
         await asyncio.gather(*(d.complete(payload()) for _ in range(10)))
         assert behaviours["b"].requests == before
         behaviours["b"].healthy = True
-        await asyncio.sleep(0.2)
-        assert next(w for w in d.workers() if w.name == "b").healthy
+        await eventually(b_healthy)
         await asyncio.gather(*(d.complete(payload()) for _ in range(10)))
         assert behaviours["b"].requests > before
 
@@ -182,34 +258,49 @@ def test_health_checks_bring_a_worker_back() -> None:
 
 
 def test_breaker_opens_after_failures_then_probes_once() -> None:
+    clock = FakeClock()
     behaviours = {"flaky": Behaviour(mode="http_500"), "ok": Behaviour()}
 
     async def body(d: Dispatcher) -> None:
+        def breaker() -> str:
+            return next(w for w in d.workers() if w.name == "flaky").breaker
+
         for _ in range(6):
             await d.complete(payload())
-        flaky = next(w for w in d.workers() if w.name == "flaky")
-        assert flaky.breaker == "open"
+        assert breaker() == "open"
         seen = behaviours["flaky"].requests
+        assert seen == 2  # breaker_threshold failures, then nothing
         for _ in range(6):
             await d.complete(payload())
         assert behaviours["flaky"].requests == seen, "an open breaker sends nothing"
         behaviours["flaky"].mode = "ok"
-        await asyncio.sleep(0.12)  # past breaker_reset_s: one probe may go
+        clock.advance(9.0)  # not yet breaker_reset_s
         for _ in range(6):
             await d.complete(payload())
-        assert next(w for w in d.workers() if w.name == "flaky").breaker == "closed"
-        assert behaviours["flaky"].requests > seen
+        assert behaviours["flaky"].requests == seen and breaker() == "open"
+        clock.advance(1.0)  # reset_s reached: one probe may go, and only one while it runs
+        gate = asyncio.Event()
+        behaviours["flaky"].gate = gate
+        ok_before = behaviours["ok"].requests
+        tasks = [asyncio.create_task(d.complete(payload())) for _ in range(6)]
+        await settle(lambda: sum(t.done() for t in tasks) == 5)  # all but the probe, held at the flaky worker
+        assert behaviours["ok"].requests == ok_before + 5
+        assert behaviours["flaky"].requests == seen + 1
+        assert breaker() == "half_open"
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert breaker() == "closed"
 
-    run(behaviours, body, policy=BalancingPolicy.ROUND_ROBIN, breaker_threshold=2, breaker_reset_s=0.1)
+    run(behaviours, body, clock=clock, policy=BalancingPolicy.ROUND_ROBIN, breaker_threshold=2, breaker_reset_s=10.0)
 
 
 def test_a_hanging_worker_hits_the_deadline_and_opens_its_breaker() -> None:
     async def body(d: Dispatcher) -> None:
         for _ in range(2):
-            t0 = time.perf_counter()
-            with pytest.raises(DeadlineExceededError):
-                await d.complete(payload(), deadline_s=0.1)
-            assert time.perf_counter() - t0 < 0.5
+            # A worker that never answers is cut off by the deadline's real timeout; the guard only catches a hang.
+            async with asyncio.timeout(10):
+                with pytest.raises(DeadlineExceededError, match="did not answer within the deadline"):
+                    await d.complete(payload(), deadline_s=0.1)
         assert d.workers()[0].breaker == "open"
         with pytest.raises(NoWorkerError):
             await d.complete(payload(), deadline_s=0.1)
@@ -279,16 +370,19 @@ def test_stream_retries_before_the_first_token_and_fails_clearly_after() -> None
 
 
 def test_a_stalled_stream_ends_with_an_error_not_a_hang() -> None:
+    # The fake clock stands still, so the deadline (30 s on it) cannot be what ends the stream: the idle timeout must.
+    clock = FakeClock()
+
     async def body(d: Dispatcher) -> None:
         stream = d.stream(payload())
         await anext(stream)
-        t0 = time.perf_counter()
-        with pytest.raises(StreamInterruptedError):
-            await anext(stream)
-        assert time.perf_counter() - t0 < 1.0
+        async with asyncio.timeout(10):  # a guard against a hang, far above stream_idle_timeout_s
+            with pytest.raises(StreamInterruptedError, match=r"sent nothing for 0\.1s"):
+                await anext(stream)
         assert d.workers()[0].in_flight == 0
+        assert d.workers()[0].failures == 1
 
-    run({"a": Behaviour(delay_s=30)}, body, stream_idle_timeout_s=0.1)
+    run({"a": Behaviour(delay_s=30)}, body, clock=clock, stream_idle_timeout_s=0.1)
 
 
 def test_abandoned_stream_frees_its_slot() -> None:
@@ -346,7 +440,9 @@ def test_equal_workers_share_traffic_fairly(policy: BalancingPolicy) -> None:
 
         await asyncio.gather(*(one() for _ in range(400)))
 
-    run(behaviours, body, policy=policy)
+    # On the fake clock every worker's latency is what the script says, never a stall of this machine: one stall
+    # could make a worker look slow for the rest of the test (peak EWMA) and skew the shares.
+    run(behaviours, body, clock=FakeClock(), policy=policy)
     shares = Counter({h: b.requests for h, b in behaviours.items()})
     assert sum(shares.values()) == 400
     assert max(shares.values()) / (400 / len(hosts)) <= 1.5, shares
@@ -364,6 +460,8 @@ def test_power_of_two_shuns_a_slow_worker() -> None:
 
         await asyncio.gather(*(one() for _ in range(300)))
 
+    # The real clock on purpose: on one fake clock that every answer advances, a fast request overlapping a slow
+    # one would be charged the slow delay too, blurring the very signal under test.
     run(behaviours, body, policy=BalancingPolicy.POWER_OF_TWO)
     assert behaviours["slow"].requests < 300 / 3 / 2, {h: b.requests for h, b in behaviours.items()}
 

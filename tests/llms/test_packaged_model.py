@@ -29,7 +29,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(smollm2: Path) -> Iterator[TestClient]:
-    from api.worker_app import create_worker_app
+    from api.worker.app import create_worker_app
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
 
@@ -60,13 +60,13 @@ def test_the_conversion_is_recorded_and_reused(smollm2: Path) -> None:
 
 def _ranker_body(catalogue: Catalogue, **knobs: Any) -> dict[str, Any]:
     from finetune.buyers import BuyerConfig, generate_buyers
-    from finetune.ranking_data import ranker_messages
+    from finetune.ranking_data import ranker_case_prompt
     from rag.ranker_format import ranker_tools
 
     buyer = generate_buyers(catalogue, BuyerConfig(n_buyers=1, seed=3))[0]
     candidates = [p for p in catalogue.products if p.category == catalogue.get(buyer.target).category][:12]  # type: ignore[union-attr]
     candidates += [p for p in catalogue.products if p not in candidates][: 20 - len(candidates)]
-    return {"model": "tandem-ranker", "messages": ranker_messages(buyer, candidates, catalogue),
+    return {"model": "tandem-ranker", "messages": ranker_case_prompt(buyer, candidates, catalogue).messages,
             "tools": ranker_tools(len(candidates)), "tool_choice": "required", "max_tokens": 120, **knobs}  # fmt: skip
 
 

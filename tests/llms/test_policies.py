@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections import Counter
@@ -14,6 +15,7 @@ from llms.breaker import CircuitBreaker
 from llms.config import WorkerConfig
 from llms.worker.delay import DelayModel
 from llms.workers import WorkerState
+from tests.support.clock import FakeClock
 
 
 def pool(n: int, weights: list[float] | None = None) -> list[WorkerState]:
@@ -84,6 +86,22 @@ def test_breaker_cycle_with_a_single_probe() -> None:
     b.on_dispatch()  # a probe after the next reset
     b.record_success()
     assert b.state == "closed" and b.failures == 0
+
+
+def test_a_worker_and_its_breaker_read_the_clock_they_are_given() -> None:
+    clock = FakeClock(start=50.0)
+    config = WorkerConfig(url="http://w:1/v1", models=["m"])
+    w = WorkerState(config, order=0, breaker_threshold=1, breaker_reset_s=5.0, clock=clock)
+    w.breaker.record_failure()  # opened at 50 on the fake clock
+    assert not w.has_slot()
+    clock.advance(4.0)
+    assert not w.has_slot()
+    clock.advance(1.0)
+    assert w.has_slot(), "reset_s has passed on the injected clock"
+    w.observe_latency(1.0, decay_s=2.0)
+    clock.advance(2.0 * math.log(2))  # one half-life of the EWMA's weight
+    w.observe_latency(0.0, decay_s=2.0)
+    assert w.latency_ewma_s == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(

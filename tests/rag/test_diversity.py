@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.diversity import ild
-from rag.mmr import mmr_order
+from rag.diversity import ild, mmr_order
 
 
 def brute_force(rel: np.ndarray, x: np.ndarray, lam: float, k: int) -> list[int]:

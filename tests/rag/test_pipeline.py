@@ -1,6 +1,6 @@
 """Turns through the pipeline with a scripted LLM and a word-match search over real catalogue rows.
 
-Real retrieval, real workers and HTTP are covered in ``tests/api/test_chat.py``; here the
+Real retrieval, real workers and HTTP are covered in ``tests/api/http/test_chat.py``; here the
 LLM's answers are scripted so each degradation path is forced and checked exactly.
 """
 
@@ -19,11 +19,12 @@ from llms.errors import StreamInterruptedError, WorkerError
 from rag.errors import InvalidTurnError, SessionNotFoundError
 from rag.explainer_prompt import product_facts
 from rag.explanation_check import ExplanationChecker
-from rag.pipeline import (
+from rag.pipeline import Pipeline
+from rag.terms import TermVocabulary
+from rag.turn import (
     BuyerContext,
     CandidatesEvent,
     DoneEvent,
-    Pipeline,
     PipelineConfig,
     RankingEvent,
     Sampling,
@@ -32,7 +33,6 @@ from rag.pipeline import (
     TurnRequest,
     TurnResult,
 )
-from rag.terms import TermVocabulary
 from retrieval.catalogue import Catalogue, Product
 
 Reply = Callable[[Mapping[str, Any]], dict[str, Any]]

@@ -1,7 +1,11 @@
 """An httpx transport that plays scripted OpenAI-compatible workers, for fast dispatcher tests.
 
 Each host gets a :class:`Behaviour`; the transport records what each one saw (requests,
-peak concurrency, payloads) so tests can assert on routing without real servers.
+peak concurrency, payloads) so tests can assert on routing without real servers. A
+behaviour's ``gate`` holds its answers until the test sets it, so tests decide when
+requests finish instead of guessing with delays. Given a fake ``clock``, a worker's
+``delay_s`` (non-streamed) advances that clock instead of sleeping, so latencies, and the
+balancing that follows them, are the same on every run however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any, Literal
 
 import httpx
 
+from tests.support.clock import FakeClock
+
 Mode = Literal["ok", "connect_error", "hang", "http_500", "http_400", "malformed", "break_after_first", "tool_call"]
 
 
@@ -23,6 +29,7 @@ class Behaviour:
     delay_s: float = 0.0
     models: tuple[str, ...] = ("m",)
     healthy: bool = True
+    gate: asyncio.Event | None = None  # when given, every request waits for it before it is answered
     requests: int = 0
     in_flight: int = 0
     peak: int = 0
@@ -71,8 +78,9 @@ class _Stream(httpx.AsyncByteStream):
 class ScriptedTransport(httpx.AsyncBaseTransport):
     """Routes by host (``http://<host>/v1``) to a :class:`Behaviour`."""
 
-    def __init__(self, behaviours: dict[str, Behaviour]) -> None:
+    def __init__(self, behaviours: dict[str, Behaviour], clock: FakeClock | None = None) -> None:
         self.behaviours = behaviours
+        self.clock = clock
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -95,6 +103,8 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
         handed_over = False
         done = asyncio.Event()
         try:
+            if b.gate is not None:
+                await b.gate.wait()
             if b.mode == "hang":
                 await asyncio.Event().wait()
             if b.mode == "http_500":
@@ -107,7 +117,11 @@ class ScriptedTransport(httpx.AsyncBaseTransport):
                 asyncio.get_running_loop().create_task(self._track(b, done))
                 handed_over = True
                 return response
-            await asyncio.sleep(b.delay_s)
+            if self.clock is None:
+                await asyncio.sleep(b.delay_s)
+            else:
+                self.clock.advance(b.delay_s)
+                await asyncio.sleep(0)  # still let others run, so requests overlap as under real load
             if b.mode == "malformed":
                 return httpx.Response(200, json=_completion(payload["model"], '<tool_call>{"name": "f", "argu'))
             if b.mode == "tool_call":

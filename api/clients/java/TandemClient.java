@@ -1,7 +1,7 @@
 // Tandem recommendation client for the legacy Java/Spring platform: Java 17, java.net.http, no dependencies.
 //
 // Run without compiling (JDK 11+ source launcher):
-//   java api/java/TandemClient.java --url http://127.0.0.1:8000 --key $TANDEM_KEY \
+//   java api/clients/java/TandemClient.java --url http://127.0.0.1:8000 --key $TANDEM_KEY \
 //        --image-path s3://buyer-photos/2024/06/123.jpg --text "same style in red" --top-k 5
 //
 // It shows the call the platform makes: JSON in, product cards out, with a connect timeout, a

@@ -10,11 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from api.chat_schemas import ChatRequest, ChatResponse
-from api.chat_service import ChatService, sse
-from api.deps import ApiKeyDep, RequestIdDep, ResourcesDep
-from api.errors import ApiError, DeadlineExceededError, NotReadyError, error_body, to_api_error
-from api.schemas import ErrorResponse
+from api.http.chat_schemas import ChatRequest, ChatResponse
+from api.http.chat_service import ChatService
+from api.http.deps import ApiKeyDep, RequestIdDep, ResourcesDep
+from api.http.errors import ApiError, DeadlineExceededError, NotReadyError, error_body, to_api_error
+from api.http.schemas import ErrorResponse
+from api.sse import sse_event
 
 __all__ = ["router"]
 
@@ -66,15 +67,16 @@ async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: R
 
     async def stream() -> AsyncIterator[str]:
         try:
-            yield sse(*first)
+            name, data = first
+            yield sse_event(data, event=name)
             async with asyncio.timeout(deadline):
                 async for name, data in events:
-                    yield sse(name, data)
+                    yield sse_event(data, event=name)
         except Exception as exc:  # the stream has started: report in-band, never a broken connection
             error: ApiError = to_api_error(exc)
             if not error.is_client_error:
                 log.warning("chat stream failed: %s", type(exc).__name__, extra={"request_id": request_id})
-            yield sse("error", error_body(error, request_id))
+            yield sse_event(error_body(error, request_id), event="error")
         finally:
             await events.aclose()
 

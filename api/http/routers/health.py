@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import ResourcesDep
-from api.schemas import HealthResponse, ReadinessResponse
+from api.http.deps import ResourcesDep
+from api.http.schemas import HealthResponse, ReadinessResponse
 
 __all__ = ["router"]
 

@@ -8,15 +8,15 @@ the balancing and the failover too. ``X-Tandem-Priority: batch`` marks experimen
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import ApiKeyDep, DispatcherDep, RequestIdDep
-from api.errors import ApiError, ModelNotFoundApiError, error_body, to_api_error
+from api.http.deps import ApiKeyDep, DispatcherDep, RequestIdDep
+from api.http.errors import ApiError, ModelNotFoundApiError, error_body, to_api_error
+from api.sse import SSE_DONE, sse_event
 from llms.config import WorkerConfig
 from llms.dispatcher import Priority
 from llms.errors import LLMError
@@ -73,15 +73,15 @@ async def chat_completions(
     async def events() -> AsyncIterator[str]:
         try:
             if first is not None:
-                yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
+                yield sse_event(first)
                 async for chunk in chunks:
-                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                    yield sse_event(chunk)
         except LLMError as exc:
             error: ApiError = to_api_error(exc)
-            yield f"data: {json.dumps(error_body(error, request_id))}\n\n"
+            yield sse_event(error_body(error, request_id))
             return
         finally:
             await chunks.aclose()
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

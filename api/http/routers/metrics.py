@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.metrics import CONTENT_TYPE, ApiMetrics
+from api.http.metrics import CONTENT_TYPE, ApiMetrics
 
 __all__ = ["router"]
 

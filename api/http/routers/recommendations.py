@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 
-from api.deps import ApiKeyDep, RequestIdDep, ServiceDep
-from api.errors import DeadlineExceededError, ImageTooLargeApiError
-from api.recommender import RecommendationService
-from api.schemas import ErrorResponse, RecommendRequest, RecommendResponse, RecommendUploadForm
+from api.http.deps import ApiKeyDep, RequestIdDep, ServiceDep
+from api.http.errors import DeadlineExceededError, ImageTooLargeApiError
+from api.http.recommender import RecommendationService
+from api.http.schemas import ErrorResponse, RecommendRequest, RecommendResponse, RecommendUploadForm
 
 __all__ = ["router"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_cli import run_cli
+from tests.support.cli import run_cli
 
 
 def test_bench_tiny(

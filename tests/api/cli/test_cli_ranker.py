@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_cli import run_cli
+from tests.support.cli import run_cli
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_train_and_evaluate_the_ranker(small_env: Path, tmp_path: Path, capsys: 
     assert {s["knob"] for s in diversity["settings"]} == {"temperature", "top_p", "top_k", "mmr_lambda"}
     assert all(set(s) >= {"knob", "value", "ndcg@10", "ild@10", "ild_std"} for s in diversity["settings"])
     assert (tmp_path / "reports" / "diversity.png").is_file()
-    from api.diversity import DiversityCalibration
+    from rag.diversity import DiversityCalibration
 
     calibration = DiversityCalibration.load(small_env / "models" / "diversity_calibration.json")
     assert calibration.calibrated and calibration.settings_for(1.0)["calibrated"] is True

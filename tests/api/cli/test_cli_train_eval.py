@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_cli import run_cli
+from tests.support.cli import run_cli
 
 REPORT_KEYS = {
     "precision@10",

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.test_cli import run_cli
-from tests.llms.conftest import free_port
+from eval.process import free_port
+from tests.support.cli import run_cli
 
 
 @pytest.mark.parametrize(

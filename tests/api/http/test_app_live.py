@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import API_KEY, ImageServer, LiveServer, _handler, free_port
+from eval.process import free_port
+from tests.api.conftest import API_KEY, ImageServer, LiveServer, _handler
 
 URL = "/v1/recommendations"
 HEADERS = {"X-API-Key": API_KEY}
@@ -111,7 +112,7 @@ def test_concurrent_requests_share_encoder_batches(main_live: LiveServer, small_
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="no JDK on this machine")
 def test_java_client_against_the_live_service(main_live: LiveServer, small_catalogue_dir: Path) -> None:
-    source = Path(__file__).resolve().parents[2] / "api" / "java" / "TandemClient.java"
+    source = Path(__file__).resolve().parents[3] / "api" / "clients" / "java" / "TandemClient.java"
     photo = sorted((small_catalogue_dir / "images").glob("*.jpg"))[11]
     cmd = ["java", str(source), "--url", main_live.url, "--key", API_KEY, "--image-path", photo.name]
     done = subprocess.run([*cmd, "--top-k", "3"], capture_output=True, text=True, timeout=120, check=False)

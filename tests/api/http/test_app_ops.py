@@ -24,7 +24,7 @@ def test_healthz_and_readyz(client: Any, small_catalogue_dir: Any) -> None:
 def test_not_ready_without_an_index(settings_factory: Any, tmp_path: Any, shared_encoders: None) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from api.http.app import create_app
     from tests.api.conftest import API_KEY
 
     settings = settings_factory()

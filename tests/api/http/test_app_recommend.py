@@ -163,7 +163,7 @@ def test_unknown_filter_attribute_is_422(client: Any) -> None:
 def test_public_image_base_url_is_used_for_cards(settings_factory: Any, shared_encoders: None) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from api.http.app import create_app
     from tests.api.conftest import API_KEY
 
     settings = settings_factory(api={"public_image_base_url": "https://cdn.example.com/catalogue/"})
@@ -181,7 +181,7 @@ def test_catalogue_images_are_served_for_cards(client: Any) -> None:
 
 
 def test_every_answer_reports_its_diversity_and_mmr_raises_it(client: Any) -> None:
-    from eval.diversity import category_ild
+    from rag.diversity import category_ild
 
     plain = client.post(URL, json={"text": "casual shirts for men", "top_k": 8, "mode": "flat"}).json()
     info = plain["diversity"]

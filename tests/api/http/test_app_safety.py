@@ -46,7 +46,7 @@ def test_probes_need_no_key(client: Any) -> None:
 
 @pytest.fixture(scope="module")
 def keyless_app(settings_factory: Any, shared_encoders: None) -> Any:
-    from api.app import create_app
+    from api.http.app import create_app
 
     return create_app(settings_factory(api={"keys": []}))
 
@@ -64,7 +64,7 @@ def test_without_keys_only_loopback_clients_are_served(keyless_app: Any) -> None
 
 
 def test_serve_binds_loopback_without_keys(settings_factory: Any) -> None:
-    from api.server import effective_host
+    from api.http.server import effective_host
 
     host, notice = effective_host(settings_factory(api={"keys": []}), "0.0.0.0")
     assert host == "127.0.0.1" and notice and "TANDEM_API__KEYS" in notice

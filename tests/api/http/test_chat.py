@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import API_KEY, LiveServer, start_live
-from tests.llms.scripted import Behaviour, ScriptedTransport
+from tests.support.scripted import Behaviour, ScriptedTransport
 
 HEADERS = {"X-API-Key": API_KEY}
 
@@ -85,7 +85,7 @@ def test_readiness_reports_each_part(chat_live: LiveServer, settings_factory: Ca
                                     shared_encoders: None) -> None:  # fmt: skip
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from api.http.app import create_app
 
     ready = httpx.get(f"{chat_live.url}/readyz", timeout=30).json()
     assert ready["ready"] is True and ready["parts"] == {"retrieval": True, "llm": True}
@@ -124,7 +124,7 @@ def test_bad_chat_requests_are_4xx_with_a_reason(chat_live: LiveServer) -> None:
 def test_worker_reset_mid_sentence_shows_the_records_sentences_and_says_so(
     settings_factory: Callable[..., Any], shared_encoders: None
 ) -> None:
-    from api.app import create_app
+    from api.http.app import create_app
 
     behaviours = {"ranker": Behaviour(mode="tool_call", models=("tandem-ranker",)),
                   "explainer": Behaviour(mode="break_after_first", delay_s=0.05, models=("tandem-base",))}  # fmt: skip

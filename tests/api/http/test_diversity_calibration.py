@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from api.chat_schemas import ChatRequest
-from api.chat_service import ChatService
-from api.diversity import CalibrationPoint, CalibrationPool, DiversityCalibration
+from api.http.chat_schemas import ChatRequest
+from api.http.chat_service import ChatService
 from api.settings import Settings
+from rag.diversity import CalibrationPoint, CalibrationPool, DiversityCalibration
 
 POINTS = [
     CalibrationPoint("temperature", 0.0, ndcg=0.91, ild=0.30),

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import API_KEY, LiveServer, start_live
-from tests.llms.scripted import Behaviour, ScriptedTransport
+from tests.support.scripted import Behaviour, ScriptedTransport
 
 HEADERS = {"X-API-Key": API_KEY}
 BODY = {"model": "m", "messages": [{"role": "user", "content": "navy blazers"}]}
@@ -22,7 +22,7 @@ def llm_live(
     settings_factory: Callable[..., Any], shared_encoders: None
 ) -> Iterator[tuple[LiveServer, dict[str, Behaviour]]]:
     """A live API whose dispatcher talks to two scripted workers; one slot each, a queue of one."""
-    from api.app import create_app
+    from api.http.app import create_app
 
     behaviours = {"w1": Behaviour(delay_s=0.4), "w2": Behaviour(delay_s=0.4, models=("m", "slow"))}
     settings = settings_factory(

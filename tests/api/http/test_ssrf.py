@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from api.errors import ImageUnavailableError, UrlNotAllowedError
-from api.ssrf import UrlPolicy
+from api.http.errors import ImageUnavailableError, UrlNotAllowedError
+from api.http.ssrf import UrlPolicy
 
 
 def _dns(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.worker_app import create_worker_app
+from api.worker.app import create_worker_app
 from llms.worker.service import WorkerService
 from llms.worker.simulated import SimulatedEngine
 

@@ -1,0 +1,1 @@
+"""Shared test helpers, for any test package (fake clocks and the like)."""

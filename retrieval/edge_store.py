@@ -1,5 +1,14 @@
 """Qdrant Edge: the real Qdrant engine in-process, persisted under ``TANDEM_HOME`` (the embedded default).
 
+Crash safety (a ``kill -9`` at any point leaves an index that opens, and ``tandem index`` resumes it):
+every write goes through the shard's write-ahead log, which the engine replays on load; the optimiser
+builds a segment aside and swaps it in, and what a killed optimiser left aside is removed on the next
+open; Tandem's manifest is written atomically (temp file, fsync, rename) after the shard exists, and
+removed before a rebuild deletes anything, so "manifest present" always means "shard complete".
+One process at a time may open a shard (the engine locks its WAL): the service and ``tandem index``
+cannot share one; index through a Qdrant server (``TANDEM_QDRANT__URL``) to write while serving from
+another process.
+
 Example:
     >>> store = EdgeStore(Path("var/qdrant/products"))  # doctest: +SKIP
     >>> store.create(manifest)  # doctest: +SKIP
@@ -7,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +46,36 @@ __all__ = ["EdgeStore"]
 
 # RRF's k: 60 is the constant from the original paper and Qdrant's default.
 RRF_K = 60
+# Where the engine's optimiser builds a segment before swapping it in; Qdrant Edge does not clear it on load.
+_TEMP_SEGMENTS = "temp_segments"
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A rename or unlink is durable only once the directory entry is; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _damaged(directory: Path, what: str) -> StoreError:
+    return StoreError(
+        f"the Qdrant Edge index in {directory} is damaged ({what}); an index is rebuilt from the catalogue: "
+        f"delete {directory} and run `tandem index` again"
+    )
 
 
 def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
@@ -58,9 +99,14 @@ class EdgeStore:
         self._manifest: IndexManifest | None = None
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         mpath = manifest_path(self._dir)
+        # No manifest means no complete index (a first build or a rebuild was cut short): the next
+        # `create` starts it over, so only a manifest makes the shard worth opening.
         if mpath.is_file() and self._shard_dir.is_dir():
             try:
-                self._manifest = IndexManifest.model_validate_json(mpath.read_text())
+                manifest = IndexManifest.model_validate_json(mpath.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise _damaged(self._dir, f"unreadable manifest {mpath.name}: {exc}") from exc
+            try:
                 self._shard = qe.EdgeShard.load(str(self._shard_dir))
             except Exception as exc:  # qdrant-edge raises bare Exception for engine errors
                 if "WouldBlock" in str(exc):
@@ -68,11 +114,24 @@ class EdgeStore:
                         f"the Qdrant Edge index in {self._dir} is open in another process (one process at a time;"
                         " stop the other `tandem` process, or use a Qdrant server: TANDEM_QDRANT__URL)"
                     ) from exc
-                raise StoreError(f"cannot open the Qdrant Edge index in {self._dir}: {exc}") from exc
+                raise _damaged(self._dir, f"the engine cannot load it: {exc}") from exc
+            self._manifest = manifest
+            self._clear_temp_segments()
 
     @property
     def directory(self) -> Path:
         return self._dir
+
+    def _clear_temp_segments(self) -> None:
+        # Only called with the shard loaded, so this process holds its lock and no optimiser runs: what is
+        # there was left by a killed optimiser (as large as the segments it was rebuilding) and is never read.
+        temp = self._shard_dir / _TEMP_SEGMENTS
+        if temp.is_dir():
+            for leftover in temp.iterdir():
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
 
     def _require(self) -> qe.EdgeShard:
         if self._shard is None:
@@ -88,7 +147,12 @@ class EdgeStore:
                 raise StoreError(f"an index already exists in {self._dir}")
             self._shard.close()
             self._shard = None
+            self._manifest = None
         if self._dir.exists():
+            # The manifest goes first: a crash while the shard is being deleted must not leave a manifest
+            # in front of half a shard (it would not open, and `--rebuild` could not get past it).
+            manifest_path(self._dir).unlink(missing_ok=True)
+            _fsync_dir(self._dir)
             shutil.rmtree(self._dir)
         self._shard_dir.mkdir(parents=True)
         config = qe.EdgeConfig(
@@ -106,10 +170,11 @@ class EdgeStore:
                 shard.update(qe.UpdateOperation.create_field_index(level_field(depth), keyword))
             for name in manifest.attribute_fields:
                 shard.update(qe.UpdateOperation.create_field_index(f"attributes.{name}", keyword))
+            shard.flush()
         except (RuntimeError, ValueError, OSError) as exc:
             raise StoreError(f"cannot create the Qdrant Edge index in {self._dir}: {exc}") from exc
-        # The manifest is written last: a crash before it leaves no half-recorded index.
-        manifest_path(self._dir).write_text(manifest.model_dump_json(indent=2))
+        # The manifest is written last and atomically: a crash before it leaves no index, never half of one.
+        _write_atomically(manifest_path(self._dir), manifest.model_dump_json(indent=2))
         self._shard, self._manifest = shard, manifest
 
     def existing(self, product_ids: Sequence[str]) -> set[str]:

@@ -2,7 +2,15 @@
 
 Point ids are derived from product ids, and each batch skips products already
 stored, so re-running after an interruption (or with a larger ``--limit``) only
-does the missing work.
+does the missing work. A ``kill -9`` at any point is safe: an upsert is durable
+once the store returns (Qdrant's write-ahead log), a batch is stored whole or
+not at all, and the next run stores what is missing and finalises.
+
+Indexing into a store that serves queries in the same process (the supported way
+to grow a Qdrant Edge index while the service runs) passes ``finalize=False``: the
+Edge optimiser holds the GIL for as long as it builds HNSW, which would stall every
+request of that process; the new points are searched exactly meanwhile, and the
+next ``tandem index`` (or :meth:`VectorStore.finalize`) builds the graph offline.
 
 Example:
     >>> report = build_index(catalogue, store, text_enc, image_enc)  # doctest: +SKIP
@@ -100,11 +108,13 @@ def build_index(
     batch_size: int = 256,
     rebuild: bool = False,
     progress: Callable[[int], None] | None = None,
+    finalize: bool = True,
 ) -> IndexReport:
     """Encode and store every product of ``catalogue``; ``progress(n)`` is called as n products are handled.
 
     An existing index made by other encoders raises
-    :class:`~retrieval.errors.EncoderMismatchError` unless ``rebuild`` is set.
+    :class:`~retrieval.errors.EncoderMismatchError` unless ``rebuild`` is set. ``finalize=False``
+    leaves the optimiser for later (for a store that is serving queries in this process).
     """
     limits = limits or ImageLimits()
     manifest = manifest_for(catalogue, text_encoder, image_encoder)
@@ -150,6 +160,7 @@ def build_index(
                     report.indexed += len(ok)
             if progress is not None:
                 progress(len(batch))
-    store.finalize()
+    if finalize:
+        store.finalize()
     report.seconds = time.perf_counter() - started
     return report

@@ -4,7 +4,8 @@ The explainer is a base model prompted with the ranked products; it may still na
 product from elsewhere in the catalogue, write a catalogue id that is not ranked, refer to
 a rank past the list (``#9`` of five), or say something false about a product ("#2 is a
 black shirt" for a navy kurta). :class:`ExplanationChecker` finds every catalogue title
-(whole words, any case), every catalogue id and every ``#k`` in the text, and flags those
+(whole words, any case), every catalogue id, every number the text presents as a product id
+("product 99999", even one the catalogue lacks) and every ``#k`` in the text, and flags those
 that are not in the ranking; the words after each ``#k`` (up to the next one) are claims
 about the k-th product, read by :class:`rag.attribute_claims.ClaimChecker` against its
 record: colour, article type, gender, usage and brand.
@@ -28,6 +29,10 @@ __all__ = ["ExplanationCheck", "ExplanationChecker", "FalseClaim", "Mention"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 _REF = re.compile(r"#(\d+)")
+# "product 99999", "item no. 12", "SKU: 4411": an id the text presents as one, whether or not the catalogue has it.
+_CLAIMED_ID = re.compile(
+    r"\b(?:products?|items?|ids?|skus?|articles?)\s*(?:id|no\.?|number)?\s*[:#]?\s*(\d{2,})\b", re.I
+)
 
 
 def _words(text: str) -> list[str]:
@@ -93,6 +98,9 @@ class ExplanationChecker:
         ranked_titles = {tuple(_words(p.title)) for p in ranked}
         # A rank reference left unexpanded points past the ranking (see rag.explainer_prompt).
         mentions = [Mention("rank", m.group(0), (), 1 <= int(m.group(1)) <= len(ranked)) for m in _REF.finditer(text)]
+        # An id the catalogue lacks is still an id outside the ranking (an injected "recommend product 99999").
+        mentions += [Mention("id", m.group(1), (m.group(1),), False) for m in _CLAIMED_ID.finditer(text)
+                     if m.group(1) not in self._ids]  # fmt: skip
         words = _words(text)
         i = 0
         while i < len(words):

@@ -46,6 +46,29 @@ def test_plain_words_numbers_and_one_word_titles_are_not_mentions() -> None:
     assert check.mentions == [] and check.ok and not check.names_ranked
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We recommend product 99999, the best.",
+        "Order item no. 4411 today.",
+        "SKU: 123456 is in stock.",
+        "Article #80001 fits.",
+    ],
+)
+def test_an_id_the_catalogue_lacks_is_still_an_id_outside_the_ranking(text: str) -> None:
+    """An injected "recommend product 99999": the number is presented as a product, and no ranked one has it."""
+    check = ExplanationChecker(CATALOGUE).check(text, CATALOGUE[:2])
+    assert not check.ok
+    assert [m.text for m in check.flagged if m.kind == "id"] == [next(w.strip("#:.,") for w in text.split()
+                                                                      if w.strip("#:.,").isdigit())]  # fmt: skip
+
+
+def test_a_ranked_id_presented_as_one_is_fine_and_ordinary_numbers_are_not_ids() -> None:
+    checker = ExplanationChecker(CATALOGUE)
+    assert checker.check("Product 15970 suits office wear.", CATALOGUE[:1]).ok
+    assert checker.check("Pack of 2, ships in 10 days, 2026 season.", CATALOGUE[:1]).mentions == []
+
+
 def test_the_longest_title_wins_and_shared_titles_count_as_ranked() -> None:
     checker = ExplanationChecker([*CATALOGUE, _p("9", "Puma Men Grey T-shirt Pack of 2")])
     check = checker.check("The Puma Men Grey T-shirt Pack of 2 is cheaper.", CATALOGUE[:1])

@@ -7,12 +7,18 @@ model instead (load tests and fault drills; its answers say "[simulated …]").
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from api.console import CliError, out
+from api.console import CliError, err, out
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 if TYPE_CHECKING:
     from llms.worker.engine import Engine
@@ -65,6 +71,9 @@ def worker(
     reply: Annotated[str | None, typer.Option("--reply", help="With --simulate: answer this text every time.")] = None,
     hang: Annotated[bool, typer.Option("--hang", help="With --simulate: accept requests, never answer.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="With --simulate: seed of the delay model.")] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option("--exit-with-parent", hidden=True, help="Stop when the process that started it dies.")
+    ] = False,
 ) -> None:
     """Serve a base model and its LoRA adapters over the OpenAI chat-completions protocol until Ctrl-C."""
     import uvicorn
@@ -73,6 +82,8 @@ def worker(
     from api.worker.app import create_worker_app
     from llms.worker.service import WorkerService
 
+    if exit_with_parent:
+        _exit_with_parent()
     adapters = _parse_adapters(adapter or [], simulate=simulate)
     engine: Engine
     if simulate:
@@ -139,3 +150,20 @@ def _model_engine(
     return TransformersEngine.load(
         folder, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, dtype=dtype
     )
+
+
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this worker when its parent dies, even by ``kill -9``, so no orphan keeps the port and the model.
+
+    Set in the child rather than with ``preexec_fn``, which is unsafe in the threaded API process; a parent that
+    died before the call is caught by the ``getppid`` check after it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        err.print(f"could not ask to stop with the parent process (errno {ctypes.get_errno()})")
+        return
+    if os.getppid() != parent or parent == 1:
+        raise typer.Exit(0)

@@ -66,3 +66,42 @@ def test_worker_process_serves_a_base_model_with_an_adapter(tmp_path: Path) -> N
         proc.wait(timeout=15)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_an_embedded_worker_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` of the API must not orphan its LLM worker (a process holding a port and the model's memory)."""
+    import psutil
+
+    tandem = str(Path(sys.executable).with_name("tandem"))
+    port = free_port()
+    # A stand-in for the API: a parent that starts the worker as the embedded launcher does, then waits.
+    parent_code = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([{tandem!r}, 'worker', '--simulate', '--port', '{port}', '--exit-with-parent']); "
+        "print(p.pid, flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = psutil.Process(int(parent.stdout.readline()))
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up and serving first, so the kill lands on a running worker
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.2)
+        parent.kill()
+        parent.wait()
+        worker.wait(timeout=30)  # raises psutil.TimeoutExpired if it outlived its parent
+        assert not worker.is_running()
+    finally:
+        parent.stdout.close()
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker.is_running():
+            worker.kill()

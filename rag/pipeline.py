@@ -126,7 +126,7 @@ class Pipeline:
         text = (request.text or "").strip()
         if not text and request.image is None:
             raise InvalidTurnError("a message needs text, a photo, or both")
-        session = self.sessions.open(request.session_id)
+        session = self.sessions.open(request.session_id, owner=request.owner)
         async with session.lock:
             async for event in self._turn(session, text, request):
                 yield event

@@ -5,10 +5,17 @@ lives on in the session's :class:`rag.terms.TurnTerms` (the conversation's runni
 Sessions expire after ``ttl_s`` idle and the store holds at most ``max_sessions`` (least
 recently used dropped first), so memory stays bounded whatever clients do.
 
+A session belongs to the caller that opened it (``owner``: a non-secret id such as an API
+key's name, never a key): to anyone else it does not exist, with the very error an unknown
+id gets, so session ids cannot be probed across callers.
+
 Example:
     >>> store = SessionStore(max_sessions=100)
     >>> session = store.open(None)
     >>> store.open(session.session_id) is session
+    True
+    >>> mine = store.open(None, owner="platform")  # another owner gets SessionNotFoundError for this id
+    >>> store.open(mine.session_id, owner="platform") is mine
     True
 """
 
@@ -43,6 +50,7 @@ class Session:
 
     session_id: str
     max_turns: int = 8
+    owner: str | None = None  # who opened it (a caller id, never a secret); None: a service without callers
     turns: deque[Turn] = field(default_factory=deque)
     shown: set[str] = field(default_factory=set)
     terms: TurnTerms | None = None
@@ -88,17 +96,20 @@ class SessionStore:
                 break
             self._sessions.popitem(last=False)
 
-    def open(self, session_id: str | None) -> Session:
-        """The session with this id, or a new one when ``session_id`` is None; unknown ids are an error."""
+    def open(self, session_id: str | None, *, owner: str | None = None) -> Session:
+        """``owner``'s session with this id, or a new one of theirs when ``session_id`` is None.
+
+        An unknown id and another owner's id are the same error, so one caller cannot learn another's ids.
+        """
         now = self._clock()
         self._expire(now)
         if session_id is None:
-            session = Session(uuid.uuid4().hex, self.max_turns, last_used=now)
+            session = Session(uuid.uuid4().hex, self.max_turns, owner=owner, last_used=now)
             self._sessions[session.session_id] = session
             self._expire(now)
             return session
         found = self._sessions.get(session_id)
-        if found is None:
+        if found is None or found.owner != owner:
             raise SessionNotFoundError(f"no session {session_id!r}: it expired or never existed; start a new one")
         found.last_used = now
         self._sessions.move_to_end(session_id)

@@ -115,6 +115,7 @@ class TurnRequest:
     candidates: int | None = None  # how many the ranker sees (default: the pipeline's ranker_candidates)
     mmr_lambda: float | None = None  # MMR over the ranked list, on image vectors (None: the ranker's order)
     explore: int = 0  # nearby categories whose best product joins the candidates, after the precise hits
+    owner: str | None = None  # the caller the session belongs to (an API key's id, never the key)
 
 
 class PipelineConfig(BaseModel):

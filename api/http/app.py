@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
@@ -28,8 +29,10 @@ from api.http.errors import (
     error_body,
     to_api_error,
 )
+from api.http.keys import KeyRing
 from api.http.metrics import ApiMetrics
 from api.http.middleware import BodyTooLargeError, ServiceMiddleware
+from api.http.rate_limit import RateLimiter
 from api.http.resources import Resources
 from api.http.routers import chat, health, llm, metrics, recommendations
 from api.http.ssrf import Resolver, system_resolver
@@ -41,6 +44,14 @@ from retrieval.errors import RetrievalError
 __all__ = ["create_app"]
 
 WEB_CHAT = Path(__file__).with_name("static") / "index.html"
+
+# The web chat's page runs only its own script and styles (``static/chat.js``, ``chat.css``): a product
+# title or an explanation holding markup cannot run even if some code one day renders it as HTML.
+# Card photos come from this service, a data: URL (the buyer's own) or an https image base.
+WEB_CHAT_CSP = (
+    "default-src 'self'; img-src 'self' data: https:; script-src 'self'; style-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 log = logging.getLogger("tandem.api")
 
@@ -56,6 +67,14 @@ def _describe_validation(exc: RequestValidationError) -> str:
         else:
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "the request does not match the schema"
+
+
+def _web_chat_csp(image_base_url: str | None) -> str:
+    """The page's CSP; a plain-http image base (a LAN CDN, say) is allowed by its origin."""
+    parts = urlsplit(image_base_url or "")
+    if parts.scheme != "http" or not parts.netloc:
+        return WEB_CHAT_CSP
+    return WEB_CHAT_CSP.replace("img-src 'self' data: https:", f"img-src 'self' data: https: http://{parts.netloc}")
 
 
 def _request_id(request: Request) -> str | None:
@@ -137,7 +156,8 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = api_metrics
     app.state.resources = None
-    app.state.api_keys = [k.get_secret_value().encode() for k in settings.api.keys]
+    app.state.keys = KeyRing.from_settings(settings.api)  # read by the middleware and the key dependency
+    app.state.rate_limiter = RateLimiter.from_settings(settings.api)
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -145,10 +165,15 @@ def create_app(
     app.include_router(llm.router)
     app.include_router(chat.router)
 
+    csp = _web_chat_csp(settings.api.public_image_base_url)
+    page_headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"}
+
     @app.get("/", include_in_schema=False)
     async def web_chat() -> FileResponse:
         """The web chat: one static page over ``POST /v1/chat``."""
-        return FileResponse(WEB_CHAT, media_type="text/html")
+        return FileResponse(WEB_CHAT, media_type="text/html", headers=page_headers)
+
+    app.mount("/static", StaticFiles(directory=WEB_CHAT.parent), name="static")
 
     images_dir = settings.catalogue.path / settings.catalogue.columns.images_dir
     app.mount("/images", StaticFiles(directory=images_dir, check_dir=False, follow_symlink=True), name="images")
@@ -159,6 +184,5 @@ def create_app(
         metrics=api_metrics,
         max_in_flight=settings.api.max_in_flight,
         max_body_bytes=max_body,
-        keys_configured=bool(settings.api.keys),
     )
     return app

@@ -2,7 +2,7 @@
 
 Example:
     >>> body = ChatRequest(message={"text": "red kurtas"})
-    >>> response = await chat.answer(body, request_id="r1", base_url="/")  # doctest: +SKIP
+    >>> response = await chat.answer(body, request_id="r1", base_url="/", owner="platform")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -95,8 +95,11 @@ class ChatService:
         settings["explore"] = explore or 0
         return chosen, lam, settings
 
-    async def turn(self, request: ChatRequest) -> tuple[TurnRequest, dict[str, Any]]:
-        """The pipeline's request for this chat request, and the knob settings to report with the answer."""
+    async def turn(self, request: ChatRequest, *, owner: str | None = None) -> tuple[TurnRequest, dict[str, Any]]:
+        """The pipeline's request for this chat request, and the knob settings to report with the answer.
+
+        ``owner`` is the caller's id (an API key's name or short hash, never the key): the session is theirs.
+        """
         buyer = request.buyer
         sampling, lam, settings = self.knobs(request)
         turn = TurnRequest(
@@ -109,6 +112,7 @@ class ChatService:
             candidates=settings["candidates"],
             mmr_lambda=lam,
             explore=settings["explore"],
+            owner=owner,
         )
         return turn, settings
 
@@ -144,8 +148,10 @@ class ChatService:
             diversity=await self.diversity(result, settings),
         )
 
-    async def answer(self, request: ChatRequest, *, request_id: str, base_url: str) -> ChatResponse:
-        turn, settings = await self.turn(request)
+    async def answer(
+        self, request: ChatRequest, *, request_id: str, base_url: str, owner: str | None = None
+    ) -> ChatResponse:
+        turn, settings = await self.turn(request, owner=owner)
         return await self.response(await self.pipeline.answer(turn), request_id, base_url, settings)
 
     async def events(

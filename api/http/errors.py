@@ -43,6 +43,7 @@ __all__ = [
     "OverloadedError",
     "PathNotAllowedError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "SessionNotFoundApiError",
     "StorageError",
     "StorageTimeoutError",
@@ -134,6 +135,16 @@ class OverloadedError(ApiError):
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class RateLimitedError(ApiError):
+    """The caller's key is over its rate limit (``TANDEM_API__RATE_PER_S``, ``TANDEM_API__BURST``)."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        # Retry-After is whole seconds: rounded up, so a client that waits that long finds a token.
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 class InternalError(ApiError):

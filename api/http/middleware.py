@@ -3,9 +3,18 @@
 Pure ASGI rather than ``BaseHTTPMiddleware``: it runs on every request of a service that
 answers in milliseconds, and it must bound the body while it streams in.
 
-Guards, in order: loopback-only when no API keys are configured; bounded in-flight
-requests (429 + ``Retry-After``); a body-size cap (413) enforced on the stream, so a
-chunked upload without ``Content-Length`` is cut off too.
+Guards, in order: loopback-only when no API keys are configured; a per-key rate limit
+(429 ``rate_limited`` + ``Retry-After``, before any routing or body reading, so a flooding key
+costs little and holds no in-flight slot); bounded in-flight requests (429 + ``Retry-After``);
+a body-size cap (413) enforced on the stream, so a chunked upload without ``Content-Length``
+is cut off too.
+
+The key ring and the rate limiter are read from ``app.state`` (``keys``, ``rate_limiter``),
+the objects the key dependency uses too. The caller's id (never the key) is left in the
+request's state as ``caller`` for the dependency, and is written to the access log. A request
+refused for its key's rate gets no access line of its own: one ``rate limited`` line per key
+every few seconds counts them (a JSON log line costs more than the refusal itself, and a
+flood must not fill the disk).
 """
 
 from __future__ import annotations
@@ -19,8 +28,17 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.http.errors import ApiError, OverloadedError, PayloadTooLargeError, UnauthorizedError, error_body
+from api.http.errors import (
+    ApiError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    UnauthorizedError,
+    error_body,
+)
+from api.http.keys import KeyRing
 from api.http.metrics import ApiMetrics
+from api.http.rate_limit import RateLimiter
 from api.http.ssrf import is_loopback
 from api.logs import request_id_var
 
@@ -44,7 +62,7 @@ def _route_label(scope: Scope) -> str:
 
 
 class ServiceMiddleware:
-    """Request ids, loopback/in-flight/body guards, Prometheus metrics and JSON access logs."""
+    """Request ids, loopback/rate/in-flight/body guards, Prometheus metrics and JSON access logs."""
 
     def __init__(
         self,
@@ -53,14 +71,12 @@ class ServiceMiddleware:
         metrics: ApiMetrics,
         max_in_flight: int,
         max_body_bytes: int,
-        keys_configured: bool,
         limited_prefix: str = "/v1/",
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_in_flight = max_in_flight
         self.max_body_bytes = max_body_bytes
-        self.keys_configured = keys_configured
         self.limited_prefix = limited_prefix
         self.in_flight = 0
 
@@ -71,7 +87,8 @@ class ServiceMiddleware:
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
@@ -88,7 +105,8 @@ class ServiceMiddleware:
         counted = False
         try:
             client = scope.get("client")
-            if not self.keys_configured and not is_loopback(client[0] if client else None):
+            keys: KeyRing = scope["app"].state.keys
+            if not keys.configured and not is_loopback(client[0] if client else None):
                 raise UnauthorizedError(
                     "this service has no API keys configured (TANDEM_API__KEYS) and only serves loopback clients"
                 )
@@ -96,6 +114,11 @@ class ServiceMiddleware:
             if declared.isdigit() and int(declared) > self.max_body_bytes:
                 raise PayloadTooLargeError(f"the request body is over the limit of {self.max_body_bytes} bytes")
             if limited:
+                if keys.configured:
+                    caller = keys.identify(headers.get(b"x-api-key", b"").decode("latin-1") or None)
+                    state["caller"] = caller  # None: missing or wrong; the route's key dependency answers 401
+                    if caller is not None:
+                        await self._check_rate(scope, caller)
                 if self.in_flight >= self.max_in_flight:
                     self.metrics.rejected.labels("overloaded").inc()
                     raise OverloadedError(f"the service is at its limit of {self.max_in_flight} requests in flight")
@@ -111,6 +134,9 @@ class ServiceMiddleware:
                 PayloadTooLargeError(f"the request body is over the limit of {self.max_body_bytes} bytes"),
                 request_id,
             )
+        except RateLimitedError as exc:
+            state["rate_limited"] = True
+            await self._send_error(send_wrapper, exc, request_id)
         except ApiError as exc:
             if status["sent"]:
                 raise
@@ -125,18 +151,48 @@ class ServiceMiddleware:
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(route, method, code).inc()
             self.metrics.latency.labels(route, method, code).observe(elapsed)
-            log.info(
-                "request",
-                extra={
-                    "method": method,
-                    "path": scope.get("path"),
-                    "route": route,
-                    "status": status["code"],
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "client": (scope.get("client") or ["-"])[0],
-                },
-            )
+            if state.get("rate_limited"):
+                self._log_refusals(scope, state["caller"])
+            else:
+                self._log_request(scope, route, method, status["code"], elapsed, state.get("caller"))
             request_id_var.reset(token)
+
+    @staticmethod
+    def _log_request(scope: Scope, route: str, method: str, status: int, elapsed: float, caller: str | None) -> None:
+        log.info(
+            "request",
+            extra={
+                "method": method,
+                "path": scope.get("path"),
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "client": (scope.get("client") or ["-"])[0],
+                "caller": caller,
+            },
+        )
+
+    @staticmethod
+    def _log_refusals(scope: Scope, caller: str) -> None:
+        limiter: RateLimiter | None = getattr(scope["app"].state, "rate_limiter", None)
+        refused = limiter.refusals_to_log(caller) if limiter is not None else 0
+        if refused:  # the refusals since this caller's last such line
+            log.warning("rate limited", extra={"caller": caller, "refused": refused})
+
+    async def _check_rate(self, scope: Scope, caller: str) -> None:
+        limiter: RateLimiter | None = getattr(scope["app"].state, "rate_limiter", None)
+        if limiter is None:
+            return
+        wait_s = limiter.check(caller)
+        if wait_s > 0:
+            self.metrics.rejected.labels("rate_limited").inc()
+            error = RateLimitedError(
+                f"this API key ({caller}) is over its rate limit of {limiter.rate_per_s:g} requests/s"
+                f" (bursts of {limiter.burst}); retry in {wait_s:.2f} s",
+                retry_after_s=wait_s,
+            )
+            await limiter.hold(caller, float(error.headers["Retry-After"]))
+            raise error
 
     def _bounded(self, receive: Receive) -> Receive:
         seen = 0

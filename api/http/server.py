@@ -21,7 +21,7 @@ log = logging.getLogger("tandem.api")
 
 def effective_host(settings: Settings, host: str) -> tuple[str, str | None]:
     """The host to bind, and a notice when it differs from the one asked for."""
-    if settings.api.keys or is_loopback(host):
+    if settings.api.keyed or is_loopback(host):
         return host, None
     return "127.0.0.1", (
         f"no API keys configured (TANDEM_API__KEYS): listening on 127.0.0.1 only, not {host}."
@@ -36,7 +36,7 @@ def serve(settings: Settings, host: str, port: int, *, log_level: str = "INFO") 
     configure_logging(log_level)
     if notice:
         out.print(f"[yellow]{notice}[/yellow]")
-    elif not settings.api.keys:
+    elif not settings.api.keyed:
         out.print("no API keys configured (TANDEM_API__KEYS): serving loopback clients only")
     shown = f"[{bind}]" if ":" in bind else bind
     out.print(f"web chat: [bold]http://{shown}:{port}/[/bold]   API docs: [bold]http://{shown}:{port}/docs[/bold]"

@@ -126,6 +126,45 @@ def test_a_full_store_drops_the_least_recently_used() -> None:
         store.open(b.session_id)
 
 
+# ------------------------------------------------------------------ owners
+
+
+def test_a_session_opens_only_for_the_owner_that_started_it() -> None:
+    store = SessionStore(clock=FakeClock())
+    mine = store.open(None, owner="platform")
+    assert mine.owner == "platform"
+    assert store.open(mine.session_id, owner="platform") is mine
+    for stranger in ("other", None, "Platform", "platform "):
+        with pytest.raises(SessionNotFoundError):
+            store.open(mine.session_id, owner=stranger)
+    ownerless = store.open(None)  # a service without keys: no owner, and no owner can take it over
+    assert store.open(ownerless.session_id) is ownerless
+    with pytest.raises(SessionNotFoundError):
+        store.open(ownerless.session_id, owner="platform")
+
+
+def test_another_owners_session_is_the_same_error_as_an_unknown_one() -> None:
+    store = SessionStore(clock=FakeClock())
+    theirs = store.open(None, owner="a")
+    with pytest.raises(SessionNotFoundError) as foreign:
+        store.open(theirs.session_id, owner="b")
+    with pytest.raises(SessionNotFoundError) as unknown:
+        store.open("f" * 32, owner="b")
+    assert str(foreign.value).replace(theirs.session_id, "ID") == str(unknown.value).replace("f" * 32, "ID")
+
+
+def test_a_stranger_does_not_keep_a_session_alive() -> None:
+    clock = FakeClock()
+    store = SessionStore(ttl_s=10.0, clock=clock)
+    session = store.open(None, owner="a")
+    for _ in range(3):
+        clock.advance(4.0)
+        with pytest.raises(SessionNotFoundError):
+            store.open(session.session_id, owner="b")
+    with pytest.raises(SessionNotFoundError):  # idle 12 s for its owner: expired
+        store.open(session.session_id, owner="a")
+
+
 def test_the_default_clock_is_the_real_one() -> None:
     store = SessionStore()
     session = store.open(None)

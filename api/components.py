@@ -106,10 +106,6 @@ def build_retriever(
 def build_store(settings: Settings) -> VectorStore:
     q = settings.qdrant
     if q.url:
-        from qdrant_client import QdrantClient  # noqa: PLC0415 - lazy: qdrant-client only when a Qdrant server is configured
-
-        client = QdrantClient(
-            url=q.url, api_key=q.api_key.get_secret_value() if q.api_key else None, timeout=int(q.timeout_s)
-        )
-        return ClientStore(client, q.collection, hnsw_ef=q.hnsw_ef)
+        api_key = q.api_key.get_secret_value() if q.api_key else None
+        return ClientStore.connect(q.url, q.collection, api_key=api_key, timeout_s=q.timeout_s, hnsw_ef=q.hnsw_ef)
     return EdgeStore(settings.qdrant_dir, hnsw_ef=q.hnsw_ef)

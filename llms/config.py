@@ -7,13 +7,21 @@ Example:
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-__all__ = ["BalancingPolicy", "DispatcherConfig", "WorkerConfig"]
+__all__ = ["HTTP_URL_PATTERN", "BalancingPolicy", "DispatcherConfig", "WorkerConfig"]
+
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+# An http(s) URL with a host name or IPv4 address, an optional port and printable ASCII after it: published in
+# the OpenAPI document so that a generated client sends what the service accepts (and what httpx can parse:
+# a pattern cannot tell a valid IPv6 literal from an invalid one, so those are left out).
+_TOKEN = r"^[!-~]+$"  # a header value: printable ASCII, no spaces
+HTTP_URL_PATTERN = rf"^https?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:{_PORT})?([/?#][!-~]*)?$"
 
 
 class BalancingPolicy(StrEnum):
@@ -29,7 +37,10 @@ class WorkerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="Base URL of the OpenAI API, e.g. http://vllm:8000/v1 or http://ollama:11434/v1.")
+    url: str = Field(
+        pattern=HTTP_URL_PATTERN,
+        description="Base URL of the OpenAI API, e.g. http://vllm:8000/v1 or http://ollama:11434/v1.",
+    )
     name: str = Field(default="", description="Label in metrics and logs; defaults to host:port.")
     models: list[str] = Field(
         default_factory=list,
@@ -37,9 +48,13 @@ class WorkerConfig(BaseModel):
     )
     max_concurrency: int = Field(default=8, gt=0, description="Requests the dispatcher keeps in flight on it.")
     weight: float = Field(default=1.0, gt=0, description="Relative capacity (a bigger GPU gets a bigger weight).")
-    api_key: SecretStr | None = None
+    api_key: SecretStr | None = Field(
+        default=None, json_schema_extra={"pattern": _TOKEN}, description="Bearer token (printable ASCII)."
+    )
     health_url: str | None = Field(
-        default=None, description="Liveness URL; default: /health at the server root (ollama: use /api/version)."
+        default=None,
+        pattern=HTTP_URL_PATTERN,
+        description="Liveness URL; default: /health at the server root (ollama: use /api/version).",
     )
 
     @field_validator("url")
@@ -49,6 +64,13 @@ class WorkerConfig(BaseModel):
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"worker url must be http(s)://host[:port]/…, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(_TOKEN, value.get_secret_value()):
+            raise ValueError("api_key must be printable ASCII without spaces (it is sent in a header)")
+        return value
 
     @model_validator(mode="after")
     def _default_name(self) -> Self:

@@ -12,15 +12,24 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from llms.worker.engine import SamplingParams
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "StreamOptions", "ToolSpec"]
+__all__ = [
+    "CalledFunction",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ContentPart",
+    "StreamOptions",
+    "ToolCall",
+    "ToolSpec",
+]
 
 DEFAULT_MAX_TOKENS = 256
+MAX_STOP = 8
 
 
 class ToolFunction(BaseModel):
@@ -36,37 +45,97 @@ class ToolSpec(BaseModel):
     function: ToolFunction
 
 
+class ContentPart(BaseModel):
+    """A text part of a message's content (Tandem's models read text only).
+
+    Example:
+        >>> ContentPart.model_validate({"type": "text", "text": "hi"}).text
+        'hi'
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str = ""
+
+
+class CalledFunction(BaseModel):
+    """The function a tool call named, with its arguments.
+
+    Example:
+        >>> CalledFunction(name="get_products", arguments='{"ids": ["A"]}').name
+        'get_products'
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: dict[str, Any] | str = Field(
+        default="{}", description="The arguments: a JSON object, or its text (as OpenAI sends it)."
+    )
+
+
+class ToolCall(BaseModel):
+    """A tool call an assistant message made earlier in the conversation.
+
+    Example:
+        >>> ToolCall.model_validate({"id": "c1", "function": {"name": "submit_ranking"}}).type
+        'function'
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
 
     def text(self) -> str:
-        """Content as text; the embedded worker is text-only, so image parts are refused."""
+        """Content as text (the parts joined)."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        parts: list[str] = []
-        for part in self.content:
-            if part.get("type") != "text":
-                raise ValueError(f"this worker serves text models only; got a {part.get('type')!r} content part")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
+        return "".join(part.text for part in self.content)
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _guard(key: str, value: Any, then: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema of "if ``key`` is ``value`` then ``then``", spelt with anyOf/not (code generators read both)."""
+    return {"anyOf": [{"not": {"required": [key], "properties": {key: {"const": value}}}}, then]}
+
+
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions`` body."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{"model": "tandem-base", "messages": [{"role": "user", "content": "Say hello."}]}],
+            # What the worker checks across fields, published: "required" needs tools; a continued message
+            # needs add_generation_prompt false (and an assistant message last, which JSON Schema cannot say).
+            "allOf": [
+                _guard("tool_choice", "required", {"required": ["tools"], "properties": {"tools": {"minItems": 1}}}),
+                _guard(
+                    "continue_final_message",
+                    True,
+                    {"required": ["add_generation_prompt"], "properties": {"add_generation_prompt": {"const": False}}},
+                ),
+            ],
+        },
+    )
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="A model or adapter a worker serves (GET /v1/models).")
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
@@ -85,17 +154,10 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 8:
-            raise ValueError("at most 8 stop strings")
-        return value
 
     def sampling(self) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -116,15 +178,14 @@ class ChatCompletionRequest(BaseModel):
             if message.tool_calls:
                 calls = []
                 for call in message.tool_calls:
-                    function = dict(call.get("function") or {})
-                    arguments = function.get("arguments", {})
+                    arguments = call.function.arguments
                     if isinstance(arguments, str):
                         try:
                             arguments = json.loads(arguments) if arguments.strip() else {}
                         except json.JSONDecodeError as exc:
                             raise ValueError(f"tool call arguments are not JSON: {exc.msg}") from exc
-                    function["arguments"] = arguments
-                    calls.append({"type": "function", "id": call.get("id"), "function": function})
+                    function = {"name": call.function.name, "arguments": arguments}
+                    calls.append({"type": "function", "id": call.id, "function": function})
                 item["tool_calls"] = calls
             if message.tool_call_id:
                 item["tool_call_id"] = message.tool_call_id

@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from qdrant_client import QdrantClient
@@ -72,6 +73,26 @@ class ClientStore:
                     self._manifest = IndexManifest.model_validate(meta[_MANIFEST_KEY])
         except _CLIENT_ERRORS as exc:
             raise StoreError(f"cannot reach Qdrant collection {collection!r}: {exc}") from exc
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        collection: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        hnsw_ef: int | None = None,
+        check_compatibility: bool = True,
+    ) -> Self:
+        """A store over the Qdrant server at ``url``; every call has a deadline of ``timeout_s`` (whole seconds, up).
+
+        A server that accepts connections and never answers is a :class:`StoreError` within it, never a hang.
+        """
+        client = QdrantClient(
+            url=url, api_key=api_key, timeout=max(1, math.ceil(timeout_s)), check_compatibility=check_compatibility
+        )
+        return cls(client, collection, hnsw_ef=hnsw_ef)
 
     def _require(self) -> None:
         if self._manifest is None:

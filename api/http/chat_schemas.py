@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.http.schemas import DiversityInfo, RecommendedItem
+from api.http.schemas import (
+    BASE64_IMAGE_PATTERN,
+    HTTP_URL_PATTERN,
+    DiversityInfo,
+    RecommendedItem,
+    image_or_text_schema,
+    not_together_schema,
+    published,
+)
 
 __all__ = [
     "MAX_CHAT_TOP_K",
@@ -32,9 +40,22 @@ class _Strict(BaseModel):
 class ChatMessage(_Strict):
     """The buyer's message: words, a photo (one source), or both."""
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"allOf": image_or_text_schema(("image_url", "image_base64"))}
+    )
+
     text: str | None = Field(default=None, max_length=2000, examples=["navy formal shirts for men"])
-    image_url: str | None = Field(default=None, max_length=4096, description="An http(s) URL of the photo.")
-    image_base64: str | None = Field(default=None, description="The photo's bytes, base64 (or a data: URL).")
+    image_url: str | None = Field(
+        default=None,
+        max_length=4096,
+        json_schema_extra=published(minLength=1, pattern=HTTP_URL_PATTERN),
+        description="An http(s) URL of the photo.",
+    )
+    image_base64: str | None = Field(
+        default=None,
+        json_schema_extra=published(minLength=1, pattern=BASE64_IMAGE_PATTERN),
+        description="The photo's bytes, base64 (or a data: URL).",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> ChatMessage:
@@ -78,7 +99,9 @@ class ChatRequest(_Strict):
                     "buyer": {"profile": "boutique in Western Europe", "history": ["15970"]},
                     "sampling": {"temperature": 0.7, "top_p": 0.9, "seed": 1},
                 },
-            ]
+            ],
+            # diversity sets the knobs itself: not with sampling or mmr_lambda.
+            "allOf": [not_together_schema("diversity", {"sampling": "object", "mmr_lambda": "number"})],
         },
     )
 
@@ -87,11 +110,13 @@ class ChatRequest(_Strict):
     buyer: ChatBuyer | None = None
     top_k: int = Field(default=10, ge=1, le=MAX_CHAT_TOP_K)
     sampling: ChatSampling | None = None
-    candidates: int | None = Field(default=None, ge=2, le=26, description="How many candidates the ranker sees.")
+    candidates: int | None = Field(
+        default=None, ge=2, le=26, description="How many candidates the ranker sees; at least top_k."
+    )
     explore: int | None = Field(
         default=None, ge=0, le=20,
         description="Nearby categories (ones retrieval left out) whose best product joins the candidates, after the"
-        " precise hits: a broader choice for buyers without a precise target.",
+        " precise hits: a broader choice for buyers without a precise target. Below candidates.",
     )  # fmt: skip
     mmr_lambda: float | None = Field(
         default=None, ge=0.0, le=1.0, description="MMR over the ranked list: 1 = the ranker's order, 0 = most diverse."

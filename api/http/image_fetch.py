@@ -45,6 +45,12 @@ from retrieval.images import ImageLimits
 
 __all__ = ["ImageFetcher", "decode_base64_image"]
 
+_S3_NOT_CONFIGURED = (
+    "image_path s3://… needs S3 storage, which this service has not configured (TANDEM_STORAGE__S3_ENDPOINT_URL,"
+    " TANDEM_STORAGE__S3_ACCESS_KEY_ID, TANDEM_STORAGE__S3_SECRET_ACCESS_KEY); send the photo as image_url or"
+    " image_base64, or a path under the storage root"
+)
+
 
 def decode_base64_image(data: str, limits: ImageLimits) -> bytes:
     """Decode an ``image_base64`` field (plain or a ``data:`` URL), refusing oversize input before decoding."""
@@ -84,6 +90,7 @@ class ImageFetcher:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._s3: Any = None
+        self._s3_missing = False
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.breaker_threshold,
             default_ttl=settings.breaker_reset_s,
@@ -230,17 +237,29 @@ class ImageFetcher:
         return data
 
     def _s3_client(self) -> Any:
+        """The S3 client; refused (400) when the service has no S3 storage: no endpoint, no keys, no AWS credentials."""
+        if self._s3_missing:
+            raise PathNotAllowedError(_S3_NOT_CONFIGURED)
         if self._s3 is None:
-            import boto3  # noqa: PLC0415 - lazy: boto3 only when s3:// images are configured (about a second to import)
-            from botocore.config import Config  # noqa: PLC0415 - lazy: botocore only when s3:// images are configured
+            import boto3  # noqa: PLC0415 - lazy: boto3 only when s3:// images are asked for (about a second to import)
+            from botocore.config import Config  # noqa: PLC0415 - lazy: botocore only when s3:// images are asked for
 
             s = self.settings
-            self._s3 = boto3.session.Session().client(
+            session = boto3.session.Session()
+            explicit = s.s3_access_key_id is not None and s.s3_secret_access_key is not None
+            # Without keys of its own the client signs with AWS's default chain (environment, files, instance
+            # role); with none there either, nothing could be read: the caller asked for storage we do not have.
+            if not explicit and session.get_credentials() is None:
+                self._s3_missing = True  # the chain is looked up once (an instance-role probe takes a second)
+                raise PathNotAllowedError(_S3_NOT_CONFIGURED)
+            self._s3 = session.client(
                 "s3",
                 endpoint_url=s.s3_endpoint_url,
                 region_name=s.s3_region,
-                aws_access_key_id=s.s3_access_key_id.get_secret_value() if s.s3_access_key_id else None,
-                aws_secret_access_key=s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None,
+                aws_access_key_id=s.s3_access_key_id.get_secret_value() if explicit and s.s3_access_key_id else None,
+                aws_secret_access_key=(
+                    s.s3_secret_access_key.get_secret_value() if explicit and s.s3_secret_access_key else None
+                ),
                 config=Config(
                     connect_timeout=s.connect_timeout_s,
                     read_timeout=s.read_timeout_s,
@@ -262,7 +281,13 @@ class ImageFetcher:
             return await asyncio.to_thread(self._s3_get, bucket, key)
 
     def _s3_get(self, bucket: str, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError  # noqa: PLC0415 - lazy: botocore only when s3:// images are configured
+        from botocore.exceptions import (  # noqa: PLC0415 - lazy: botocore only when s3:// images are asked for
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
 
         try:
             obj = self._s3_client().get_object(Bucket=bucket, Key=key)
@@ -279,6 +304,8 @@ class ImageFetcher:
             if 400 <= status < 500:
                 raise ImageUnavailableError(f"the storage refused s3://{bucket}/{key} ({code or status})") from exc
             raise StorageError(f"the storage failed on s3://{bucket}/{key} ({code or status})") from exc
+        except NoCredentialsError as exc:  # the default chain's credentials went away since the client was made
+            raise PathNotAllowedError(_S3_NOT_CONFIGURED) from exc
         except (ConnectTimeoutError, ReadTimeoutError) as exc:
             raise StorageTimeoutError("the S3 storage did not answer in time") from exc
         except BotoCoreError as exc:

@@ -34,7 +34,7 @@ from rag.turn import TurnModels
 from retrieval.batch_search import BatchQuery, search_batch
 from retrieval.batching import MicroBatcher, serving_threads
 from retrieval.catalogue import Catalogue, load_catalogue
-from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError
+from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError, StoreError
 from retrieval.hierarchical import HierarchicalRetriever, SearchResult
 from retrieval.search import SearchQuery
 from retrieval.store import IMAGE_VECTOR, VectorStore
@@ -115,7 +115,8 @@ class Resources:
             text_encoder = build_text_encoder(settings)
             image_encoder = build_image_encoder(settings)
             res.retriever = build_retriever(settings, res.store, text_encoder, image_encoder)
-        except (IndexNotFoundError, EncoderMismatchError) as exc:
+        except (IndexNotFoundError, EncoderMismatchError, StoreError) as exc:
+            # A Qdrant server that is down or never answers: the API still starts, and /readyz says why.
             res.not_ready = str(exc)
             log.warning("not ready: %s", exc)
             return res

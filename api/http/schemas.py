@@ -7,14 +7,21 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from itertools import combinations
 from typing import Any, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, Json, model_validator
 
+from llms.config import HTTP_URL_PATTERN
 from retrieval.hierarchical import SearchMode
 
 __all__ = [
+    "BASE64_IMAGE_PATTERN",
+    "HTTP_URL_PATTERN",
+    "SSE_EVENT_SCHEMA",
+    "STORAGE_PATH_PATTERN",
     "DiversityInfo",
     "ErrorDetail",
     "ErrorResponse",
@@ -26,9 +33,86 @@ __all__ = [
     "RecommendUploadForm",
     "RecommendedItem",
     "StageTimings",
+    "error_responses",
+    "image_or_text_schema",
+    "not_together_schema",
+    "published",
 ]
 
 MAX_TOP_K = 100
+
+# The constraints below are published in the OpenAPI document as well as enforced, so that a client
+# generated from the document (Java, say) sends what the service accepts.
+# image_path: s3://bucket/key, or a key under the storage root (no scheme, no NUL).
+STORAGE_PATH_PATTERN = r"^(s3://[^/\x00]+/[^\x00]+|[^:\x00]+)$"
+# Standard base64 (padded), optionally as a data: URL; what decodes is then checked to be an image.
+BASE64_IMAGE_PATTERN = (
+    r"^(data:[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+(;[A-Za-z0-9.+-]+=[A-Za-z0-9.+-]+)*;base64,)?"
+    r"([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+)
+_NON_BLANK = r"\S"
+
+
+def published(**keywords: Any) -> Callable[[dict[str, Any]], None]:
+    """Field ``json_schema_extra``: string keywords shown on an optional field's string branch, not enforced here.
+
+    The image fetcher refuses what they rule out with its own codes (400 ``url_not_allowed``, ``path_not_allowed``,
+    ``bad_request``), so the document may be stricter than the service, never looser.
+    """
+
+    def update(schema: dict[str, Any]) -> None:
+        for option in schema.get("anyOf", [schema]):
+            if option.get("type") == "string":
+                option.update(keywords)
+
+    return update
+
+
+def image_or_text_schema(sources: tuple[str, ...]) -> list[Any]:
+    """JSON Schema of "at most one of ``sources``, and one of them or non-blank text" (``allOf`` members)."""
+    given = [{"required": [name], "properties": {name: {"type": "string"}}} for name in sources]
+    text = {"required": ["text"], "properties": {"text": {"type": "string", "pattern": _NON_BLANK}}}
+    two = [
+        {"required": [a, b], "properties": {a: {"type": "string"}, b: {"type": "string"}}}
+        for a, b in combinations(sources, 2)
+    ]
+    return [{"anyOf": [*given, text]}, {"not": {"anyOf": two}}]
+
+
+def not_together_schema(first: str, others: dict[str, str]) -> dict[str, Any]:
+    """JSON Schema of "not ``first`` together with any of ``others``" (name → JSON type), an ``allOf`` member."""
+    return {
+        "not": {
+            "anyOf": [
+                {"required": [first, name], "properties": {first: {"type": "number"}, name: {"type": kind}}}
+                for name, kind in others.items()
+            ]
+        }
+    }
+
+
+def _without_nulls(schema: dict[str, Any]) -> None:
+    """Multipart has no null: an optional form field is one left out, so the document shows no null branch."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if not options:
+            continue
+        kept = [o for o in options if o.get("type") != "null"]
+        if prop.get("default", "") is None:
+            del prop["default"]
+        if len(kept) == 1:
+            del prop["anyOf"]
+            prop.update(kept[0])
+        # A JSON part (see the route's multipart encoding) is described by the schema of what it holds.
+        if "contentSchema" in prop:
+            prop.update(prop.pop("contentSchema"))
+            prop.pop("contentMediaType", None)
+            prop.pop("type", None)
+
+
+def _upload_form_schema(schema: dict[str, Any]) -> None:
+    _without_nulls(schema)
+    schema["allOf"] = [not_together_schema("mmr_lambda", {"diversity": "number"})]
 
 
 class _Strict(BaseModel):
@@ -47,8 +131,9 @@ class RecommendFilters(_Strict):
     )
     attributes: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="Attribute name → accepted values, e.g. {'colour': ['Red', 'Maroon']}.",
-        examples=[{"colour": ["Red", "Maroon"], "usage": ["Ethnic"]}],
+        description="Attribute name → accepted values, e.g. {'base_colour': ['Red', 'Maroon']}; the names are the"
+        " catalogue's attribute fields (an unknown one is refused, 422, with the list).",
+        examples=[{"base_colour": ["Red", "Maroon"], "usage": ["Ethnic"]}],
     )
 
 
@@ -64,13 +149,19 @@ class _QueryFields(_Strict):
         default=None,
         ge=1,
         le=500,
-        description="Candidates retrieved before re-ranking (default top_k; 4×top_k with MMR).",
+        description="Candidates retrieved before re-ranking (default top_k; 4×top_k with MMR); at least top_k.",
     )
     mmr_lambda: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="MMR re-ranking over the pool: 1 = relevance only, 0 = most diverse."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="MMR re-ranking over the pool: 1 = relevance only, 0 = most diverse. Not with diversity.",
     )
     diversity: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Target diversity, mapped to knob settings by Tandem's calibration."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Target diversity, mapped to knob settings by Tandem's calibration. Not with mmr_lambda.",
     )
 
     @model_validator(mode="after")
@@ -91,18 +182,34 @@ class RecommendRequest(_QueryFields):
             "examples": [
                 {"image_path": "s3://buyer-photos/2024/06/123.jpg", "text": "same style in red", "top_k": 10},
                 {"image_url": "https://cdn.example.com/photo.jpg", "top_k": 5, "mode": "flat"},
-                {"text": "leather office bag for men", "filters": {"attributes": {"colour": ["Brown"]}}},
-            ]
+                {"text": "leather office bag for men", "filters": {"attributes": {"base_colour": ["Brown"]}}},
+            ],
+            # One image source at most, and an image or non-blank text; mmr_lambda or diversity, not both.
+            "allOf": [
+                *image_or_text_schema(("image_url", "image_path", "image_base64")),
+                not_together_schema("mmr_lambda", {"diversity": "number"}),
+            ],
         },
     )
 
-    image_url: str | None = Field(default=None, max_length=4096, description="An http(s) URL of the photo.")
+    image_url: str | None = Field(
+        default=None,
+        max_length=4096,
+        json_schema_extra=published(minLength=1, pattern=HTTP_URL_PATTERN),
+        description="An http(s) URL of the photo.",
+    )
     image_path: str | None = Field(
         default=None,
         max_length=1024,
-        description="A key in shared storage: s3://bucket/key, or a path under the service's storage root.",
+        json_schema_extra=published(minLength=1, pattern=STORAGE_PATH_PATTERN),
+        description="A key in shared storage: s3://bucket/key (when the service has S3 storage configured), or a"
+        " path under the service's storage root.",
     )
-    image_base64: str | None = Field(default=None, description="The photo's bytes, base64 (or a data: URL).")
+    image_base64: str | None = Field(
+        default=None,
+        json_schema_extra=published(minLength=1, pattern=BASE64_IMAGE_PATTERN),
+        description="The photo's bytes, base64 (or a data: URL).",
+    )
     filters: RecommendFilters | None = None
 
     @model_validator(mode="after")
@@ -118,8 +225,12 @@ class RecommendRequest(_QueryFields):
 class RecommendUploadForm(_QueryFields):
     """Multipart upload: the photo as the ``file`` part plus the JSON request's query fields."""
 
-    file: UploadFile = Field(description="The buyer's photo.")
-    filters: Json[RecommendFilters] | None = Field(default=None, description="RecommendFilters as a JSON string.")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_upload_form_schema)
+
+    file: UploadFile = Field(description="The buyer's photo (JPEG, PNG, WebP, ...).")
+    filters: Json[RecommendFilters] | None = Field(
+        default=None, description="RecommendFilters, as a JSON part (application/json)."
+    )
 
 
 class RecommendedItem(BaseModel):
@@ -173,6 +284,19 @@ class ErrorResponse(BaseModel):
     """Every error answer has this shape."""
 
     error: ErrorDetail
+
+
+# One Server-Sent Event as OpenAPI 3.1 describes a text/event-stream response: the schema of each event.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
+}
+
+
+def error_responses(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: each status with the one error body and what it means on that route."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
 
 
 class HealthResponse(BaseModel):

@@ -32,6 +32,39 @@ __all__ = ["create_worker_app"]
 log = logging.getLogger("tandem.worker")
 
 
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"}},
+        }
+    },
+}
+
+
+def _documented(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=``: each status with OpenAI's error body."""
+    return {s: {"description": d, "content": {"application/json": {"schema": _OPENAI_ERROR}}}
+            for s, d in descriptions.items()}  # fmt: skip
+
+
+# Each Server-Sent Event (OpenAPI 3.1: the schema of a text/event-stream response describes one event).
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+_AUTH = {401: "Missing or invalid bearer token (when the worker has a key)"}
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A chat.completion, or with stream true its chunks as Server-Sent Events",
+        "content": {"application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": _SSE_EVENT}},
+    },
+    **_documented({**_AUTH, 400: "Invalid request (body not JSON, schema, tools)", 404: "Model not served here",
+                   422: "Invalid request", 503: "The engine failed"}),
+}  # fmt: skip
+
+
 def _error(status: int, message: str, kind: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
 
@@ -91,15 +124,21 @@ def create_worker_app(service: WorkerService, *, api_key: str | None = None) -> 
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": service.model_names()}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def metrics() -> Response:
         return Response(service.metrics.render(service.engine.stats), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_documented(_AUTH))
     async def models() -> dict[str, Any]:
         return service.models()
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=_CHAT_RESPONSES)
     async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
         if not body.stream:
             return await service.complete(body)

@@ -12,9 +12,9 @@ from fastapi.responses import StreamingResponse
 
 from api.http.chat_schemas import ChatRequest, ChatResponse
 from api.http.chat_service import ChatService
-from api.http.deps import ApiKeyDep, RequestIdDep, ResourcesDep
+from api.http.deps import ApiKeyDep, CallerDep, RequestIdDep, ResourcesDep
 from api.http.errors import ApiError, DeadlineExceededError, NotReadyError, error_body, to_api_error
-from api.http.schemas import ErrorResponse
+from api.http.schemas import SSE_EVENT_SCHEMA, ErrorResponse
 from api.sse import sse_event
 
 __all__ = ["router"]
@@ -29,8 +29,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Image or body over the byte or pixel limit"},
     415: {"model": ErrorResponse, "description": "Not an image"},
     422: {"model": ErrorResponse, "description": "Request does not match the schema"},
+    429: {"model": ErrorResponse, "description": "Overloaded; retry after Retry-After seconds"},
+    502: {"model": ErrorResponse, "description": "The image storage failed"},
     503: {"model": ErrorResponse, "description": "Not ready (no index, or the chat pipeline is not built)"},
     504: {"model": ErrorResponse, "description": "Deadline exceeded"},
+}
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": 'The whole turn, or with "stream": true its Server-Sent Events',
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+    }
 }
 
 
@@ -43,8 +51,8 @@ async def get_chat(resources: ResourcesDep) -> ChatService:
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 
 
-@router.post("", response_model=ChatResponse, responses=_ERRORS, summary="One conversation turn")
-async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: RequestIdDep) -> Any:
+@router.post("", response_model=ChatResponse, responses={**_STREAM, **_ERRORS}, summary="One conversation turn")
+async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: RequestIdDep, caller: CallerDep) -> Any:
     """Products for the buyer's message, ranked by the domain LLM, with the base LLM's explanation.
 
     With ``"stream": true`` the answer is Server-Sent Events: ``candidates`` (retrieval's cards),
@@ -56,10 +64,10 @@ async def chat(body: ChatRequest, request: Request, chat: ChatDep, request_id: R
     if not body.stream:
         try:
             async with asyncio.timeout(deadline):
-                return await chat.answer(body, request_id=request_id, base_url=base_url)
+                return await chat.answer(body, request_id=request_id, base_url=base_url, owner=caller)
         except TimeoutError as exc:
             raise DeadlineExceededError(f"the turn did not finish within its deadline of {deadline:g} s") from exc
-    turn, settings = await chat.turn(body)
+    turn, settings = await chat.turn(body, owner=caller)
     events = chat.events(turn, request_id=request_id, base_url=base_url, settings=settings)
     # The first event comes after retrieval: bad input, an unknown session or a failed retrieval are
     # real HTTP statuses, not an error inside a 200 stream.

@@ -56,8 +56,16 @@ async def recommend(
     return await _within_deadline(service, body, request, request_id)
 
 
+# filters is a JSON part; the photo any image type (OpenAPI's multipart encoding, which generated clients follow).
+_UPLOAD_ENCODING = {"filters": {"contentType": "application/json"}, "file": {"contentType": "image/*"}}
+
+
 @router.post(
-    "/upload", response_model=RecommendResponse, responses=_ERRORS, summary="Recommend products (multipart upload)"
+    "/upload",
+    response_model=RecommendResponse,
+    responses=_ERRORS,
+    summary="Recommend products (multipart upload)",
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"encoding": _UPLOAD_ENCODING}}}},
 )
 async def recommend_upload(
     form: Annotated[RecommendUploadForm, Form(media_type="multipart/form-data")],
@@ -71,5 +79,6 @@ async def recommend_upload(
     if len(data) > limit:
         raise ImageTooLargeApiError(f"the uploaded file is over the limit of {limit} bytes")
     # The photo is the upload, so the JSON body's "image or text" rule does not apply: no re-validation.
-    body = RecommendRequest.model_construct(text=form.text, top_k=form.top_k, mode=form.mode, filters=form.filters)
+    fields = form.model_dump(include={"text", "top_k", "mode", "pool", "mmr_lambda", "diversity"})
+    body = RecommendRequest.model_construct(filters=form.filters, **fields)
     return await _within_deadline(service, body, request, request_id, upload=data)

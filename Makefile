@@ -13,7 +13,7 @@ export UV_COMPILE_BYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup browser run demo test test-all lint format typecheck bench bench-llm bench-chat bench-first-run loadtest index clean
+.PHONY: help setup browser run demo test test-all lint format typecheck bench bench-llm bench-chat bench-first-run loadtest soak fuzz bench-fairness index clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,15 @@ bench-first-run: setup ## A fresh clone's `make run`, timed stage by stage until
 
 loadtest: setup ## Locust load test of the API beside the raw encoder (eval/reports/api_loadtest.*; QUICK=1)
 	$(TANDEM) bench loadtest $(if $(QUICK),--quick,) $(if $(LIMIT),--index-limit $(LIMIT),)
+
+bench-fairness: setup ## Per-key fairness: key B's p95 alone and while key A floods (eval/reports/fairness.*, reliability.*)
+	$(TANDEM) bench fairness
+
+soak: setup ## 30 minutes of mixed traffic at half capacity: memory, descriptors, latency per minute (eval/reports/soak.*, reliability.*; MINUTES=N)
+	$(TANDEM) bench soak $(if $(MINUTES),--minutes $(MINUTES),)
+
+fuzz: setup ## Schemathesis against every operation of the API and the worker, long run (eval/reports/fuzz.*, reliability.*; EXAMPLES=N)
+	$(TANDEM) bench fuzz $(if $(EXAMPLES),--examples $(EXAMPLES),)
 
 clean: ## Remove the virtual environment (keeps TANDEM_HOME data)
 	rm -rf $(VENV)

@@ -3,7 +3,7 @@
 Each task POSTs ``{"image_url": "<TANDEM_LOADTEST_IMAGE_BASE>/<id>.jpg", "top_k": 10}`` to
 ``/v1/recommendations`` with the ``X-API-Key`` header, for a product id drawn at random from
 ``TANDEM_LOADTEST_IDS_FILE``, and fails the request unless the answer is 200 with JSON
-holding 1 to ``top_k`` ``items``. ``python -m eval.loadtest`` starts the image server and
+holding 1 to ``top_k`` ``items``. ``tandem bench loadtest`` starts the image server and
 the API and sets the environment; by hand:
 
     TANDEM_LOADTEST_IMAGE_BASE=http://127.0.0.1:8001 TANDEM_LOADTEST_IDS_FILE=ids.txt \\

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from api.cli.fairness import fairness
+from api.cli.fuzz import fuzz as bench_fuzz
 from api.console import CliError, out, progress_bar, staged_progress
 from api.settings import Settings, get_settings
 
@@ -201,3 +203,47 @@ def bench_llm(ctx: typer.Context) -> None:
     from eval.bench_llm.cli import main as bench_llm_main
 
     raise typer.Exit(bench_llm_main(list(ctx.args), home=get_settings().home))
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option("--minutes", min=0.5, help="How long the soak runs.")] = 30.0,
+    load: Annotated[float, typer.Option("--load", min=0.05, max=1.0, help="Share of the measured capacity.")] = 0.5,
+    capacity_s: Annotated[float, typer.Option("--capacity-s", min=5.0, help="Seconds to measure capacity.")] = 60.0,
+    reports: Annotated[Path, typer.Option("--reports", help="Where soak.* and reliability.* go.")] = Path(
+        "eval/reports"
+    ),
+) -> None:
+    """Mixed traffic (photo and text recommendations, chat and streamed chat turns, bad requests) for many minutes."""
+    import tempfile
+
+    from eval.machine import machine_info
+    from eval.process import ServiceError
+    from eval.reliability import write_reliability
+    from eval.soak import SoakConfig, run_soak, write_report
+
+    settings = get_settings()
+    cfg = SoakConfig(minutes=minutes, load=load, capacity_s=capacity_s)
+    with tempfile.TemporaryDirectory(prefix="tandem-soak-") as work, progress_bar() as bar:
+        tasks: dict[str, Any] = {}
+
+        def tick(stage: str, done: float, total: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        try:
+            results = run_soak(settings, cfg, work_dir=Path(work), tick=tick)
+        except ServiceError as exc:
+            raise CliError(str(exc)) from exc
+    summary = write_report(results, reports, machine_info())
+    write_reliability(reports)
+    out.print(
+        f"{summary['requests']} requests at {summary['rate_rps']} /s (capacity {summary['capacity_rps']} /s):"
+        f" rss growth {summary['rss_growth']}, unexpected {summary['unexpected']}, p99 first/last minute"
+        f" {summary['p99_ms_first_minute']} / {summary['p99_ms_last_minute']} ms; report: {reports / 'soak.md'}"
+    )
+
+
+bench_app.command("fairness")(fairness)
+bench_app.command("fuzz")(bench_fuzz)

@@ -1,6 +1,6 @@
 """LLM serving benchmark: the dispatcher in front of real worker processes whose model is SIMULATED.
 
-``python -m eval.bench_llm [--quick] [--reports DIR]`` (``make bench-llm``) measures what the
+``tandem bench llm [--quick] [--reports DIR]`` (``make bench-llm``) measures what the
 balancing policies of :class:`llms.dispatcher.Dispatcher` do to latency when GPU workers are
 uneven, what the dispatcher costs per request, and what a worker crash costs the caller.
 

@@ -1,4 +1,4 @@
-"""``python -m eval.bench_llm``: the command line of the LLM serving benchmark (options, progress, exit codes)."""
+"""``tandem bench llm``: the command line of the LLM serving benchmark (options, progress, exit codes)."""
 
 from __future__ import annotations
 

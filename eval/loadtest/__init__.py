@@ -1,6 +1,6 @@
 """Load test of the recommendation API: Locust against ``tandem serve``, beside the raw encoder, in one run.
 
-``python -m eval.loadtest`` (``make loadtest``) reproduces the reference system's method —
+``tandem bench loadtest`` (``make loadtest``) reproduces the reference system's method —
 Locust, photo-URL requests end to end (image download → inference → top-K), 50 concurrent
 users — on this machine, and measures in the same run what the image encoder alone can do,
 so the service's overhead is a number rather than a guess:

@@ -1,4 +1,4 @@
-"""``python -m eval.loadtest``: the command line of the load test (options, a rich progress display, exit codes)."""
+"""``tandem bench loadtest``: the command line of the load test (options, a rich progress display, exit codes)."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ class ClientConfig:
     def from_env(cls, env: Mapping[str, str]) -> ClientConfig:
         missing = [name for name in (ENV_IMAGE_BASE, ENV_IDS_FILE, ENV_KEY) if not env.get(name)]
         if missing:
-            raise ValueError(f"the locustfile needs {', '.join(missing)} (python -m eval.loadtest sets them)")
+            raise ValueError(f"the locustfile needs {', '.join(missing)} (tandem bench loadtest sets them)")
         top_k = int(env.get(ENV_TOP_K) or 10)
         if top_k <= 0:
             raise ValueError(f"{ENV_TOP_K} must be positive, got {top_k}")

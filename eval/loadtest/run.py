@@ -211,7 +211,13 @@ def _start_api(s: _Session, progress: Progress | None) -> tuple[Service, float, 
 
     api_port = free_port()
     s.base_url = f"http://127.0.0.1:{api_port}"
-    api_env = {**os.environ, "TANDEM_API__KEYS": s.key, "TANDEM_STORAGE__URL_ALLOW": "127.0.0.1"}
+    # The per-key rate limit is off: the load test measures the service's capacity, not one key's quota.
+    api_env = {
+        **os.environ,
+        "TANDEM_API__KEYS": s.key,
+        "TANDEM_STORAGE__URL_ALLOW": "127.0.0.1",
+        "TANDEM_API__RATE_PER_S": "0",
+    }
     starting = (
         progress.add_task("starting the API (tandem serve), waiting for /readyz", total=None) if progress else None
     )

@@ -37,7 +37,9 @@ def gather(reports: Path) -> dict[str, Any]:
     soak, fuzz, fair = (_read(reports / f"{n}.json") for n in ("soak", "fuzz", "fairness"))
     s = (soak or {}).get("summary", {})
     return {
-        "soak": {k: s.get(k) for k in _SOAK_KEYS} if soak else None,
+        "soak": {k: round(v, 4) if isinstance(v, float) else v for k, v in ((k, s.get(k)) for k in _SOAK_KEYS)}
+        if soak
+        else None,
         "fuzz": {k: fuzz.get(k) for k in _FUZZ_KEYS} if fuzz else None,
         "fairness": {k: fair.get(k) for k in _FAIRNESS_KEYS} if fair else None,
         "machine": (soak or fuzz or fair or {}).get("machine"),

@@ -94,11 +94,15 @@ def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
         "errors": sum(bad.values()),
         "unexpected": sum(bad.values()),
         "unexpected_by_kind": dict(bad.most_common()),
-        "p99_ms_first_minute": everything[0]["p99_ms"] if everything else None,
-        "p99_ms_last_minute": everything[-1]["p99_ms"] if everything else None,
+        "p99_ms_first_minute": _round(everything[0]["p99_ms"]) if everything else None,
+        "p99_ms_last_minute": _round(everything[-1]["p99_ms"]) if everything else None,
         "drift_rest_p95": _drift(per_minute(records, _REST)),
         "drift_chat_p95": _drift(per_minute(records, _CHAT)),
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _targets(s: Mapping[str, Any]) -> list[list[str]]:

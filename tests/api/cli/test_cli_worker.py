@@ -32,6 +32,21 @@ def test_bad_worker_options_are_one_line(argv: list[str], message: str, capsys: 
     assert len(err.strip().splitlines()) == 1
 
 
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """Until the worker's /health answers 200 (a guard against a hang, not a timing)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "worker exited"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "worker did not start"
+        time.sleep(0.2)
+
+
 def test_worker_process_serves_a_base_model_with_an_adapter(tmp_path: Path) -> None:
     from finetune.tiny_lm import build_tiny_chat_model, build_tiny_lora_adapter
 
@@ -45,16 +60,7 @@ def test_worker_process_serves_a_base_model_with_an_adapter(tmp_path: Path) -> N
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "worker exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "worker did not start"
-            time.sleep(0.2)
+        _wait_healthy(port, proc, 90)
         ids = [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]
         assert ids == ["tiny-base", "tiny-ranker"]
         body = {"model": "tiny-ranker", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -85,15 +91,7 @@ def test_an_embedded_worker_stops_when_its_parent_is_killed(tmp_path: Path) -> N
     assert parent.stdout is not None
     worker = psutil.Process(int(parent.stdout.readline()))
     try:
-        deadline = time.monotonic() + 60
-        while True:  # up and serving first, so the kill lands on a running worker
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "worker did not start"
-            time.sleep(0.2)
+        _wait_healthy(port, None, 60)  # up and serving first, so the kill lands on a running worker
         parent.kill()
         parent.wait()
         worker.wait(timeout=30)  # raises psutil.TimeoutExpired if it outlived its parent

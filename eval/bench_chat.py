@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 
 from eval.machine import machine_info
+from eval.process import wait_llm_ready
 from eval.report_format import verdict
 from finetune.buyers import Buyer
 from retrieval.catalogue import Catalogue
@@ -64,17 +65,6 @@ def _turn(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
                 marks["done_ms"] = (time.perf_counter() - t0) * 1000
     return {**marks, "session_id": done.get("session_id"), "degraded": [d["part"] for d in done.get("degraded", [])],
             "items": len(done.get("items", []))}  # fmt: skip
-
-
-def _wait_for_llm(client: httpx.Client, timeout_s: float = 900.0) -> None:
-    """Until ``/readyz`` reports the LLM part up: the embedded worker converts and loads its model beside the API."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = client.get("/readyz")
-        if response.status_code == 200 and response.json().get("parts", {}).get("llm"):
-            return
-        time.sleep(1.0)
-    raise RuntimeError(f"the embedded LLM worker was not up within {timeout_s:g} s")
 
 
 def _buyer_turn(
@@ -114,7 +104,7 @@ def run_benchmark(
     report_progress = progress or (lambda done, total: None)
     rows: list[dict[str, Any]] = []
     with httpx.Client(base_url=base_url, timeout=300) as client:
-        _wait_for_llm(client)
+        wait_llm_ready(client, 900.0)
         session: str | None = None
         for i in range(turns):
             row, session = _buyer_turn(client, catalogue, buyers[i % len(buyers)], i, session)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ __all__ = [
     "venv_script",
     "wait_for_quiet",
     "wait_http",
+    "wait_llm_ready",
 ]
 
 
@@ -247,3 +248,21 @@ def progress_display(console: Console | None, *, counts: bool = False) -> Iterat
     columns.append(TimeElapsedColumn())
     with Progress(*columns, console=console) as p:
         yield p
+
+
+def wait_llm_ready(
+    client: httpx.Client, timeout_s: float, *, alive: Callable[[], bool] = lambda: True, poll_s: float = 1.0
+) -> None:
+    """Until ``/readyz`` reports the LLM part up: the embedded worker converts and loads its model beside the API.
+
+    Chat turns before that fall back to retrieval order, which is not what a chat benchmark measures.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        if response.status_code == 200 and response.json().get("parts", {}).get("llm"):
+            return
+        if not alive():
+            raise ServiceError("the API stopped before its LLM worker was up")
+        time.sleep(poll_s)
+    raise ServiceError(f"the embedded LLM worker was not up within {timeout_s:g} s")

@@ -34,7 +34,7 @@ import httpx
 
 from eval.bench_llm.measure import poisson_schedule
 from eval.loadtest.run import pick_ids
-from eval.process import Service, ServiceError, free_port, venv_script, wait_http
+from eval.process import Service, free_port, venv_script, wait_http, wait_llm_ready
 from eval.soak.monitor import ProcessMonitor
 from eval.soak.traffic import Planned, TrafficMix, expected_status
 
@@ -166,21 +166,9 @@ def _start(stack: _Stack, settings: Settings, cfg: SoakConfig, work: Path) -> li
     stack.services.append(Service("api", argv, work / "api.log", env))
     stack.base_url = f"http://127.0.0.1:{api_port}"
     wait_http(f"{stack.base_url}/readyz", stack.services[-1], cfg.startup_timeout_s, {"X-API-Key": stack.key})
-    _wait_llm(stack, cfg.startup_timeout_s)
+    with httpx.Client(base_url=stack.base_url, headers={"X-API-Key": stack.key}, timeout=10) as client:
+        wait_llm_ready(client, cfg.startup_timeout_s, alive=stack.services[-1].alive, poll_s=2.0)
     return ids
-
-
-def _wait_llm(stack: _Stack, timeout_s: float) -> None:
-    """Until ``/readyz`` reports the LLM part up: chat turns before that fall back, which is not what is soaked."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        body = httpx.get(f"{stack.base_url}/readyz", headers={"X-API-Key": stack.key}, timeout=10).json()
-        if body.get("parts", {}).get("llm"):
-            return
-        if not stack.services[-1].alive():
-            raise ServiceError("the API stopped before its LLM worker was up")
-        time.sleep(2.0)
-    raise ServiceError(f"the embedded LLM worker was not up within {timeout_s:g} s")
 
 
 def run_soak(

@@ -5,7 +5,6 @@ Screenshots go to ``tests/artifacts/`` (kept by CI as artifacts; a copy is commi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,15 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import API_KEY, LiveServer
+from tests.support.browser import chromium_page
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it with apt-get)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+    with chromium_page() as page:
         yield page
-        browser.close()
 
 
 def test_photo_and_words_show_cards_then_a_streamed_explanation_and_a_follow_up(

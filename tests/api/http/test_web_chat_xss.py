@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,8 +20,7 @@ import pytest
 
 from tests.api.conftest import API_KEY, LiveServer, make_settings, start_live
 from tests.conftest import write_subset
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.support.browser import chromium_page
 
 # Each payload, if it ever ran, would open a dialog and set window.__xss.
 HOSTILE_TITLES = {
@@ -156,21 +154,14 @@ def hostile_live(
 
 @pytest.fixture(scope="module")
 def browser_page() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it with apt-get)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        # Every CSP violation the page meets is kept, from the first byte of every document.
-        page.add_init_script(
-            "window.__violations = [];"
-            "document.addEventListener('securitypolicyviolation',"
-            " (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
-        )
+    # Every CSP violation the page meets is kept, from the first byte of every document.
+    violations = (
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    with chromium_page(violations) as page:
         yield page
-        browser.close()
 
 
 def test_hostile_titles_are_shown_as_text_and_nothing_runs(browser_page: Any, hostile_live: LiveServer) -> None:

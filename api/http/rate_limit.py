@@ -10,6 +10,11 @@ A refused request may also be **held** before its 429 (``hold_s``, at most its `
 at most ``max_held`` of one caller at a time): a client that retries in a tight loop, the usual
 flood, then retries at the limit's pace instead of spinning the server's CPU on refusals that
 every other key pays for. Requests held wait before the in-flight count, so they take no slot.
+Holds are jittered (``hold_jitter``: each lasts between ``1 - hold_jitter`` and 1 times its
+length): a flood's connections are all refused together, so equal holds would send their
+retries back together, once a second, and the bucket, full again by then, would admit a burst
+of them at once, exactly when another key's request may arrive. Spread out, the flood's
+admitted requests arrive one by one at the key's rate (full-jitter backoff, on the server side).
 
 Buckets live in the process: with several worker processes each has its own (the limit is
 then per key and process).
@@ -26,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -91,7 +97,9 @@ class RateLimiter:
         log_every_s: float = 10.0,
         hold_s: float = 0.0,
         max_held: int = 64,
+        hold_jitter: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError(f"a rate limit needs a positive rate and a burst of at least 1, not {rate_per_s}, {burst}")
@@ -101,6 +109,10 @@ class RateLimiter:
         self.log_every_s = log_every_s
         self.hold_s = hold_s
         self.max_held = max_held
+        if not 0.0 <= hold_jitter <= 1.0:
+            raise ValueError(f"hold_jitter is a share of the hold, between 0 and 1, not {hold_jitter}")
+        self.hold_jitter = hold_jitter
+        self._rng = rng or random.Random()  # injectable: tests fix the jitter
         self._sleep = sleep  # injectable: tests see the holds without waiting for them
         self._clock = clock  # injectable: tests refill buckets by moving time, not by sleeping
         self._callers: OrderedDict[str, _Caller] = OrderedDict()
@@ -134,7 +146,7 @@ class RateLimiter:
         return wait_s
 
     async def hold(self, caller: str, retry_after_s: float) -> bool:
-        """Keep a refused request of ``caller`` for ``min(hold_s, retry_after_s)``; False when it is not held.
+        """Keep a refused request of ``caller`` for ``min(hold_s, retry_after_s)``, jittered; False when not held.
 
         Not held: holds are off, or ``max_held`` of the caller's requests are waiting already (a flood on
         many connections is then refused at once, as without holds).
@@ -145,7 +157,7 @@ class RateLimiter:
             return False
         state.held += 1
         try:
-            await self._sleep(seconds)
+            await self._sleep(seconds * (1.0 - self.hold_jitter * self._rng.random()))
         finally:
             state.held -= 1
         return True

@@ -85,6 +85,7 @@ def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
         "minutes": minutes,
         "requests": len(records),
         "capacity_rps": results["capacity_rps"],
+        "capacity_by_group": results.get("capacity_by_group", {}),
         "rate_rps": results["rate_rps"],
         "rss_after_warmup_mb": round(warm, 1) if warm else None,
         "rss_last_minute_mb": round(last, 1) if last else None,
@@ -123,6 +124,15 @@ def _minute_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
              r["unexpected"]] for r in rows]  # fmt: skip
 
 
+def _capacity_note(summary: Mapping[str, Any]) -> str:
+    groups = summary.get("capacity_by_group") or {}
+    if not groups:
+        return ", measured with the same mix just before"
+    parts = ", ".join(f"{name} {fmt(value, 2)}/s" for name, value in groups.items())
+    return (f", combined from each kind's own closed-loop capacity measured just before ({parts}; the mix's is"
+            " 1 / Σ share / capacity, so no kind runs above the stated share of what it can take)")  # fmt: skip
+
+
 def markdown(results: Mapping[str, Any], summary: Mapping[str, Any], machine: Mapping[str, Any]) -> str:
     s = summary
     head = ["minute", "requests", "p50 ms", "p95 ms", "p99 ms", "unexpected"]
@@ -133,8 +143,9 @@ def markdown(results: Mapping[str, Any], summary: Mapping[str, Any], machine: Ma
         "",
         f"`tandem serve` (Qdrant Edge, the domain image tower, the embedded LLM worker on SmolLM2-135M + the LoRA"
         f" ranker) for **{fmt(s['minutes'], 0)} minutes** of open-loop Poisson arrivals at {fmt(s['rate_rps'], 2)}"
-        f" requests/s: {fmt(results['config']['load'] * 100, 0)} % of the {fmt(s['capacity_rps'], 2)} requests/s"
-        f" measured with the same mix just before. {s['requests']} requests: recommendations by photo URL and by"
+        f" requests/s: {fmt(results['config']['load'] * 100, 0)} % of the mix's capacity of"
+        f" {fmt(s['capacity_rps'], 2)} requests/s{_capacity_note(s)}. {s['requests']} requests: recommendations by"
+        " photo URL and by"
         " words, chat turns, streamed chat turns, and bad requests that must be refused with their own 4xx"
         " (`eval/soak/traffic.py`).",
         "",

@@ -2,8 +2,11 @@
 
 1. A local image server and ``tandem serve`` (with its embedded LLM worker) start as
    subprocesses; the driver waits until ``/readyz`` reports retrieval and the LLM up.
-2. **Capacity**: ``capacity_users`` clients send the same mix back to back for ``capacity_s``;
-   the answers per second are the capacity.
+2. **Capacity**, per kind of work: ``capacity_users`` clients send REST requests (photo, text,
+   bad) back to back for ``capacity_s``, then chat turns for ``chat_capacity_s``; the mix's
+   capacity is their weighted harmonic combination (:func:`mix_capacity`). One closed loop over
+   the whole mix would overstate it: its users spend their time on chat turns but count mostly
+   the quick REST answers, so "half of capacity" once ran the single LLM worker at ~90 %.
 3. **Soak**: Poisson arrivals at ``load`` × capacity for ``minutes``, each request recorded
    (planned arrival, latency, status, whether it was the expected answer); the RSS and open
    file descriptors of every process are sampled meanwhile (:class:`ProcessMonitor`).
@@ -26,7 +29,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +44,7 @@ from eval.soak.traffic import Planned, TrafficMix, expected_status
 if TYPE_CHECKING:
     from api.settings import Settings
 
-__all__ = ["SoakConfig", "SoakRecord", "run_soak"]
+__all__ = ["SoakConfig", "SoakRecord", "measure_capacities", "mix_capacity", "only", "run_soak"]
 
 _IMAGE_SERVER = "import sys; from eval.loadtest import serve_images; serve_images(sys.argv[1], int(sys.argv[2]))"
 QUERIES = ("navy formal shirts for men", "black running shoes", "women's red kurta", "leather wallet",
@@ -55,8 +58,10 @@ class SoakConfig:
 
     minutes: float = 30.0
     load: float = 0.5  # of the measured capacity
-    capacity_s: float = 60.0
+    capacity_s: float = 30.0  # REST kinds, back to back
+    chat_capacity_s: float = 120.0  # chat kinds: a turn takes seconds, so many seconds for enough of them
     capacity_users: int = 4
+    chat_capacity_users: int = 2
     monitor_every_s: float = 5.0
     ids: int = 200
     seed: int = 0
@@ -110,11 +115,39 @@ async def _timed(client: httpx.AsyncClient, planned: Planned, key: str, cfg: Soa
                       planned.label, error)  # fmt: skip
 
 
-async def measure_capacity(base_url: str, key: str, mix: TrafficMix, cfg: SoakConfig) -> float:
-    """Expected answers per second with ``capacity_users`` clients sending back to back (a closed loop)."""
+REST_KINDS = ("photo", "text", "bad")
+CHAT_KINDS = ("chat", "chat_stream")
+
+
+def mix_capacity(weights: dict[str, float], capacities: dict[str, float]) -> float:
+    """Requests a second of the whole mix, from each group's capacity: ``1 / Σ share_g / capacity_g``.
+
+    Exact when the groups share one resource (here: 2 cores run the API and the LLM worker both),
+    and on the safe side when they do not. ``capacities`` maps a group name ("rest", "chat") to
+    its measured answers per second; ``weights`` are the mix's kind weights.
+
+    Example:
+        >>> round(mix_capacity({"text": 0.8, "chat": 0.2}, {"rest": 20.0, "chat": 0.2}), 3)
+        0.962
+    """
+    total = sum(weights.values())
+    load = 0.0
+    for group, kinds in (("rest", REST_KINDS), ("chat", CHAT_KINDS)):
+        share = sum(weights.get(k, 0.0) for k in kinds) / total
+        if share > 0:
+            if capacities.get(group, 0.0) <= 0:
+                raise ValueError(f"no {group} request was answered while measuring capacity")
+            load += share / capacities[group]
+    return 1.0 / load
+
+
+async def measure_capacity(
+    base_url: str, key: str, mix: TrafficMix, cfg: SoakConfig, *, seconds: float | None = None, users: int | None = None
+) -> float:
+    """Expected answers per second of ``mix`` with ``users`` clients sending back to back (a closed loop)."""
     done = 0
     t0 = time.monotonic()
-    deadline = t0 + cfg.capacity_s
+    deadline = t0 + (cfg.capacity_s if seconds is None else seconds)
 
     async def user(seed: int) -> None:
         nonlocal done
@@ -124,8 +157,27 @@ async def measure_capacity(base_url: str, key: str, mix: TrafficMix, cfg: SoakCo
                 record = await _timed(client, mix.draw(rng), key, cfg, t0)
                 done += record.expected
 
-    await asyncio.gather(*(user(cfg.seed * 100 + i) for i in range(cfg.capacity_users)))
+    await asyncio.gather(*(user(cfg.seed * 100 + i) for i in range(cfg.capacity_users if users is None else users)))
     return done / (time.monotonic() - t0)
+
+
+def only(mix: TrafficMix, kinds: Sequence[str]) -> TrafficMix:
+    """The same mix restricted to ``kinds`` (their weights kept relative to each other)."""
+    return replace(mix, weights=tuple((k, w) for k, w in mix.weights if k in kinds))
+
+
+async def measure_capacities(base_url: str, key: str, mix: TrafficMix, cfg: SoakConfig) -> dict[str, float]:
+    """Answers per second of the REST kinds and of the chat kinds, each measured on its own."""
+    present = {k for k, w in mix.weights if w > 0}
+    capacities: dict[str, float] = {}
+    if present & set(REST_KINDS):
+        capacities["rest"] = await measure_capacity(base_url, key, only(mix, REST_KINDS), cfg)
+    if present & set(CHAT_KINDS):
+        chat = only(mix, CHAT_KINDS)
+        capacities["chat"] = await measure_capacity(
+            base_url, key, chat, cfg, seconds=cfg.chat_capacity_s, users=cfg.chat_capacity_users
+        )
+    return capacities
 
 
 async def open_loop(
@@ -185,15 +237,18 @@ def run_soak(
     try:
         ids = _start(stack, settings, cfg, work_dir)
         mix = TrafficMix(stack.image_base, ids, QUERIES)
-        report("capacity", 0, cfg.capacity_s)
-        capacity = asyncio.run(measure_capacity(stack.base_url, stack.key, mix, cfg))
-        report("capacity", cfg.capacity_s, cfg.capacity_s)
+        measuring = cfg.capacity_s + cfg.chat_capacity_s
+        report("capacity", 0, measuring)
+        capacities = asyncio.run(measure_capacities(stack.base_url, stack.key, mix, cfg))
+        capacity = mix_capacity(dict(mix.weights), capacities)
+        report("capacity", measuring, measuring)
         rate = max(0.05, capacity * cfg.load)
         roots = {s.pid: s.name for s in stack.services}
         with ProcessMonitor(roots, every_s=cfg.monitor_every_s) as monitor:
             records = asyncio.run(open_loop(stack.base_url, stack.key, mix, rate, cfg,
                                             lambda at: report("soak", at, cfg.minutes * 60)))  # fmt: skip
         return {"config": asdict(cfg), "capacity_rps": round(capacity, 3), "rate_rps": round(rate, 3),
+                "capacity_by_group": {k: round(v, 3) for k, v in capacities.items()},
                 "records": [asdict(r) for r in records], "samples": [asdict(s) for s in monitor.samples]}  # fmt: skip
     finally:
         for service in reversed(stack.services):

@@ -12,6 +12,7 @@ import pytest
 
 from eval.soak.monitor import ProcessMonitor, sample_tree
 from eval.soak.report import per_minute, summarise
+from eval.soak.run import mix_capacity, only
 from eval.soak.traffic import KINDS, Planned, TrafficMix, expected_status
 
 
@@ -79,3 +80,28 @@ def test_the_monitor_sees_a_child_process_memory_and_descriptors() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_mix_capacity_is_the_rate_at_which_one_shared_server_is_just_busy() -> None:
+    # Oracle: one server that spends 50 ms on a REST request and 5 s on a chat turn is busy all the time at
+    # 1 / Σ share × seconds requests a second; each group's own capacity is 1 / its seconds.
+    weights = {"photo": 0.5, "text": 0.2, "bad": 0.1, "chat": 0.1, "chat_stream": 0.1}
+    seconds = {"rest": 0.05, "chat": 5.0}
+    busy_at = 1.0 / (0.8 * seconds["rest"] + 0.2 * seconds["chat"])
+    capacity = mix_capacity(weights, {g: 1.0 / s for g, s in seconds.items()})
+    assert capacity == pytest.approx(busy_at)
+    # Half of it keeps the chat kinds at half of what chat can take (the old whole-mix loop did not).
+    chat_rate = 0.5 * capacity * 0.2
+    assert chat_rate * seconds["chat"] < 0.5
+
+
+def test_mix_capacity_without_chat_is_the_rest_capacity_and_a_silent_group_is_an_error() -> None:
+    assert mix_capacity({"photo": 1.0, "text": 1.0}, {"rest": 12.0}) == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="no chat request"):
+        mix_capacity({"photo": 0.5, "chat": 0.5}, {"rest": 12.0, "chat": 0.0})
+
+
+def test_a_mix_restricted_to_some_kinds_draws_only_those() -> None:
+    mix = only(TrafficMix("http://img", ["1"], ["navy shirt"]), ("chat", "chat_stream"))
+    rng = random.Random(1)
+    assert {mix.draw(rng).name for _ in range(200)} == {"chat", "chat_stream"}

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,14 @@ class RecordingSleep:
 def test_refused_requests_are_held_up_to_their_retry_after_and_at_most_max_held_at_once() -> None:
     async def scenario() -> tuple[list[bool], list[float], list[bool]]:
         sleep = RecordingSleep()
-        limiter = RateLimiter(rate_per_s=1.0, burst=1, clock=FakeClock(), hold_s=1.0, max_held=2, sleep=sleep)
+        limiter = RateLimiter(rate_per_s=1.0, burst=1, clock=FakeClock(), hold_s=1.0, max_held=2, sleep=sleep,
+                              hold_jitter=0.0)  # fmt: skip
         limiter.check("a")
         waits = [limiter.check("a") for _ in range(3)]
         held = [asyncio.create_task(limiter.hold("a", max(1, math.ceil(w)))) for w in waits[:2]]
         await asyncio.sleep(0)
         over = await limiter.hold("a", 1)  # a third while two wait: answered at once
-        short = RateLimiter(rate_per_s=1.0, burst=1, clock=FakeClock(), hold_s=5.0, sleep=sleep)
+        short = RateLimiter(rate_per_s=1.0, burst=1, clock=FakeClock(), hold_s=5.0, sleep=sleep, hold_jitter=0.0)
         short.check("b")
         short.check("b")
         sleep.release.set()
@@ -117,6 +119,27 @@ def test_refused_requests_are_held_up_to_their_retry_after_and_at_most_max_held_
     assert done == [True, True, True, False]
     assert asked == [1.0, 1.0, 2.0]  # hold_s, capped by the Retry-After
     assert off == [False]  # holds are off unless asked for
+
+
+def test_holds_are_jittered_so_a_flood_refused_together_does_not_come_back_together() -> None:
+    async def scenario(jitter: float) -> list[float]:
+        sleep = RecordingSleep()
+        sleep.release.set()
+        limiter = RateLimiter(rate_per_s=1.0, burst=1, clock=FakeClock(), hold_s=1.0, max_held=64, sleep=sleep,
+                              hold_jitter=jitter, rng=random.Random(7))  # fmt: skip
+        limiter.check("a")
+        for _ in range(50):  # one flood: 50 connections refused at the same instant
+            limiter.check("a")
+            await limiter.hold("a", 1.0)
+        return sleep.asked
+
+    spread = asyncio.run(scenario(0.5))
+    assert all(0.5 <= s <= 1.0 for s in spread)  # never longer than the Retry-After, never under half the hold
+    # Spread over the window: the retries come back over half a second, not at one instant.
+    assert max(spread) - min(spread) > 0.4 and len(set(spread)) == len(spread)
+    assert asyncio.run(scenario(0.0)) == [1.0] * 50  # without jitter: all together, the burst this prevents
+    with pytest.raises(ValueError, match="hold_jitter"):
+        RateLimiter(1.0, 1, hold_jitter=1.5)
 
 
 def test_a_limiter_holds_a_bounded_number_of_buckets() -> None:
@@ -323,7 +346,8 @@ def test_a_flood_writes_one_log_line_not_one_a_request(
 def test_the_app_holds_a_refused_request_before_its_429(keyed: Any, clock: FakeClock) -> None:
     sleep = RecordingSleep()
     sleep.release.set()  # the hold returns at once; the test sees that it was asked for
-    keyed.app.state.rate_limiter = RateLimiter(rate_per_s=0.4, burst=1, clock=clock, hold_s=1.0, sleep=sleep)
+    keyed.app.state.rate_limiter = RateLimiter(rate_per_s=0.4, burst=1, clock=clock, hold_s=1.0, sleep=sleep,
+                                               hold_jitter=0.0)  # fmt: skip
     assert _post(keyed, KEY_A).status_code == 200 and sleep.asked == []
     r = _post(keyed, KEY_A)
     assert (r.status_code, r.headers["retry-after"]) == (429, "3")

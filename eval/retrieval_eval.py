@@ -62,7 +62,10 @@ class EvalQueries:
 def load_queries(csv_path: Path, images_dir: Path, mapping: ColumnMapping | None = None) -> EvalQueries:
     """Read a query CSV (the catalogue's columns) and its photos ``<product_id>.jpg``; bad rows are reported."""
     base = mapping or ColumnMapping()
-    m = base.model_copy(update={"csv_name": csv_path.name, "images_dir": str(images_dir.resolve())})
+    # Query photos are ``<product_id>.jpg`` whatever the catalogue's own photo pattern (make-queries writes them so).
+    m = base.model_copy(
+        update={"csv_name": csv_path.name, "images_dir": str(images_dir.resolve()), "image_pattern": "{id}.jpg"}
+    )
     cat = load_catalogue(csv_path.parent, m, check_images=True)
     return EvalQueries(cat.products, cat.issues)
 

@@ -11,6 +11,14 @@ Two objectives share one embedding space:
 Photos are augmented to look like buyers' uploads (:mod:`finetune.augment`). A
 deterministic held-out split never trains and is used for the report.
 
+The budget is optimiser steps, not epochs alone: ``epochs`` passes over the catalogue, but
+never fewer than ``min_steps`` steps (a 1,000-product catalogue needs as many steps as a large
+one, not 6 × 8); ``steps`` sets the count outright and ``max_minutes`` fits it to a time budget
+(measured on a few throw-away steps first, so the learning-rate schedule still completes).
+``init`` warm-starts from a trained tower (or any open_clip checkpoint folder): the image tower
+transfers because the text side is the frozen sentence encoder, and the category head (the
+frozen text embeddings of the catalogue's own category paths) is built for the new catalogue.
+
 Example:
     >>> out = Path("var/models/image-tower")
     >>> report = train_image_tower(catalogue, text_encoder, ClipTrainConfig(), out)  # doctest: +SKIP
@@ -18,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -50,6 +59,7 @@ __all__ = [
     "TowerReport",
     "holdout_ids",
     "load_image_array",
+    "plan_steps",
     "train_image_tower",
     "write_tower_report",
 ]
@@ -69,7 +79,21 @@ class ClipTrainConfig(BaseModel):
         description="Fine-tune this open_clip model (name or local-dir:PATH) instead of Tandem's own small tower.",
     )
     base_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or file for base_model.")
+    init: str | None = Field(
+        default=None,
+        description="Warm-start from this trained tower or open_clip checkpoint folder (e.g. artifacts/image-tower).",
+    )
     epochs: int = Field(default=6, ge=1)
+    min_steps: int = Field(
+        default=900,
+        ge=1,
+        description="Never fewer optimiser steps than this, whatever the epochs give (the demo catalogue's 6 epochs"
+        " are 978 steps, so its default run is unchanged; a 1,000-product catalogue gets 900, not 48).",
+    )
+    steps: int | None = Field(default=None, ge=1, description="Train exactly this many steps (overrides epochs).")
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="Time budget: fit the steps to it (alone: as many as fit), stop at it."
+    )
     batch_size: int = Field(default=256, ge=8)
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -94,6 +118,9 @@ class TowerReport:
     final_loss: float
     losses: list[float] = field(default_factory=list)
     holdout: dict[str, float] = field(default_factory=dict)
+    planned_steps: int = 0
+    stopped_by_time: bool = False
+    init: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,9 +262,14 @@ def _prepare(
 
 
 def _tower(config: ClipTrainConfig, text_encoder: TextEncoder) -> tuple[Any, TowerSpec]:
-    """The tower to train (Tandem's own, or an open_clip base), with only its visual half trainable."""
+    """The tower to train (Tandem's own, warm-started, or an open_clip base), with only its visual half trainable."""
     model: Any
-    if config.base_model:
+    if config.init:
+        folder = Path(config.init.removeprefix("local-dir:"))
+        if not (folder / "open_clip_config.json").is_file():
+            raise ValueError(f"--init {folder} is not an open_clip checkpoint folder (no open_clip_config.json)")
+        model, spec = load_base_tower(f"local-dir:{folder}", None, text_encoder.dim)
+    elif config.base_model:
         model, spec = load_base_tower(config.base_model, config.base_pretrained, text_encoder.dim)
     else:
         model, spec = build_tower(config.tower), tower_spec(config.tower)
@@ -268,45 +300,115 @@ def _loss(
     return loss_con + category_weight * loss_cat
 
 
+def plan_steps(train_products: int, config: ClipTrainConfig) -> tuple[int, int]:
+    """(batch size, optimiser steps) before any time budget: ``steps``, else max(epochs' steps, ``min_steps``)."""
+    # Small catalogues (a demo subset) still get several steps per epoch.
+    bs = min(config.batch_size, max(16, train_products // 8))
+    if config.steps is not None:
+        return bs, config.steps
+    steps_per_epoch = max(1, train_products // bs)
+    return bs, max(config.min_steps, steps_per_epoch * config.epochs)
+
+
+Clock = Callable[[], float]
+_TIMING_STEPS = 3  # throw-away steps that measure the seconds per step for a time budget
+
+
+def _step(
+    model: Any,
+    opt: torch.optim.Optimizer,
+    idx: torch.Tensor,
+    x: torch.Tensor,
+    data: _TrainData,
+    scales: tuple[torch.Tensor, torch.Tensor],
+    category_weight: float,
+) -> float:
+    loss = _loss(model, x, idx, data, scales, category_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach().item())
+
+
+def _fit_to_time(
+    model: Any, spec: TowerSpec, norm: _Pixels, data: _TrainData, config: ClipTrainConfig, bs: int, planned: int,
+    clock: Clock, started: float, report_progress: ProgressFn,
+) -> int:  # fmt: skip
+    """``planned`` cut to what fits ``config.max_minutes``, timed on a copy (the run's own state is untouched)."""
+    assert config.max_minutes is not None
+    trial = copy.deepcopy(model)
+    trial.train()
+    scales = (torch.tensor(math.log(1 / 0.07)), torch.tensor(math.log(1 / 0.07)))
+    opt = torch.optim.AdamW(list(trial.visual.parameters()), lr=0.0)
+    aug = BuyerPhotoAugment(spec.image_size)
+    g = torch.Generator().manual_seed(config.seed + 7)
+    # The first step pays for allocations and thread start-up: it is left out of the timing.
+    report_progress("timing steps", 0, _TIMING_STEPS + 1)
+    t0 = clock()
+    for i in range(_TIMING_STEPS + 1):
+        if i == 1:
+            t0 = clock()
+        idx = data.train_idx[torch.randperm(len(data.train_idx), generator=g)[:bs]]
+        _step(trial, opt, idx, norm(aug(data.images[idx], g)), data, scales, config.category_weight)
+        report_progress("timing steps", i + 1, _TIMING_STEPS + 1)
+    per_step = max((clock() - t0) / _TIMING_STEPS, 1e-6)
+    left = config.max_minutes * 60 - (clock() - started)
+    fit = max(1, int(left / per_step))
+    return fit if config.steps is None else min(planned, fit)
+
+
 def _fit(
-    model: Any, spec: TowerSpec, norm: _Pixels, data: _TrainData, config: ClipTrainConfig, report_progress: ProgressFn
-) -> tuple[list[float], int, float]:
-    """Train on buyer-like augmentations of the photos; returns the mean loss per epoch, the steps and the seconds."""
+    model: Any,
+    spec: TowerSpec,
+    norm: _Pixels,
+    data: _TrainData,
+    config: ClipTrainConfig,
+    report_progress: ProgressFn,
+    clock: Clock = time.perf_counter,
+) -> tuple[list[float], int, int, float]:
+    """Train on buyer-like augmentations of the photos.
+
+    Returns the mean loss per pass over the catalogue, the steps run, the steps planned and the seconds.
+    """
+    started = clock()
+    train_idx = data.train_idx
+    bs, total_steps = plan_steps(len(train_idx), config)
+    if config.max_minutes is not None:
+        total_steps = _fit_to_time(model, spec, norm, data, config, bs, total_steps, clock, started, report_progress)
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     cat_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = [*model.visual.parameters(), logit_scale, cat_scale]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    train_idx = data.train_idx
-    # Small catalogues (a demo subset) still get several steps per epoch.
-    bs = min(config.batch_size, max(16, len(train_idx) // 8))
     steps_per_epoch = max(1, len(train_idx) // bs)
-    total_steps = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
     aug = BuyerPhotoAugment(spec.image_size)
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
+    deadline = started + config.max_minutes * 60 if config.max_minutes is not None else math.inf
 
     losses: list[float] = []
     t_train = time.perf_counter()
     step = 0
     report_progress("training", 0, total_steps)
-    for _epoch in range(config.epochs):
+    # Passes over the shuffled catalogue until the step budget is spent (the same order as epochs always had).
+    while step < total_steps:
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=g)]
-        running = 0.0
+        running, done = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
             x = norm(aug(data.images[idx], g))
-            loss = _loss(model, x, idx, data, (logit_scale, cat_scale), config.category_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            running += _step(model, opt, idx, x, data, (logit_scale, cat_scale), config.category_weight)
             sched.step()
-            running += loss.detach().item()
             step += 1
+            done += 1
             report_progress("training", step, total_steps)
-        losses.append(running / steps_per_epoch)
-    return losses, total_steps, time.perf_counter() - t_train
+            if step >= total_steps or clock() >= deadline:
+                break
+        losses.append(running / done)
+        if clock() >= deadline:
+            break
+    return losses, step, total_steps, time.perf_counter() - t_train
 
 
 def _save(model: Any, spec: TowerSpec, out_dir: Path, meta: dict[str, Any], held: set[str]) -> None:
@@ -328,6 +430,7 @@ def train_image_tower(
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
     command: str = "",
+    clock: Clock = time.perf_counter,
 ) -> TowerReport:
     """Train the tower on ``catalogue`` and save it as an open_clip checkpoint in ``out_dir``.
 
@@ -342,7 +445,7 @@ def train_image_tower(
     data = _prepare(catalogue, text_encoder, config, cache_dir, report_progress)
     model, spec = _tower(config, text_encoder)
     norm = _Pixels(spec)
-    losses, total_steps, train_seconds = _fit(model, spec, norm, data, config, report_progress)
+    losses, steps, planned, train_seconds = _fit(model, spec, norm, data, config, report_progress, clock)
 
     report_progress("evaluating held-out photos", 0, 1)
     hold = data.hold_idx
@@ -355,12 +458,15 @@ def train_image_tower(
         holdout_products=len(hold),
         categories=data.categories,
         epochs=config.epochs,
-        steps=total_steps,
+        steps=steps,
         train_seconds=round(train_seconds, 1),
         total_seconds=round(time.perf_counter() - started, 1),
         final_loss=losses[-1],
         losses=losses,
         holdout=holdout,
+        planned_steps=planned,
+        stopped_by_time=steps < planned,
+        init=config.init,
     )
     meta = {"trained": True, "text_encoder": text_encoder.model_id, "train_config": config.model_dump(),
             "command": command, "catalogue": str(catalogue.root), "report": report.as_dict()}  # fmt: skip
@@ -375,7 +481,9 @@ def write_tower_report(report: TowerReport, config: ClipTrainConfig, reports_dir
     (reports_dir / "image_tower.json").write_text(json.dumps(body, indent=2) + "\n")
     h = report.holdout
     arch = (
-        f"fine-tuned from {config.base_model} ({config.base_pretrained})"
+        f"warm-started from {config.init}"
+        if config.init
+        else f"fine-tuned from {config.base_model} ({config.base_pretrained})"
         if config.base_model
         else f"{config.tower.name} (ViT, {config.tower.layers} layers, width {config.tower.width},"
         f" {config.tower.image_size}px, patch {config.tower.patch_size})"
@@ -385,12 +493,13 @@ def write_tower_report(report: TowerReport, config: ClipTrainConfig, reports_dir
         "",
         f"`tandem train clip`: {arch} trained LiT-style against the frozen"
         f" text encoder, plus a category objective over {report.categories} category paths;"
-        f" {config.epochs} epochs, batch {config.batch_size}, on {report.train_products} products.",
+        f" {report.steps} optimiser steps ({config.epochs} epochs, at least {config.min_steps} steps),"
+        f" batch {config.batch_size}, on {report.train_products} products.",
         f"Machine: {machine or 'this machine'}.",
         "",
         f"- total {report.total_seconds:.0f} s, of which training {report.train_seconds:.0f} s"
         " (the rest: decoding photos and embedding product texts with the frozen encoder, cached for next time)",
-        f"- loss per epoch: {', '.join(f'{x:.3f}' for x in report.losses)}",
+        f"- loss per pass over the catalogue: {', '.join(f'{x:.3f}' for x in report.losses)}",
         "",
         f"Held-out split: {report.holdout_products} products never trained on.",
         "",

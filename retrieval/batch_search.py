@@ -74,6 +74,7 @@ def search_batch(retriever: HierarchicalRetriever, queries: list[BatchQuery]) ->
             continue
         try:
             result = retriever.search_vectors(vectors[i], k=bq.k, mode=bq.mode, filter=bq.query.filter)
+            result.hits = inner.exact_first(bq.query, result.hits, bq.k)
             if bq.explore > 0:
                 retriever.add_explored(vectors[i], result, bq.explore, filter=bq.query.filter)
         except RetrievalError as exc:

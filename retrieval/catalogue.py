@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,10 @@ class ColumnMapping(BaseModel):
     title_column: str = "title"
     category_columns: list[str] = Field(default_factory=lambda: ["master_category", "sub_category", "article_type"])
     attribute_columns: list[str] | None = None
+    category_separator: str | None = Field(
+        default=None,
+        description="When set, the one category column holds the whole path, split on this (e.g. ' > ' or '/').",
+    )
 
     @field_validator("category_columns")
     @classmethod
@@ -54,6 +58,27 @@ class ColumnMapping(BaseModel):
         if not value:
             raise ValueError("category_columns needs at least one column")
         return value
+
+
+def _category_levels(row: Mapping[str | Any, str | Any], mapping: ColumnMapping) -> list[str] | LoadIssue:
+    """A row's category path, top level first. Trees may be ragged (3 to 7 levels, say): trailing empty
+    levels end a shorter path; an empty level above a filled one is an error, as is an empty top level."""
+    if mapping.category_separator:
+        column = mapping.category_columns[0]
+        raw = [v.strip() for v in str(row.get(column) or "").split(mapping.category_separator)]
+        levels = [(column, v) for v in raw]
+        while levels and not levels[-1][1]:
+            levels.pop()
+    else:
+        levels = [(c, str(row.get(c) or "").strip()) for c in mapping.category_columns]
+        while levels and not levels[-1][1]:
+            levels.pop()
+    if not levels:
+        return LoadIssue("", None, mapping.category_columns[0], "empty category")
+    for column, value in levels:
+        if not value:
+            return LoadIssue("", None, column, "empty category level above a deeper one")
+    return [v for _, v in levels]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +210,9 @@ class _RowParser:
         title = (row.get(mapping.title_column) or "").strip()
         if not title:
             return LoadIssue(fname, line_no, mapping.title_column, "empty title")
-        category: list[str] = []
-        for col in mapping.category_columns:
-            value = (row.get(col) or "").strip()
-            if not value:
-                return LoadIssue(fname, line_no, col, "empty category level")
-            category.append(value)
+        category = _category_levels(row, mapping)
+        if isinstance(category, LoadIssue):
+            return LoadIssue(fname, line_no, category.column, category.message)
         image_path = self.images_dir / mapping.image_pattern.format(id=product_id)
         if self.check_images:
             problem = _check_image(image_path)

@@ -1,9 +1,12 @@
 """Hierarchical retrieval: level 1 keeps the few categories that matter, level 2 searches only inside them.
 
 Level 1 scores the query against every category (category-name text embeddings,
-prototypes of the products' own vectors, or both), turns the scores into calibrated
+prototypes of the products' own vectors, both, several k-means prototypes per category, or
+a learned linear head), mixes in the categories of the query's nearest products (a vote of
+one cheap flat query: pseudo-relevance feedback), turns the result into calibrated
 probabilities, and keeps categories by a policy. Level 2 is a Qdrant search with a
-payload-index filter on the kept categories.
+payload-index filter on the kept categories, re-scored with the category posterior as a
+soft prior (similarity + beta * log P(category | query)).
 
 Example:
     >>> h = HierarchicalRetriever(retriever, categories, Level1Config())  # doctest: +SKIP
@@ -25,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from retrieval.categories import CategoryIndex, category_key
+from retrieval.errors import RetrievalError
 from retrieval.search import Retriever, SearchHit, SearchQuery
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilter
 
@@ -36,6 +40,10 @@ __all__ = [
     "SearchMode",
     "SearchResult",
     "calibrated",
+    "level1_scores",
+    "neighbour_vote",
+    "score_categories",
+    "select_categories",
 ]
 
 SearchMode = Literal["hierarchical", "flat"]
@@ -52,8 +60,8 @@ class Level1Config(BaseModel):
     (same cap). The best category is always kept, however large.
     """
 
-    # Defaults come from the sweep in eval/reports/level1_sweep.md (1000 buyer-style photo queries).
-    representation: Literal["text", "prototype", "both"] = "both"
+    # Defaults come from the sweep in eval/reports/level1_sweep.md (buyer-style photo queries, tuned on one half).
+    representation: Literal["text", "prototype", "both", "clusters", "head"] = "both"
     policy: Literal["top_m", "fraction", "mass", "margin"] = "mass"
     top_m: int = Field(default=3, ge=1)
     target_fraction: float = Field(default=0.025, gt=0, le=1)
@@ -62,12 +70,30 @@ class Level1Config(BaseModel):
     max_fraction: float = Field(default=0.3, gt=0, le=1)
     temperature: float = Field(default=0.03, gt=0, description="Softmax temperature that calibrates scores.")
     text_weight: float = Field(default=0.85, ge=0, le=1, description="Weight of name embeddings vs prototypes.")
+    clusters: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="k-means prototypes per category the index is built with (``clusters``: max-sim over them).",
+    )
+    neighbours: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Flat hits whose categories vote (pseudo-relevance feedback); 0 = no vote.",
+    )
+    neighbour_temperature: float = Field(
+        default=0.02, gt=0, description="A neighbour's vote is exp((similarity - best similarity) / this)."
+    )
+    neighbour_weight: float = Field(
+        default=1.0, ge=0, le=1, description="P(category) = this * vote + (1 - this) * the representation's."
+    )
     prior_weight: float = Field(
-        default=0.01,
+        default=0.05,
         ge=0,
         description="Level 2 re-scores hits by similarity + prior_weight * log P(category | query).",
     )
-    candidates: int = Field(default=3, ge=1, description="Level 2 fetches candidates * k hits before re-scoring.")
+    candidates: int = Field(default=10, ge=1, description="Level 2 fetches candidates * k hits before re-scoring.")
     anchor_hits: int = Field(
         default=1,
         ge=0,
@@ -109,17 +135,28 @@ class SearchResult:
 def score_categories(
     vectors: dict[str, np.ndarray], categories: CategoryIndex, config: Level1Config, *, image_aligned: bool
 ) -> np.ndarray:
-    """Cosine score of the query against every category, averaged over the query's modalities.
+    """Score of the query against every category, averaged over the query's modalities.
 
+    Cosine scores for names, prototypes and clusters (max over a category's prototypes);
+    for ``head``, ``temperature * log P(category | image)`` of the learned head, so that
+    :func:`calibrated` at the same temperature returns the head's own probabilities.
     Category-name embeddings live in the text encoder's space: a photo is compared with
     them only when the image tower was trained into that space (``image_aligned``).
     """
     per_modality = []
     for name, vec in vectors.items():
+        if name == IMAGE_VECTOR and config.representation == "head":
+            if categories.head is None:
+                raise RetrievalError("level 1 asks for the learned head, but the category index was built without one")
+            per_modality.append(config.temperature * categories.head.log_probs(vec))
+            continue
+        if name == IMAGE_VECTOR and config.representation == "clusters" and categories.cluster_image is not None:
+            per_modality.append(_cluster_scores(vec, categories))
+            continue
         proto = categories.proto_image if name == IMAGE_VECTOR else categories.proto_text
         s_proto = proto @ vec
         can_use_names = name == TEXT_VECTOR or image_aligned
-        if config.representation == "prototype" or not can_use_names:
+        if config.representation in ("prototype", "clusters", "head") or not can_use_names:
             per_modality.append(s_proto)
             continue
         s_text = categories.text @ vec
@@ -129,6 +166,56 @@ def score_categories(
             per_modality.append(config.text_weight * s_text + (1 - config.text_weight) * s_proto)
     scores: np.ndarray = np.mean(per_modality, axis=0)
     return scores
+
+
+def _cluster_scores(vec: np.ndarray, categories: CategoryIndex) -> np.ndarray:
+    """Each category's best similarity over its k-means prototypes (a multi-modal category matches any mode)."""
+    assert categories.cluster_image is not None and categories.cluster_owner is not None
+    out = np.full(len(categories.keys), -np.inf, dtype=np.float32)
+    np.maximum.at(out, categories.cluster_owner, categories.cluster_image @ vec)
+    return out
+
+
+def neighbour_vote(hits: Sequence[SearchHit], categories: CategoryIndex, temperature: float) -> np.ndarray:
+    """P(category) from the query's nearest products: each votes exp((its score - the best score) / temperature).
+
+    Zero for categories no neighbour belongs to; uniform if there are no neighbours.
+    """
+    votes = np.zeros(len(categories.keys), dtype=np.float64)
+    if not hits:
+        return np.full(len(categories.keys), 1.0 / len(categories.keys))
+    best = max(h.score for h in hits)
+    for h in hits:
+        i = categories.position.get(category_key(h.category, categories.depth))
+        if i is not None:
+            votes[i] += math.exp((h.score - best) / temperature)
+    total = votes.sum()
+    return votes / total if total > 0 else np.full(len(categories.keys), 1.0 / len(categories.keys))
+
+
+def level1_scores(
+    vectors: dict[str, np.ndarray],
+    categories: CategoryIndex,
+    config: Level1Config,
+    *,
+    image_aligned: bool,
+    neighbours: Sequence[SearchHit] = (),
+) -> np.ndarray:
+    """The scores level 1 ranks and calibrates: the representation's, mixed with the neighbours' vote.
+
+    Returned as ``temperature * log P`` (P the mixture), so ``calibrated(scores, temperature)`` is P
+    exactly and a score difference is a log-odds ratio times the temperature. Without a vote they
+    are the representation's scores shifted by a constant (same order, same probabilities).
+    """
+    scores = score_categories(vectors, categories, config, image_aligned=image_aligned)
+    if config.neighbours == 0 or config.neighbour_weight == 0:
+        return scores
+    lam = config.neighbour_weight
+    p = (1 - lam) * calibrated(scores, config.temperature) + lam * neighbour_vote(
+        neighbours, categories, config.neighbour_temperature
+    )
+    out: np.ndarray = config.temperature * np.log(np.maximum(p, 1e-12))
+    return out
 
 
 def calibrated(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -197,6 +284,8 @@ class HierarchicalRetriever:
         # Category-name embeddings are in the text encoder's space; photos are comparable with
         # them only when the image tower was trained into that space.
         self.image_aligned = retriever.manifest.image_text_aligned
+        if self.config.representation == "head" and categories.head is None:
+            raise RetrievalError("level 1 asks for the learned head, but the category index was built without one")
 
     def _rescore(self, hits: list[SearchHit], l1: Level1Result) -> list[SearchHit]:
         """Fold level 1's calibrated category probability into each hit's score (a log prior)."""
@@ -211,9 +300,16 @@ class HierarchicalRetriever:
         return sorted(rescored, key=lambda h: -h.score)
 
     def level1(
-        self, vectors: dict[str, np.ndarray], *, min_products: int = 0, always: Sequence[str] = ()
+        self,
+        vectors: dict[str, np.ndarray],
+        *,
+        min_products: int = 0,
+        always: Sequence[str] = (),
+        neighbours: Sequence[SearchHit] = (),
     ) -> Level1Result:
-        scores = score_categories(vectors, self.categories, self.config, image_aligned=self.image_aligned)
+        scores = level1_scores(
+            vectors, self.categories, self.config, image_aligned=self.image_aligned, neighbours=neighbours
+        )
         return select_categories(scores, self.categories, self.config, min_products=min_products, always=always)
 
     def search(
@@ -223,6 +319,7 @@ class HierarchicalRetriever:
         vectors = self.retriever.encode(query)
         t1 = time.perf_counter()
         result = self.search_vectors(vectors, k=k, mode=mode, filter=query.filter)
+        result.hits = self.retriever.exact_first(query, result.hits, k)
         if explore > 0:
             self.add_explored(vectors, result, explore, filter=query.filter)
         result.timing_ms = {"encode": (t1 - t0) * 1000, **result.timing_ms}
@@ -284,10 +381,12 @@ class HierarchicalRetriever:
             hits = self.retriever.search_vectors(vectors, k=k, filter=filter)
             return SearchResult(hits, "flat", None, {"search": (time.perf_counter() - t0) * 1000})
         anchors: list[str] = []
-        if self.config.anchor_hits > 0:
-            nearest = self.retriever.search_vectors(vectors, k=self.config.anchor_hits, filter=filter)
-            anchors = [category_key(h.category, self.categories.depth) for h in nearest]
-        l1 = self.level1(vectors, min_products=k, always=anchors)
+        nearest: list[SearchHit] = []
+        n_near = max(self.config.anchor_hits, self.config.neighbours)
+        if n_near > 0:  # one flat query serves both the anchors and the neighbours' vote
+            nearest = self.retriever.search_vectors(vectors, k=n_near, filter=filter)
+            anchors = [category_key(h.category, self.categories.depth) for h in nearest[: self.config.anchor_hits]]
+        l1 = self.level1(vectors, min_products=k, always=anchors, neighbours=nearest[: self.config.neighbours])
         t1 = time.perf_counter()
         base = filter or SearchFilter()
         scoped = SearchFilter(

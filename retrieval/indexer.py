@@ -31,6 +31,7 @@ from PIL import Image
 from retrieval.catalogue import Catalogue, LoadIssue, Product
 from retrieval.encoders import ImageEncoder, TextEncoder
 from retrieval.errors import ImageError
+from retrieval.exact_match import FINGERPRINT_FIELD, encode_fingerprint, fingerprint
 from retrieval.images import ImageLimits, read_image_file
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, IndexManifest, VectorRecord, VectorStore, level_field
 
@@ -72,7 +73,9 @@ def manifest_for(catalogue: Catalogue, text_encoder: TextEncoder, image_encoder:
     )
 
 
-def product_payload(product: Product) -> dict[str, Any]:
+def product_payload(product: Product, depth: int | None = None) -> dict[str, Any]:
+    """The stored payload. ``depth``: the catalogue's deepest path; a shorter (ragged) path fills the levels
+    below its leaf with the leaf itself, so level 1 at any depth still finds the product in one category."""
     payload: dict[str, Any] = {
         "product_id": product.product_id,
         "title": product.title,
@@ -81,19 +84,24 @@ def product_payload(product: Product) -> dict[str, Any]:
         "attributes": dict(product.attributes),
         "image": str(product.image_path.resolve()) if product.image_path else None,
     }
-    for depth in range(len(product.category)):
-        payload[level_field(depth)] = " > ".join(product.category[: depth + 1])
+    for level in range(max(len(product.category), depth or 0)):
+        payload[level_field(level)] = " > ".join(product.category[: level + 1])
     return payload
 
 
-def _decode_all(products: Sequence[Product], limits: ImageLimits, pool: ThreadPoolExecutor) -> list[Image.Image | str]:
-    def one(p: Product) -> Image.Image | str:
+def _decode_all(
+    products: Sequence[Product], limits: ImageLimits, pool: ThreadPoolExecutor
+) -> list[tuple[Image.Image, str] | str]:
+    """Each photo decoded with its exact-match fingerprint (computed here, in the decode threads), or why not."""
+
+    def one(p: Product) -> tuple[Image.Image, str] | str:
         if p.image_path is None:
             return "no image"
         try:
-            return read_image_file(p.image_path, limits)
+            img = read_image_file(p.image_path, limits)
         except ImageError as exc:
             return str(exc)
+        return img, encode_fingerprint(fingerprint(img))
 
     return list(pool.map(one, products))
 
@@ -127,6 +135,7 @@ def build_index(
     report = IndexReport(total=len(catalogue))
     started = time.perf_counter()
     products = catalogue.products
+    deepest = max((len(p.category) for p in products), default=0)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(products), batch_size):
             batch = products[start : start + batch_size]
@@ -138,12 +147,14 @@ def build_index(
                 decoded = _decode_all(todo, limits, pool)
                 ok: list[Product] = []
                 images: list[Image.Image] = []
-                for p, img in zip(todo, decoded, strict=True):
-                    if isinstance(img, str):
-                        report.failed.append(LoadIssue("images", None, p.product_id, img))
+                prints: list[str] = []
+                for p, item in zip(todo, decoded, strict=True):
+                    if isinstance(item, str):
+                        report.failed.append(LoadIssue("images", None, p.product_id, item))
                     else:
                         ok.append(p)
-                        images.append(img)
+                        images.append(item[0])
+                        prints.append(item[1])
                 if ok:
                     image_vecs = image_encoder.encode(images)
                     t1 = time.perf_counter()
@@ -153,8 +164,12 @@ def build_index(
                     report.text_seconds += t2 - t1
                     store.upsert(
                         [
-                            VectorRecord(p.product_id, {IMAGE_VECTOR: iv, TEXT_VECTOR: tv}, product_payload(p))
-                            for p, iv, tv in zip(ok, image_vecs, text_vecs, strict=True)
+                            VectorRecord(
+                                p.product_id,
+                                {IMAGE_VECTOR: iv, TEXT_VECTOR: tv},
+                                {**product_payload(p, deepest), FINGERPRINT_FIELD: fp},
+                            )
+                            for p, iv, tv, fp in zip(ok, image_vecs, text_vecs, prints, strict=True)
                         ]
                     )
                     report.indexed += len(ok)

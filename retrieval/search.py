@@ -15,6 +15,7 @@ from PIL import Image
 
 from retrieval.encoders import ImageEncoder, TextEncoder
 from retrieval.errors import IndexNotFoundError, InvalidQueryError
+from retrieval.exact_match import ExactMatchIndex
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, IndexManifest, SearchFilter, StoredHit, VectorStore
 
 __all__ = ["MAX_K", "Retriever", "SearchHit", "SearchQuery"]
@@ -73,10 +74,18 @@ class Retriever:
     """Flat search over the whole catalogue (the baseline every other mode is measured against).
 
     Text queries search the products' text vectors, photo queries their image
-    vectors; a query with both fuses the two rankings in Qdrant (RRF).
+    vectors; a query with both fuses the two rankings in Qdrant (RRF). With an
+    ``exact`` index, a photo that is a copy of a catalogue photo returns that product
+    first (:meth:`exact_first`), whatever the image tower makes of it.
     """
 
-    def __init__(self, store: VectorStore, text_encoder: TextEncoder, image_encoder: ImageEncoder) -> None:
+    def __init__(
+        self,
+        store: VectorStore,
+        text_encoder: TextEncoder,
+        image_encoder: ImageEncoder,
+        exact: ExactMatchIndex | None = None,
+    ) -> None:
         manifest = store.manifest()
         if manifest is None:
             raise IndexNotFoundError("there is no index yet: run `tandem index --catalog DIR` first")
@@ -85,6 +94,7 @@ class Retriever:
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.manifest: IndexManifest = manifest
+        self.exact = exact
 
     def encode(self, query: SearchQuery) -> dict[str, np.ndarray]:
         """The query's vectors, keyed by the named vector each one searches."""
@@ -108,5 +118,22 @@ class Retriever:
             hits = self.store.search_fused(vectors, k=k, filter=filter)
         return [SearchHit.from_stored(h) for h in hits]
 
+    def exact_first(self, query: SearchQuery, hits: list[SearchHit], k: int) -> list[SearchHit]:
+        """``hits`` with the product the query photo is a copy of moved (or put) first, still ``k`` long."""
+        if self.exact is None or query.image is None:
+            return hits
+        found = self.exact.candidates(query.image, query.filter)
+        if not found:
+            return hits
+        # Ties (one picture under two ids, near-identical photos) go to the one the vector search ranks higher.
+        rank = {h.product_id: i for i, h in enumerate(hits)}
+        ranked = [m for m in found if m.product_id in rank]
+        match = min(ranked, key=lambda m: rank[m.product_id]) if ranked else found[0]
+        rest = [h for h in hits if h.product_id != match.product_id]
+        # Scored at least as high as the best hit, so a later stable sort by score keeps it first.
+        top = max((h.score for h in hits), default=1.0)
+        first = SearchHit.from_stored(StoredHit(match.product_id, max(top, 1.0), match.payload))
+        return [first, *rest][:k]
+
     def search(self, query: SearchQuery, *, k: int = 10) -> list[SearchHit]:
-        return self.search_vectors(self.encode(query), k=k, filter=query.filter)
+        return self.exact_first(query, self.search_vectors(self.encode(query), k=k, filter=query.filter), k)

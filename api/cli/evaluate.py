@@ -21,7 +21,10 @@ eval_app = typer.Typer(help="Evaluate retrieval quality and speed.", no_args_is_
 
 
 def holdout_products(settings: Settings, n: int, seed: int = 0) -> list[Product]:
-    """Products the image tower never trained on (its recorded held-out split), sampled deterministically."""
+    """Products the image tower never trained on (its recorded held-out split), sampled deterministically.
+
+    A tower trained on another catalogue never saw any of this one's products: all of them qualify.
+    """
     import random
 
     from finetune.train_tower import holdout_ids
@@ -37,6 +40,10 @@ def holdout_products(settings: Settings, n: int, seed: int = 0) -> list[Product]
         if recorded is not None and recorded.is_file()
         else holdout_ids([p.product_id for p in cat.products], 0.05)
     )
+    meta = tower / "tandem_meta.json" if tower is not None else None
+    trained_on = json.loads(meta.read_text()).get("catalogue") if meta is not None and meta.is_file() else None
+    if trained_on and Path(trained_on).resolve() != Path(settings.catalogue.path).resolve():
+        held = {p.product_id for p in cat.products}
     pool = [p for p in cat.products if p.product_id in held]
     random.Random(seed).shuffle(pool)
     return pool[:n]
@@ -69,8 +76,15 @@ def eval_retrieval(
     images: Annotated[Path, typer.Option("--images", help="Folder of query photos named <product_id>.jpg.")],
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="Cut-off K of the metrics.")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    colour_attribute: Annotated[
+        str, typer.Option("--colour-attribute", help="The catalogue's colour column (relevance grade 2).")
+    ] = "base_colour",
 ) -> None:
-    """Run photo queries in hierarchical and flat mode; print the metrics side by side."""
+    """Run photo queries in hierarchical and flat mode; print the metrics side by side.
+
+    The catalogue and its columns are the configured ones (``TANDEM_CATALOGUE__PATH``,
+    ``TANDEM_CATALOGUE__COLUMNS__*``); the query CSV has the catalogue's columns.
+    """
     from api.components import build_retriever, build_store
     from eval.retrieval_eval import evaluate, load_queries
 
@@ -86,7 +100,8 @@ def eval_retrieval(
         hier = build_retriever(settings, store)
         with progress_bar() as bar:
             task = bar.add_task("evaluating", total=len(q.products))
-            report = evaluate(hier, q, k=k, limits=settings.images, progress=lambda i: bar.advance(task, i))
+            report = evaluate(hier, q, k=k, limits=settings.images, colour_attribute=colour_attribute,
+                              progress=lambda i: bar.advance(task, i))  # fmt: skip
     finally:
         store.close()
     table = Table(title=f"retrieval on {report['queries']} photo queries (K={k})")
@@ -102,6 +117,51 @@ def eval_retrieval(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
         out.print(f"wrote {json_out}")
+
+
+@eval_app.command("level1-sweep")
+def eval_level1_sweep(
+    queries: Annotated[Path, typer.Option("--queries", help="Query CSV from `tandem eval make-queries`.")] = Path(
+        "var/eval/queries/products.csv"
+    ),
+    images: Annotated[Path, typer.Option("--images", help="Its photo folder.")] = Path("var/eval/queries/images"),
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Write level1_sweep.md/json here.")] = Path(
+        "eval/reports"
+    ),
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Cut-off K of the metrics.")] = 10,
+) -> None:
+    """Sweep level-1 methods (names, prototypes, clusters, head, neighbours' vote, prior, depth): tune on half the
+    queries, report on the other half."""
+    import time
+    from datetime import UTC, datetime
+
+    from api.components import build_retriever, build_store, tower_holdout_ids
+    from api.console import staged_progress
+    from eval.level1_sweep import load_data, sweep, write_report
+    from eval.machine import machine_info
+    from eval.retrieval_eval import load_queries
+
+    settings = get_settings()
+    if not queries.is_file() or not images.is_dir():
+        raise CliError(f"no queries at {queries} / {images}: run `tandem eval make-queries --out {queries.parent}`")
+    q = load_queries(queries, images, settings.catalogue.columns)
+    report_issues("skipped query", q.issues)
+    t0 = time.perf_counter()
+    held = tower_holdout_ids(settings)
+    store = build_store(settings)
+    try:
+        hier = build_retriever(settings, store)
+        cache = settings.cache_dir / f"level1-sweep-data-{len(q.products)}.npz"
+        data = load_data(hier, q, exclude=held, cache=cache, limits=settings.images, k=k)
+    finally:
+        store.close()
+    with staged_progress() as progress:
+        best, table, tune, alone = sweep(data, hier.retriever.text_encoder, settings.cache_dir, progress=progress)
+    context = {"machine": machine_info(), "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+               "queries": len(tune), "tune": int(tune.sum()), "test": int((~tune).sum()),
+               "seconds": round(time.perf_counter() - t0), "without_own": alone}  # fmt: skip
+    _, md = write_report(data, table, best, report_dir, context=context)
+    out.print(f"chosen: {best.name} {best.config.model_dump()}; report: {md}")
 
 
 def _test_cases(
@@ -348,3 +408,42 @@ def eval_cold_start(
     out.print(f"{results['buyers']} buyers: {results['valid_rate']:.1%} valid topic lists, "
               f"{results['plausible_topic_rate']:.1%} of {results['topics']} topics plausible")  # fmt: skip
     out.print(f"report: {write_cold_start_report(results, report_dir, settings.llm.base)}")
+
+
+@eval_app.command("generality")
+def eval_generality(
+    work: Annotated[Path, typer.Option("--work", help="Scratch folder: catalogues, towers, indexes.")] = Path(
+        "var/generality"
+    ),
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Where catalogue_generality.md/json go.")] = Path(
+        "eval/reports"
+    ),
+    new_products: Annotated[int, typer.Option("--new-products", min=20, help="Size of the new catalogue.")] = 1000,
+    queries: Annotated[int, typer.Option("--queries", min=4, help="Query products per measurement.")] = 200,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Test-sized run (a tiny tower, a few steps).")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start over: delete --work (else towers trained alike are reused).")
+    ] = False,
+) -> None:
+    """A SIMULATED catalogue the tower never saw: split the demo data by top-level category, rename its columns,
+    and measure photo and text retrieval, the exact-match stage, and small-catalogue towers (scratch, warm start)."""
+    import shutil
+
+    from api.components import build_text_encoder, trained_tower_dir
+    from eval.generality import GeneralityConfig, run_generality, tiny_config, write_generality_report
+    from eval.machine import machine_info
+
+    settings = get_settings()
+    demo_tower = trained_tower_dir(settings)
+    if demo_tower is None:
+        raise CliError("no trained image tower to compare with (artifacts/image-tower is missing)")
+    config = tiny_config() if tiny else GeneralityConfig(new_products=new_products, queries=queries)
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    try:
+        report = run_generality(settings.catalogue.path, work, build_text_encoder(settings), demo_tower, config,
+                                log=lambda msg: out.print(msg, markup=False, highlight=False))  # fmt: skip
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    md = write_generality_report(report, report_dir, machine_info())
+    out.print(f"report: {md}")

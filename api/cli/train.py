@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from api.console import err, out, staged_progress
+from api.console import CliError, err, out, staged_progress
 from api.settings import Settings, get_settings
 
 train_app = typer.Typer(help="Train Tandem's own models (cached under TANDEM_HOME).", no_args_is_help=True)
@@ -34,10 +34,15 @@ def run_train_clip(
     base: str | None = None,
     pretrained: str | None = None,
     out_dir: Path | None = None,
+    steps: int | None = None,
+    minutes: float | None = None,
+    min_steps: int | None = None,
+    init: Path | None = None,
+    lr: float | None = None,
 ) -> None:
     from api.components import build_text_encoder
     from eval.machine import machine_info
-    from finetune.train_tower import ClipTrainConfig, train_image_tower, write_tower_report
+    from finetune.train_tower import ClipTrainConfig, plan_steps, train_image_tower, write_tower_report
     from retrieval.catalogue import load_catalogue
     from retrieval.image_tower import TowerConfig
 
@@ -51,14 +56,24 @@ def run_train_clip(
         config = ClipTrainConfig(
             tower=TowerConfig(name="tandem-vit-small-test", image_size=32, width=64, layers=1, head_width=32),
             epochs=1,
+            min_steps=1,
             batch_size=64,
         )
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     if base is not None:
         config = config.model_copy(update={"base_model": base, "base_pretrained": pretrained})
+    budget = {"steps": steps, "max_minutes": minutes, "min_steps": min_steps, "lr": lr}
+    config = config.model_copy(update={k: v for k, v in budget.items() if v is not None})
+    if init is not None:
+        if not (init / "open_clip_config.json").is_file():
+            raise CliError(f"--init {init} is not a tower or open_clip checkpoint folder (no open_clip_config.json)")
+        config = config.model_copy(update={"init": str(init)})
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, limit=limit, check_images=False)
-    out.print(f"training the image tower on {len(cat)} products from {cat.root} ({config.epochs} epoch(s))")
+    bs, planned = plan_steps(round(len(cat) * (1 - config.holdout_fraction)), config)
+    budget_text = f"{planned} steps of {bs}" + (f", at most {minutes:g} min" if minutes else "")
+    start = f", warm-started from {init}" if init else ""
+    out.print(f"training the image tower on {len(cat)} products from {cat.root} ({budget_text}{start})")
     with staged_progress() as progress:
         report = train_image_tower(
             cat, build_text_encoder(settings), config, target, cache_dir=settings.cache_dir, progress=progress,
@@ -66,7 +81,9 @@ def run_train_clip(
         )  # fmt: skip
     h = report.holdout
     out.print(
-        f"trained in {report.total_seconds:.0f}s ({report.train_seconds:.0f}s of training) -> {target}\n"
+        f"trained in {report.total_seconds:.0f}s ({report.train_seconds:.0f}s of training, {report.steps} of"
+        f" {report.planned_steps} steps{', stopped by the time budget' if report.stopped_by_time else ''})"
+        f" -> {target}\n"
         f"held-out {report.holdout_products} products: category acc@1 {h.get('category_acc@1_clean', 0):.3f} "
         f"(buyer-like photos {h.get('category_acc@1_buyer_photo', 0):.3f}), "
         f"image->title R@10 {h.get('image_to_title_r@10_clean', 0):.3f}"
@@ -80,7 +97,26 @@ def run_train_clip(
 
 @train_app.command("clip")
 def train_clip(
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (default 6).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Passes over the catalogue (default 6; see --min-steps).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Train exactly this many optimiser steps (overrides epochs).")
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option("--minutes", min=0.05, help="Time budget: as many steps as fit (with --steps: at most those)."),
+    ] = None,
+    min_steps: Annotated[
+        int | None, typer.Option("--min-steps", min=1, help="At least this many steps whatever the epochs (900).")
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init", help="Warm-start from a tower or open_clip checkpoint folder (e.g. artifacts/image-tower)."
+        ),
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Peak learning rate (default 2e-3).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=2, help="Train on the first N products only.")] = None,
     small: Annotated[bool, typer.Option("--small", help="Tiny test configuration (< 1 minute).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train again even if a tower exists.")] = False,
@@ -112,6 +148,11 @@ def train_clip(
         base=base,
         pretrained=pretrained,
         out_dir=out_dir,
+        steps=steps,
+        minutes=minutes,
+        min_steps=min_steps,
+        init=init,
+        lr=lr,
     )
 
 

@@ -11,10 +11,14 @@ import torch
 from PIL import Image
 
 from finetune.augment import BuyerPhotoAugment, resize_batch
-from finetune.train_tower import ClipTrainConfig, TowerReport, holdout_ids, train_image_tower
+from finetune.train_tower import ClipTrainConfig, TowerReport, _tower, holdout_ids, plan_steps, train_image_tower
 from retrieval.catalogue import load_catalogue
 from retrieval.encoders import OpenClipImageEncoder, SentenceTransformerTextEncoder
-from retrieval.image_tower import TowerConfig
+from retrieval.image_tower import TowerConfig, build_tower, save_tower
+from tests.support.clock import FakeClock
+
+ARTIFACT_META = Path(__file__).resolve().parents[2] / "artifacts" / "image-tower" / "tandem_meta.json"
+TINY = TowerConfig(name="t", image_size=32, width=32, layers=1, head_width=16)
 
 
 def test_augment_shapes_range_and_determinism() -> None:
@@ -47,6 +51,7 @@ def trained(
     config = ClipTrainConfig(
         tower=TowerConfig(name="t", image_size=32, width=48, layers=1, head_width=24),
         epochs=4,
+        min_steps=1,
         batch_size=32,
         lr=3e-3,
         holdout_fraction=0.2,
@@ -98,8 +103,80 @@ def test_fine_tunes_an_open_clip_base_with_another_output_size(
     torch.testing.assert_close(loaded.visual.conv1.weight, base_model.visual.conv1.weight)  # type: ignore[union-attr]
     assert loaded.visual.proj.shape == (32, 384)  # type: ignore[union-attr]
     cat = load_catalogue(small_catalogue_dir, limit=40)
-    config = ClipTrainConfig(base_model=f"local-dir:{base_dir}", epochs=1, batch_size=16, holdout_fraction=0.1)
+    config = ClipTrainConfig(
+        base_model=f"local-dir:{base_dir}", epochs=1, min_steps=1, batch_size=16, holdout_fraction=0.1
+    )
     report = train_image_tower(cat, text_encoder, config, tmp_path / "tuned")
     enc = OpenClipImageEncoder.from_checkpoint(tmp_path / "tuned")
     assert enc.dim == 384 and enc.aligned_text_encoder == text_encoder.model_id
     assert report.steps >= 1
+
+
+def test_budget_keeps_the_shipped_tower_and_lifts_small_catalogues() -> None:
+    """The demo catalogue's default run is the shipped tower's (same batch and steps); 1,000 products get min_steps."""
+    shipped = json.loads(ARTIFACT_META.read_text())
+    recorded = ClipTrainConfig.model_validate(shipped["train_config"])  # an old config still loads
+    assert plan_steps(shipped["report"]["train_products"], recorded) == (256, shipped["report"]["steps"])
+    assert plan_steps(shipped["report"]["train_products"], ClipTrainConfig()) == (256, shipped["report"]["steps"])
+    bs, steps = plan_steps(950, ClipTrainConfig())
+    assert steps == ClipTrainConfig().min_steps > 6 * (950 // bs)
+    assert plan_steps(950, ClipTrainConfig(steps=42)) == (bs, 42)
+
+
+def test_runs_at_least_min_steps(
+    small_catalogue_dir: Path, text_encoder: SentenceTransformerTextEncoder, tmp_path: Path
+) -> None:
+    cat = load_catalogue(small_catalogue_dir, limit=48)
+    config = ClipTrainConfig(tower=TINY, epochs=1, min_steps=7, batch_size=16, holdout_fraction=0.0)
+    steps: list[int] = []
+    report = train_image_tower(cat, text_encoder, config, tmp_path / "t",
+                               progress=lambda s, d, t: steps.append(d) if s == "training" and d else None)  # fmt: skip
+    # 48 products in batches of 16 are 3 steps an epoch: the epoch budget alone would be 3.
+    assert report.steps == report.planned_steps == 7 == steps[-1] == len(steps)
+    assert len(report.losses) == 3 and not report.stopped_by_time  # passes of 3 + 3 + 1 steps
+
+
+def test_time_budget_stops_on_the_clock(
+    small_catalogue_dir: Path, text_encoder: SentenceTransformerTextEncoder, tmp_path: Path
+) -> None:
+    """Timing steps take 1 s, real ones 2 s on the injected clock: 26 steps planned in 30 s, the clock stops 13."""
+    cat = load_catalogue(small_catalogue_dir, limit=48)
+    clock = FakeClock()
+
+    def tick(stage: str, done: int, total: int) -> None:
+        if done:
+            clock.advance(1.0 if stage == "timing steps" else 2.0 if stage == "training" else 0.0)
+
+    config = ClipTrainConfig(tower=TINY, max_minutes=0.5, batch_size=16, holdout_fraction=0.0)
+    report = train_image_tower(cat, text_encoder, config, tmp_path / "t", progress=tick, clock=clock)
+    assert report.planned_steps == 26  # (30 s - 4 s of timing: a warm-up step and 3 timed) / 1 s a step
+    assert report.stopped_by_time and report.steps == 13  # 4 s + 13 × 2 s ≥ 30 s
+    assert (tmp_path / "t" / "open_clip_config.json").is_file()  # stopped cleanly, with a tower to serve
+
+
+def test_warm_start_loads_the_source_and_rebuilds_the_category_head(
+    small_catalogue_dir: Path, text_encoder: SentenceTransformerTextEncoder, tmp_path: Path
+) -> None:
+    source = build_tower(TINY.model_copy(update={"seed": 3}))
+    src_dir = save_tower(source, TINY, tmp_path / "source")
+    loaded, spec = _tower(ClipTrainConfig(init=str(src_dir)), text_encoder)
+    assert spec.image_size == TINY.image_size
+    for (name, a), b in zip(loaded.visual.state_dict().items(), source.visual.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    # Onto a catalogue with other categories (the source never saw them): a zero learning rate keeps the weights.
+    cat = load_catalogue(small_catalogue_dir, limit=40)
+    config = ClipTrainConfig(init=str(src_dir), lr=0.0, steps=2, batch_size=16, holdout_fraction=0.0)
+    report = train_image_tower(cat, text_encoder, config, tmp_path / "warm")
+    assert report.init == str(src_dir) and report.steps == 2
+    assert report.categories == len({p.category for p in cat.products})
+    warm = OpenClipImageEncoder.from_checkpoint(tmp_path / "warm")
+    cold = OpenClipImageEncoder.from_checkpoint(src_dir)
+    img = [Image.open(p.image_path).convert("RGB") for p in cat.products[:4] if p.image_path]
+    np.testing.assert_allclose(warm.encode(img), cold.encode(img), atol=1e-5)
+
+
+def test_warm_start_refuses_a_folder_without_a_checkpoint(
+    text_encoder: SentenceTransformerTextEncoder, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="not an open_clip checkpoint folder"):
+        _tower(ClipTrainConfig(init=str(tmp_path)), text_encoder)

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrieval.catalogue import ColumnMapping, load_catalogue
+from retrieval.catalogue import ColumnMapping, Product, load_catalogue
 from retrieval.errors import CatalogueError
+from retrieval.indexer import product_payload
+from retrieval.store import level_field
 
 HEADER = ["product_id", "title", "master_category", "sub_category", "article_type", "base_colour", "usage"]
 
@@ -132,3 +134,48 @@ def test_counts_per_level(tmp_path: Path) -> None:
     assert top == {"Apparel": 2, "Accessories": 1}
     assert mid["Apparel > Topwear"] == 2
     assert sum(leaf.values()) == 3
+
+
+def _ragged(root: Path, header: str, rows: list[str]) -> Path:
+    (root / "pics").mkdir(parents=True)
+    (root / "items.csv").write_text("\n".join([header, *rows]) + "\n")
+    for row in rows:
+        Image.new("RGB", (4, 4)).save(root / "pics" / f"{row.split(',')[0]}.png")
+    return root
+
+
+def test_a_ragged_tree_of_3_to_7_levels_loads_and_a_gap_above_a_level_is_refused(tmp_path: Path) -> None:
+    levels = [f"l{i}" for i in range(1, 8)]
+    root = _ragged(tmp_path / "deep", "sku,name," + ",".join(levels), [
+        "W-1,Steel watch,Watches,Men,Analog,,,,",  # 3 levels
+        "H-1,Cast-iron pan,Home,Kitchen,Cookware,Pans,Frying,Cast iron,12 inch",  # 7 levels
+        "B-1,Baby wipes,Baby care,,Wipes,,,,",  # a gap above a filled level: refused, not silently shortened
+        "X-1,Nothing,,,,,,,",  # no category at all
+    ])  # fmt: skip
+    mapping = ColumnMapping(csv_name="items.csv", images_dir="pics", image_pattern="{id}.png", id_column="sku",
+                            title_column="name", category_columns=levels)  # fmt: skip
+    cat = load_catalogue(root, mapping)
+    assert [(p.product_id, len(p.category)) for p in cat] == [("W-1", 3), ("H-1", 7)]
+    assert cat.products[1].category_path == "Home > Kitchen > Cookware > Pans > Frying > Cast iron > 12 inch"
+    assert {(i.row, i.column, i.message) for i in cat.issues} == {
+        (4, "l2", "empty category level above a deeper one"),
+        (5, "l1", "empty category"),
+    }
+    assert [len(c) for c in cat.counts_per_level()] == [2, 2, 2, 1, 1, 1, 1]
+
+
+def test_one_path_column_with_a_separator(tmp_path: Path) -> None:
+    root = _ragged(
+        tmp_path / "sep", "sku,name,path", ["C-1,Laptop,Computers / Laptops / 14 inch", "C-2,Mouse,Computers / Mice /"]
+    )
+    mapping = ColumnMapping(csv_name="items.csv", images_dir="pics", image_pattern="{id}.png", id_column="sku",
+                            title_column="name", category_columns=["path"], category_separator="/")  # fmt: skip
+    cat = load_catalogue(root, mapping)
+    assert [p.category for p in cat] == [("Computers", "Laptops", "14 inch"), ("Computers", "Mice")]
+
+
+def test_a_shorter_path_fills_the_deeper_levels_with_its_leaf(tmp_path: Path) -> None:
+    shallow = Product("W-1", "Steel watch", ("Watches", "Men"), {}, None)
+    payload = product_payload(shallow, depth=4)
+    assert [payload[level_field(d)] for d in range(4)] == ["Watches", "Watches > Men", "Watches > Men", "Watches > Men"]
+    assert level_field(4) not in payload and payload["category_path"] == "Watches > Men"

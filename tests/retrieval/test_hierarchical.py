@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from retrieval.categories import CategoryIndex
 from retrieval.edge_store import EdgeStore
+from retrieval.errors import RetrievalError
 from retrieval.hierarchical import HierarchicalRetriever, Level1Config, score_categories, select_categories
 from retrieval.search import Retriever
 from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, IndexManifest, VectorRecord
@@ -133,7 +135,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[HierarchicalRet
     h = HierarchicalRetriever(
         Retriever(store, text, NoImages()),
         categories,
-        Level1Config(policy="top_m", top_m=2, prior_weight=0.0, anchor_hits=0),
+        Level1Config(policy="top_m", top_m=2, prior_weight=0.0, anchor_hits=0, neighbours=0),
     )
     return h, {"ids": np.array(ids), "x": x, "labels": np.array(labels), "keys": keys, "centres": centres}
 
@@ -284,7 +286,7 @@ def test_explored_products_are_scored_with_their_category_prior(
     from retrieval.hierarchical import calibrated, score_categories
 
     h0, d = synthetic
-    cfg = Level1Config(policy="top_m", top_m=2, prior_weight=0.05, anchor_hits=0)
+    cfg = Level1Config(policy="top_m", top_m=2, prior_weight=0.05, anchor_hits=0, neighbours=0)
     h = HierarchicalRetriever(h0.retriever, h0.categories, cfg)
     x, ids = d["x"], list(d["ids"])  # type: ignore[call-overload]
     q = unit(np.random.default_rng(8).standard_normal((1, DIM)))[0]
@@ -296,3 +298,153 @@ def test_explored_products_are_scored_with_their_category_prior(
         expected = raw + 0.05 * np.log(max(probs[" > ".join(hit.category)], 1e-6))
         assert hit.score == pytest.approx(expected, abs=1e-4)
         assert hit.score < raw  # a left-out category's prior is below one
+
+
+# --- level-1 methods against oracles (clusters, neighbours' vote, learned head, soft prior) ---------------------
+
+
+def _two_mode_catalogue(rng: np.random.Generator, n: int = 40) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """SYNTHETIC: category A has two modes (e0 and e1); B sits near A's first mode but off to e2, so A's single
+    mean ((e0 + e1) / sqrt 2) is less like a photo of A's first mode than B's mean is."""
+    e = np.eye(DIM, dtype=np.float32)
+    a0 = unit(e[0] + 0.05 * rng.standard_normal((n, DIM)))
+    a1 = unit(e[1] + 0.05 * rng.standard_normal((n, DIM)))
+    b = unit(0.8 * e[0] + 0.6 * e[2] + 0.05 * rng.standard_normal((n, DIM)))
+    keys = ["A"] * (2 * n) + ["B"] * n
+    return keys, np.concatenate([a0, a1, b]), unit(e[0] + 0.05 * rng.standard_normal((20, DIM)))
+
+
+def test_cluster_prototypes_recover_a_multi_modal_category_a_single_mean_misses() -> None:
+    from retrieval.categories import cluster_prototypes
+
+    rng = np.random.default_rng(0)
+    keys, x, queries = _two_mode_catalogue(rng)  # every query is a photo of A's first mode
+    mean = CategoryIndex.from_vectors(None, keys, x, x, None, clusters=1)
+    multi = CategoryIndex.from_vectors(None, keys, x, x, None, clusters=2)
+    assert multi.cluster_image is not None and multi.cluster_owner is not None
+    assert multi.cluster_owner.tolist() == [0, 0, 1, 1]
+
+    def pick(c: CategoryIndex, rep: str, q: np.ndarray) -> str:
+        cfg = Level1Config(representation=rep)  # type: ignore[arg-type]
+        return c.keys[int(np.argmax(score_categories({IMAGE_VECTOR: q}, c, cfg, image_aligned=False)))]
+
+    assert [pick(mean, "prototype", q) for q in queries] == ["B"] * len(queries)  # the oracle says A: the mean misses
+    assert [pick(multi, "clusters", q) for q in queries] == ["A"] * len(queries)
+    # One cluster is the normalised mean; two well-separated modes give one prototype near each.
+    np.testing.assert_allclose(cluster_prototypes(x[:80], 1)[0], unit(x[:80].mean(axis=0)), atol=1e-5)
+    two = cluster_prototypes(x[:80], 2)
+    assert sorted(int(np.argmax(p)) for p in two) == [0, 1]
+
+
+def test_neighbour_vote_by_hand() -> None:
+    from retrieval.hierarchical import neighbour_vote
+    from retrieval.search import SearchHit
+
+    c = cats([5, 5, 5])
+    hits = [
+        SearchHit(f"p{i}", "", [key], s, None) for i, (key, s) in enumerate([("c1", 0.9), ("c1", 0.88), ("c2", 0.86)])
+    ]
+    w = np.array([0.0, 1 + np.exp(-0.02 / 0.02), np.exp(-0.04 / 0.02)])
+    np.testing.assert_allclose(neighbour_vote(hits, c, 0.02), w / w.sum())
+    np.testing.assert_allclose(neighbour_vote([], c, 0.02), np.full(3, 1 / 3))
+
+
+def test_neighbours_vote_the_right_category_when_names_mislead(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]],
+) -> None:
+    """Category names that point at the wrong category: the nearest products' vote still finds the true one."""
+    h, d = synthetic
+    x, labels, keys = d["x"], d["labels"], d["keys"]
+    wrong = dataclasses.replace(h.categories, text=np.roll(h.categories.text, 1, axis=0))
+    names_only = Level1Config(representation="text", policy="top_m", top_m=1, anchor_hits=0, neighbours=0)
+    voting = names_only.model_copy(update={"neighbours": 5, "neighbour_weight": 0.9})
+    rng = np.random.default_rng(2)
+    picks = rng.choice(len(labels), size=12, replace=False)  # type: ignore[arg-type]
+    misled = 0
+    for i in picks:
+        q = unit(x[i] + 0.05 * rng.standard_normal(DIM))  # type: ignore[index]
+        truth = keys[labels[i]]  # type: ignore[index]
+        misled += HierarchicalRetriever(h.retriever, wrong, names_only).search_vectors(
+            {IMAGE_VECTOR: q}, k=3
+        ).level1.kept != [truth]  # type: ignore[union-attr]
+        res = HierarchicalRetriever(h.retriever, wrong, voting).search_vectors({IMAGE_VECTOR: q}, k=3)
+        assert res.level1 is not None and res.level1.kept == [truth]
+    assert misled == len(picks)  # without the vote every query went to the wrong category
+
+
+def test_level1_scores_without_a_vote_calibrate_like_the_representation() -> None:
+    from retrieval.hierarchical import calibrated, level1_scores
+
+    c = cats([10, 20, 30])
+    q = unit(np.random.default_rng(1).standard_normal(DIM))
+    cfg = Level1Config(neighbours=0, temperature=0.05)
+    raw = score_categories({IMAGE_VECTOR: q}, c, cfg, image_aligned=True)
+    mixed = level1_scores({IMAGE_VECTOR: q}, c, cfg.model_copy(update={"neighbours": 5, "neighbour_weight": 0.0}),
+                          image_aligned=True)  # fmt: skip
+    np.testing.assert_allclose(calibrated(mixed, 0.05), calibrated(raw, 0.05), atol=1e-6)
+
+
+def test_head_learns_from_train_products_only(synthetic: tuple[HierarchicalRetriever, dict[str, object]]) -> None:
+    from retrieval.categories import fit_category_head
+
+    h, d = synthetic
+    ids, x, labels = list(d["ids"]), d["x"], d["labels"]  # type: ignore[call-overload]
+    held = {pid for pid in ids if int(pid.split("-")[1]) % 4 == 0}  # a quarter of each category, never learned from
+    built = CategoryIndex.build(h.retriever.store, h.retriever.text_encoder, exclude=held, head=True)
+    assert built.head is not None and int(built.sizes.sum()) == len(ids)  # sizes still count every product
+    # The oracle: the same fit on exactly the train rows, read in the store's order (the fit is deterministic).
+    rows = [
+        (str(p["product_id"]), p["category_path"], v[IMAGE_VECTOR])
+        for p, v in h.retriever.store.scroll(vectors=[IMAGE_VECTOR])
+    ]
+    order = {k: i for i, k in enumerate(built.keys)}
+    taught = {key for pid, key, _ in rows if pid not in held}  # a category with no train product learns from its own
+    train_rows = [(order[key], vec) for pid, key, vec in rows if pid not in held or key not in taught]
+    expected = fit_category_head(np.stack([v for _, v in train_rows]), np.array([c for c, _ in train_rows]), len(order))
+    np.testing.assert_allclose(built.head.weight, expected.weight, atol=1e-4)
+    np.testing.assert_allclose(built.head.bias, expected.bias, atol=1e-4)
+    train = np.array([pid not in held for pid in ids])
+    lab = np.array([order[d["keys"][c]] for c in labels])  # type: ignore[index]
+    # Held-out products are classified from what the head learned on the others.
+    pred = built.head.log_probs(x[~train]).argmax(axis=1)  # type: ignore[index]
+    assert (pred == lab[~train]).mean() >= 0.75  # six categories: chance is ~0.2
+    every = CategoryIndex.build(h.retriever.store, h.retriever.text_encoder, head=True)
+    assert every.head is not None and not np.allclose(every.head.weight, built.head.weight, atol=1e-3)
+    with pytest.raises(RetrievalError):
+        HierarchicalRetriever(h.retriever, h.categories, Level1Config(representation="head"))
+
+
+def test_category_index_round_trip_keeps_clusters_and_head(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]], tmp_path: Path
+) -> None:
+    h, _ = synthetic
+    built = CategoryIndex.build(h.retriever.store, h.retriever.text_encoder, clusters=3, head=True)
+    built.save(tmp_path / "c.npz")
+    again = CategoryIndex.load(tmp_path / "c.npz")
+    assert again.head is not None and built.head is not None and again.cluster_image is not None
+    np.testing.assert_array_equal(again.cluster_owner, built.cluster_owner)  # type: ignore[arg-type]
+    np.testing.assert_allclose(again.head.weight, built.head.weight)
+
+
+def test_level2_with_vote_and_prior_equals_brute_force(
+    synthetic: tuple[HierarchicalRetriever, dict[str, object]],
+) -> None:
+    """Soft prior + vote: the k best of the (k * candidates) most similar kept products by sim + beta * log P."""
+    from retrieval.hierarchical import calibrated
+
+    h0, d = synthetic
+    x, ids, labels, keys = d["x"], d["ids"], d["labels"], d["keys"]
+    cfg = Level1Config(policy="mass", mass=0.9, max_fraction=1.0, neighbours=8, neighbour_weight=0.7,
+                       prior_weight=0.05, candidates=3, anchor_hits=1)  # fmt: skip
+    h = HierarchicalRetriever(h0.retriever, h0.categories, cfg)
+    rng = np.random.default_rng(21)
+    for q in unit(rng.standard_normal((6, DIM))):
+        res = h.search_vectors({IMAGE_VECTOR: q}, k=5)
+        assert res.level1 is not None and res.level1.scores is not None
+        probs = dict(zip(h.categories.keys, calibrated(res.level1.scores, cfg.temperature), strict=True))
+        kept_probs = {c: probs[c] for c in res.level1.kept}
+        pool = brute_force_inside(d, q, res.level1.kept, 15)
+        sims = {pid: float(x[list(ids).index(pid)] @ q) for pid in pool}  # type: ignore[index, arg-type]
+        lab = {pid: keys[labels[list(ids).index(pid)]] for pid in pool}  # type: ignore[index, arg-type]
+        oracle = sorted(pool, key=lambda p: -(sims[p] + 0.05 * np.log(max(kept_probs[lab[p]], 1e-6))))[:5]
+        assert [hit.product_id for hit in res.hits] == oracle

@@ -13,10 +13,10 @@ export UV_COMPILE_BYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup browser run demo test test-all lint format typecheck bench bench-llm bench-chat bench-first-run loadtest soak fuzz bench-fairness index clean
+.PHONY: help setup browser redis engines level1-sweep generality run demo test test-all lint format typecheck bench bench-llm bench-chat bench-first-run loadtest soak fuzz bench-fairness index clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(UV):
 	@echo "uv not found: installing it with pip"
@@ -44,13 +44,29 @@ browser: ## Debian's chromium for the browser tests (apt-get, only when missing)
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
 	  || echo "could not install chromium: the browser tests will be skipped"; }
 
-test: setup browser ## Lint, type-check, check the layer contract and run the test suite (slow and gpu tests deselected)
+redis: ## Debian's redis-server for the session-store tests (apt-get, only when missing)
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server for the session-store tests (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" -ne 0 ] && command -v sudo || true ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null \
+	  || echo "could not install redis-server: the Redis tests will be skipped"; }
+
+# llama.cpp's OpenAI-compatible server, built from source into its own venv (≈20 min on 2 cores). Optional: only
+# `make bench-llm` uses it, for the real-engine row. The native build segfaults on this CPU's AVX-512/AMX path.
+LLAMA_VENV := var/llama-venv
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+engines: | $(UV) ## Optional: build llama.cpp's server (llama-cpp-python[server]) for bench-llm's real-engine row (≈20 min)
+	@test -x $(LLAMA_VENV)/bin/python || $(UV) venv --quiet --python 3.11 $(LLAMA_VENV)
+	@$(LLAMA_VENV)/bin/python -c "import llama_cpp.server" 2>/dev/null || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) pip install --no-config --python $(LLAMA_VENV)/bin/python "llama-cpp-python[server]>=0.3"
+
+test: setup browser redis ## Lint, type-check, check the layer contract and run the test suite (slow and gpu tests deselected)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
-test-all: setup browser ## Run every test, slow ones included (gpu ones skip without a GPU)
+test-all: setup browser redis ## Run every test, slow ones included (gpu ones skip without a GPU)
 	$(PY) -m pytest -m "slow or not slow"
 
 lint: setup ## ruff lint, format check and the layer contract (import-linter)
@@ -88,6 +104,13 @@ soak: setup ## 30 minutes of mixed traffic at half capacity: memory, descriptors
 
 fuzz: setup ## Schemathesis against every operation of the API and the worker, long run (eval/reports/fuzz.*, reliability.*; EXAMPLES=N)
 	$(TANDEM) bench fuzz $(if $(EXAMPLES),--examples $(EXAMPLES),)
+
+level1-sweep: setup ## Level 1 of hierarchical search: tune on half the buyer-style photo queries, report on the other half (eval/reports/level1_sweep.*)
+	@test -f var/eval/queries/products.csv || $(TANDEM) eval make-queries --out var/eval/queries --n 1000
+	$(TANDEM) eval level1-sweep --report-dir eval/reports
+
+generality: setup ## A SIMULATED second catalogue: tower budget, warm start, exact-product stage, unseen categories (eval/reports/catalogue_generality.*)
+	$(TANDEM) eval generality --fresh
 
 clean: ## Remove the virtual environment (keeps TANDEM_HOME data)
 	rm -rf $(VENV)

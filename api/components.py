@@ -6,6 +6,7 @@ place that decides which implementation a setting selects.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from api.settings import ARTIFACTS_DIR, Settings
 from llms.base_model import ensure_base_model
 from llms.errors import BaseModelError
 from retrieval.categories import CategoryIndex
-from retrieval.client_store import ClientStore
+from retrieval.client_store import ClientStore, ClusterLayout
 from retrieval.edge_store import EdgeStore
 from retrieval.encoders import (
     ImageEncoder,
@@ -22,6 +23,7 @@ from retrieval.encoders import (
     TextEncoder,
     set_offline,
 )
+from retrieval.exact_match import ExactMatchIndex
 from retrieval.hierarchical import HierarchicalRetriever
 from retrieval.image_tower import ensure_untrained_tower
 from retrieval.search import Retriever
@@ -96,16 +98,37 @@ def build_retriever(
     """Flat and hierarchical retrieval over ``store`` (level-1 categories cached under ``TANDEM_HOME``)."""
     text_encoder = text_encoder or build_text_encoder(settings)
     image_encoder = image_encoder or build_image_encoder(settings)
-    retriever = Retriever(store, text_encoder, image_encoder)
-    categories = CategoryIndex.load_or_build(
-        store, text_encoder, cache_dir=settings.cache_dir, depth=settings.retrieval.category_depth
+    retriever = Retriever(
+        store, text_encoder, image_encoder, ExactMatchIndex.load_or_build(store, cache_dir=settings.cache_dir)
     )
-    return HierarchicalRetriever(retriever, categories, settings.retrieval.level1)
+    level1 = settings.retrieval.level1
+    categories = CategoryIndex.load_or_build(
+        store, text_encoder, cache_dir=settings.cache_dir, depth=settings.retrieval.category_depth,
+        exclude=tower_holdout_ids(settings), head=level1.representation == "head",
+        clusters=level1.clusters if level1.representation == "clusters" else 1,
+    )  # fmt: skip
+    return HierarchicalRetriever(retriever, categories, level1)
+
+
+def tower_holdout_ids(settings: Settings) -> set[str]:
+    """The products the image tower never trained on (level 1 learns nothing from them either, so evals stay fair)."""
+    tower = trained_tower_dir(settings)
+    recorded = tower / "holdout_ids.json" if tower is not None else None
+    return set(json.loads(recorded.read_text())) if recorded is not None and recorded.is_file() else set()
 
 
 def build_store(settings: Settings) -> VectorStore:
     q = settings.qdrant
     if q.url:
         api_key = q.api_key.get_secret_value() if q.api_key else None
-        return ClientStore.connect(q.url, q.collection, api_key=api_key, timeout_s=q.timeout_s, hnsw_ef=q.hnsw_ef)
+        layout = ClusterLayout(q.shard_number, q.replication_factor, q.write_consistency_factor)
+        return ClientStore.connect(
+            q.url,
+            q.collection,
+            api_key=api_key,
+            timeout_s=q.timeout_s,
+            hnsw_ef=q.hnsw_ef,
+            layout=layout,
+            write_retries=q.write_retries,
+        )
     return EdgeStore(settings.qdrant_dir, hnsw_ef=q.hnsw_ef)

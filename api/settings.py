@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llms.config import DispatcherConfig, WorkerConfig
@@ -34,6 +34,7 @@ __all__ = [
     "LlmSettings",
     "QdrantSettings",
     "RetrievalSettings",
+    "SessionSettings",
     "Settings",
     "StorageSettings",
     "get_settings",
@@ -91,6 +92,28 @@ class QdrantSettings(BaseModel):
     collection: str = "products"
     hnsw_ef: int | None = Field(default=None, gt=0)
     timeout_s: float = 10.0
+    # A cluster's layout, applied when `tandem index` creates the collection (None: Qdrant's own default).
+    shard_number: int | None = Field(
+        default=None, ge=1, description="Shards of the collection; a multiple of the nodes (6 on 3 nodes) rebalances."
+    )
+    replication_factor: int | None = Field(
+        default=None, ge=1, description="Copies of each shard; 2 keeps serving reads and writes with one node lost."
+    )
+    write_consistency_factor: int | None = Field(
+        default=None, ge=1, description="Replicas that must acknowledge a write (at most replication_factor)."
+    )
+    write_retries: int = Field(
+        default=2, ge=0, description="Retries of a batch write on a transport error or 5xx (writes are idempotent)."
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> QdrantSettings:
+        if self.write_consistency_factor is not None and self.write_consistency_factor > (self.replication_factor or 1):
+            raise ValueError(
+                f"write_consistency_factor {self.write_consistency_factor} exceeds replication_factor "
+                f"{self.replication_factor or 1}: no write could ever be acknowledged"
+            )
+        return self
 
 
 class RetrievalSettings(BaseModel):
@@ -139,6 +162,18 @@ class ApiSettings(BaseModel):
     batch_max_size: int = Field(default=32, gt=0, description="Largest encoder batch shared by concurrent requests.")
     batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a batch waits for more requests.")
     torch_threads: int | None = Field(default=None, gt=0, description="torch threads (None = all cores but one).")
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=1,
+        description="On SIGTERM: how long requests and streams in flight may take to finish; past it they are cut."
+        " The process then exits 0.",
+    )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="On SIGTERM: how long to keep serving with /readyz answering 503 before new connections are"
+        " refused, for balancers that poll readiness (Kubernetes: a few seconds). 0: refuse at once.",
+    )
 
     _split = field_validator("keys", mode="before")(_split_list)
 
@@ -209,6 +244,36 @@ class ChatSettings(PipelineConfig):
     max_turns: int = Field(default=8, ge=1, le=100, description="Turns kept per session; older ones are dropped.")
 
 
+class SessionSettings(BaseModel):
+    """Where chat sessions live: this process by default; Redis, shared by every replica, when ``url`` is set.
+
+    The limits stay in ``chat`` (``TANDEM_CHAT__SESSION_TTL_S``, ``TANDEM_CHAT__MAX_TURNS``; ``max_sessions``
+    bounds the in-process store only: Redis's own ``maxmemory`` bounds the shared one).
+    """
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL (`redis://[:password@]host:6379/0`, `rediss://` for TLS); unset: sessions stay in"
+        " this process and a second replica does not see them. Secret: it may hold a password.",
+    )
+    key_prefix: str = Field(default="tandem:", description="Prefix of every Redis key, for a Redis shared with others.")
+    timeout_s: float = Field(default=2.0, gt=0, description="Connect and command timeout; past it a turn is 503.")
+    lock_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a turn's lock on its session lives at most (a crashed replica's lock lapses after it);"
+        " default: the chat turn's deadline plus 15 s.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        # Checked here so a typo fails at start-up with the setting's name, not inside redis-py.
+        if url is not None and url.get_secret_value().split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("the sessions URL must start with redis://, rediss:// or unix://")
+        return url
+
+
 class Settings(BaseSettings):
     """All of Tandem's configuration."""
 
@@ -230,6 +295,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
 
     @property
     def models_dir(self) -> Path:

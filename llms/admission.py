@@ -45,6 +45,7 @@ class _Waiter:
     exclude: frozenset[str]
     future: asyncio.Future[WorkerState]
     enqueued_at: float  # on the dispatcher's clock, not read here: a default would bypass an injected one
+    key: str | None = None  # the routing key the policy may use (session affinity)
 
 
 class _WaitQueues:
@@ -179,11 +180,11 @@ class Admission:
                 return fresh
         return serving
 
-    def _pick(self, model: str, exclude: frozenset[str], now: float) -> WorkerState | None:
+    def _pick(self, model: str, exclude: frozenset[str], now: float, key: str | None = None) -> WorkerState | None:
         candidates = self._candidates(model, exclude, now)
         if not candidates:
             return None
-        worker = self._policy.choose(candidates)
+        worker = self._policy.choose(candidates, key)
         worker.in_flight += 1
         worker.requests += 1
         worker.breaker.on_dispatch()
@@ -195,7 +196,7 @@ class Admission:
         if not self._waiting.count:
             return
         now = self._clock()
-        self._waiting.assign(lambda waiter: self._pick(waiter.model, waiter.exclude, now))
+        self._waiting.assign(lambda waiter: self._pick(waiter.model, waiter.exclude, now, waiter.key))
 
     async def acquire(
         self,
@@ -204,15 +205,19 @@ class Admission:
         deadline: float,
         exclude: frozenset[str],
         loop: asyncio.AbstractEventLoop,
+        key: str | None = None,
     ) -> WorkerState:
-        """Take a slot on a worker now, or queue for one until the deadline (a retry queues at the front)."""
+        """Take a slot on a worker now, or queue for one until the deadline (a retry queues at the front).
+
+        ``key`` is the request's routing key, handed to the balancing policy.
+        """
         now = self._clock()
         if not any(w.serves(model) for w in self.workers.values()):
             self._metrics.rejected.labels("model_not_found").inc()
             known = ", ".join(sorted({m for w in self.workers.values() for m in w.models})) or "none"
             raise ModelNotFoundError(f"no worker serves model {model!r} (served: {known})")
         if not self._waiting.ahead_of(priority):
-            worker = self._pick(model, exclude, now)
+            worker = self._pick(model, exclude, now, key)
             if worker is not None:
                 self._metrics.queue_wait.labels(priority.name.lower()).observe(0.0)
                 return worker
@@ -228,7 +233,7 @@ class Admission:
                 f"LLM queue is full ({queued} waiting, limit {limit} for {priority.name.lower()} requests)",
                 retry_after_s=_retry_after(list(self.workers.values()), queued),
             )
-        waiter = _Waiter(model, priority, exclude, loop.create_future(), self._clock())
+        waiter = _Waiter(model, priority, exclude, loop.create_future(), self._clock(), key)
         self._waiting.push(waiter)
         try:
             await _wait_for_slot(waiter, deadline, self._clock)

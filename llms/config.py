@@ -30,6 +30,7 @@ class BalancingPolicy(StrEnum):
     ROUND_ROBIN = "round_robin"
     LEAST_OUTSTANDING = "least_outstanding"
     POWER_OF_TWO = "power_of_two"
+    AFFINITY = "affinity"  # sticky by session (prefix caches), power of two as the fallback
 
 
 class WorkerConfig(BaseModel):

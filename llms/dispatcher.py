@@ -10,7 +10,8 @@ goes through :class:`Dispatcher`:
   each request carries a deadline, and one that passes it in the queue or on a worker
   ends with :class:`~llms.errors.DeadlineExceededError`, never a hang;
 - **balancing**: per-worker concurrency limits, then a policy (round-robin, least
-  outstanding, power of two choices weighted by latency) among workers with a free slot;
+  outstanding, power of two choices weighted by latency, or session affinity by the
+  request's ``user`` field / prompt prefix) among workers with a free slot;
 - **failure handling**: a refused connection takes a worker out at once and the health
   loop brings it back; a breaker per worker opens after failures in a row; a call that
   fails before its first token is retried on another worker; a stream that breaks
@@ -45,7 +46,7 @@ import httpx
 
 from llms.admission import Admission, Priority
 from llms.attempts import Attempt, AttemptFailedError, completion_tokens, post_chat, read_reply, tool_names
-from llms.balancing import Policy, make_policy
+from llms.balancing import Affinity, Policy, make_policy, routing_key
 from llms.client import Completion
 from llms.config import DispatcherConfig, WorkerConfig
 from llms.errors import (
@@ -203,11 +204,17 @@ class Dispatcher:
             self._admission.schedule()
 
     # --------------------------------------------------------------- admission
-    async def _acquire(self, model: str, priority: Priority, deadline: float, exclude: frozenset[str]) -> WorkerState:
+    async def _acquire(
+        self, model: str, priority: Priority, deadline: float, exclude: frozenset[str], key: str | None
+    ) -> WorkerState:
         if self._closing or self._client is None:
             raise NoWorkerError("the LLM dispatcher is not running (shutting down or not started)")
         assert self.loop is not None, "Dispatcher.start() was not awaited"
-        return await self._admission.acquire(model, priority, deadline, exclude, self.loop)
+        return await self._admission.acquire(model, priority, deadline, exclude, self.loop, key)
+
+    def _routing_key(self, payload: Mapping[str, Any]) -> str | None:
+        """The session (OpenAI's ``user``) or prompt-prefix key, computed only for a policy that routes by it."""
+        return routing_key(payload) if isinstance(self._policy, Affinity) else None
 
     # -------------------------------------------------------------------- calls
     def _deadline(self, priority: Priority, deadline_s: float | None) -> float:
@@ -267,12 +274,13 @@ class Dispatcher:
         deadline = self._deadline(priority, deadline_s)
         body = {**payload, "stream": False}
         tools = tool_names(payload)
+        key = self._routing_key(payload)
         exclude: frozenset[str] = frozenset()
         errors: list[str] = []
         started = self._clock()
         for attempt in range(1, self.config.max_attempts + 1):
             queued_at = self._clock()
-            worker = await self._acquire(model, priority, deadline, exclude)
+            worker = await self._acquire(model, priority, deadline, exclude, key)
             queue_wait = self._clock() - queued_at
             t0 = self._clock()
             try:
@@ -312,10 +320,11 @@ class Dispatcher:
         model = self._model_of(payload)
         deadline = self._deadline(priority, deadline_s)
         body = {**payload, "stream": True}
+        key = self._routing_key(payload)
         errors: list[str] = []
         exclude: frozenset[str] = frozenset()
         for _ in range(1, self.config.max_attempts + 1):
-            worker = await self._acquire(model, priority, deadline, exclude)
+            worker = await self._acquire(model, priority, deadline, exclude, key)
             t0 = self._clock()
             yielded = False
             chunks = 0

@@ -7,7 +7,13 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["InvalidTurnError", "RagError", "RetrievalUnavailableError", "SessionNotFoundError"]
+__all__ = [
+    "InvalidTurnError",
+    "RagError",
+    "RetrievalUnavailableError",
+    "SessionNotFoundError",
+    "SessionStoreUnavailableError",
+]
 
 
 class RagError(Exception):
@@ -24,3 +30,7 @@ class SessionNotFoundError(RagError):
 
 class RetrievalUnavailableError(RagError):
     """Retrieval failed: without candidates there is nothing to rank or explain."""
+
+
+class SessionStoreUnavailableError(RagError):
+    """The shared session store (Redis) did not answer: the turn cannot load or save its session."""

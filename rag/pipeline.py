@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ from rag.explanation_check import ExplanationChecker
 from rag.rank_fusion import fuse_rankings
 from rag.ranker_format import HANDLES, ranker_prompt, ranker_request_line
 from rag.ranker_tools import RankerToolbox, ranker_completion, run_ranker
-from rag.session import Session, SessionStore, Turn
+from rag.session import MemorySessionStore, Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
 from rag.turn import (
     BuyerContext,
@@ -110,7 +111,8 @@ class Pipeline:
         self.models = models or TurnModels()
         self.vocabulary = vocabulary
         self.checker = checker
-        self.sessions = sessions or SessionStore()
+        # `is None`, not `or`: an empty in-process store is falsy (it has a length) and must still be used.
+        self.sessions: SessionStore = sessions if sessions is not None else MemorySessionStore()
         self.attribute_values = attribute_values or {}
         self.vectors = vectors
 
@@ -122,12 +124,15 @@ class Pipeline:
         raise RuntimeError("a turn ended without its result")  # pragma: no cover - run() always ends with Done
 
     async def run(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
-        """The turn as events; the session is locked for its duration, so turns of one session never interleave."""
+        """The turn as events; the session is held for its duration, so turns of one session never interleave.
+
+        The store loads the session (and locks it: in this process, or in Redis across replicas) before the
+        turn reads it; the turn saves it before its last event, so a consumer that stops at ``done`` loses nothing.
+        """
         text = (request.text or "").strip()
         if not text and request.image is None:
             raise InvalidTurnError("a message needs text, a photo, or both")
-        session = self.sessions.open(request.session_id, owner=request.owner)
-        async with session.lock:
+        async with self.sessions.turn(request.session_id, owner=request.owner) as session:
             async for event in self._turn(session, text, request):
                 yield event
 
@@ -136,6 +141,9 @@ class Pipeline:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         degraded: list[Degradation] = []
+        # OpenAI's `user` on every LLM call of the session: the dispatcher's affinity policy keeps the session on
+        # the worker whose prefix cache holds it. A hash, so the session id itself never reaches a worker's logs.
+        user = hashlib.sha256(session.session_id.encode()).hexdigest()[:16]
         last = self.lookup(session.last_products[:1])
         shown_brand = TermVocabulary.brand_of(next(iter(last.values()))) if last else None
         terms = self.vocabulary.update(session.terms, text, shown_brand=shown_brand) if text else (
@@ -147,7 +155,7 @@ class Pipeline:
         history = [history_map[h] for h in buyer.history[-cfg.history_shown :] if h in history_map]
         topics: list[str] = []
         if request.buyer is not None and not buyer.history and self._up("cold_start", self.models.explainer, degraded):
-            topics = await self._cold_start(buyer, query, degraded)
+            topics = await self._cold_start(buyer, query, degraded, user)
 
         try:
             # Only asked for when wanted: a Search without the keyword still serves every other turn.
@@ -174,7 +182,8 @@ class Pipeline:
 
         t1 = time.perf_counter()
         if self._up("ranker", self.models.ranker, degraded):
-            ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded)
+            ranked_ids, ranker_info = await self._rank(candidates, buyer, history, topics, query, request, degraded,
+                                                       user)  # fmt: skip
         else:
             ranked_ids, ranker_info = [c.product.product_id for c in candidates], {"model": self.models.ranker}
         if request.mmr_lambda is not None and self.vectors is not None and len(ranked_ids) > 1:
@@ -195,7 +204,7 @@ class Pipeline:
             explanation = _record_explanation([i.product for i in items[: cfg.explained]])
             explainer_info = {"sentences": min(len(items), cfg.explained), "model_sentences": 0}
         elif items:
-            async for piece in self._explain(text or query, items, degraded, timing, t0, explainer_info):
+            async for piece in self._explain(text or query, items, degraded, timing, t0, explainer_info, user):
                 if isinstance(piece, str):
                     explanation = piece
                 else:
@@ -205,6 +214,7 @@ class Pipeline:
         timing["explanation"] = round((time.perf_counter() - t2) * 1000, 3)
         timing["total"] = round((time.perf_counter() - t0) * 1000, 3)
         session.record(Turn(text, request.image is not None, terms, tuple(i.product.product_id for i in items)))
+        await self.sessions.save(session)
         yield DoneEvent(TurnResult(session.session_id, query, items, explanation, degraded, timing, ranker_info,
                                    explainer_info))  # fmt: skip
 
@@ -225,10 +235,11 @@ class Pipeline:
         order = mmr_order([1.0 - i / n for i in range(n)], np.vstack([found[i] for i in ranked_ids]), lam=lam, k=k)
         return [ranked_ids[i] for i in order]
 
-    async def _cold_start(self, buyer: BuyerContext, query: str, degraded: list[Degradation]) -> list[str]:
+    async def _cold_start(self, buyer: BuyerContext, query: str, degraded: list[Degradation], user: str) -> list[str]:
         """A buyer without history: the base model lists interest topics (JSON) to retrieve on as well."""
         n = self.config.cold_start_topics
         payload = cold_start_payload(self.models.explainer, buyer.profile or "unknown business", query, n)
+        payload["user"] = user
         try:
             completion = await self.llm.complete(payload, deadline_s=self.config.explainer_deadline_s)
             topics = parse_topics(str(completion.message.get("content") or ""), n)
@@ -249,6 +260,7 @@ class Pipeline:
         query: str,
         request: TurnRequest,
         degraded: list[Degradation],
+        user: str,
     ) -> tuple[list[str], dict[str, Any]]:
         ids = [c.product.product_id for c in candidates]
         info: dict[str, Any] = {"model": self.models.ranker, "candidates": len(ids)}
@@ -266,6 +278,7 @@ class Pipeline:
             max_tokens=self.config.ranker_max_tokens,
             sampling=request.sampling.payload(),
             deadline_s=self.config.ranker_deadline_s,
+            user=user,
         )
 
         async def search(q: str, k: int, search_filter: SearchFilter | None) -> list[Product]:
@@ -306,6 +319,7 @@ class Pipeline:
         timing: dict[str, float],
         t0: float,
         info: dict[str, Any],
+        user: str,
     ) -> AsyncIterator[TokenEvent | str]:
         """One checked sentence per explained product, in rank order as each is ready; then the whole text.
 
@@ -315,7 +329,7 @@ class Pipeline:
         record, so nothing false is ever shown, not even for a moment of a stream.
         """
         ranked = [i.product for i in items[: self.config.explained]]
-        tasks = [asyncio.create_task(self._sentence(request_text, p, k)) for k, p in enumerate(ranked, 1)]
+        tasks = [asyncio.create_task(self._sentence(request_text, p, k, user)) for k, p in enumerate(ranked, 1)]
         shown: list[str] = []
         replaced: list[str] = []
         failed: list[str] = []
@@ -352,11 +366,11 @@ class Pipeline:
             degraded.append(Degradation("explainer", reason[:400]))
         yield " ".join(shown)
 
-    async def _sentence(self, request_text: str, product: Product, rank: int) -> str:
+    async def _sentence(self, request_text: str, product: Product, rank: int, user: str) -> str:
         """The explainer's sentence about one product: the start Tandem wrote, continued to the end of the line."""
         payload = {"model": self.models.explainer, "messages": explainer_messages(request_text, product, rank),
                    "max_tokens": self.config.explainer_max_tokens, "temperature": 0.0, "stop": ["\n"],
-                   "continue_final_message": True, "add_generation_prompt": False}  # fmt: skip
+                   "continue_final_message": True, "add_generation_prompt": False, "user": user}  # fmt: skip
         parts: list[str] = []
         async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
             parts += [choice.get("delta", {}).get("content") or "" for choice in chunk.get("choices", [])]

@@ -47,13 +47,14 @@ def ranker_completion(
     max_tokens: int,
     sampling: Mapping[str, Any] | None = None,
     deadline_s: float | None = None,
+    user: str | None = None,
 ) -> Complete:
     """One ranker round as every caller asks it: greedy unless ``sampling`` says otherwise, a tool call required.
 
     A required tool call lets a server with guided decoding (vLLM, the embedded worker) always
     write a well-formed one, whatever the sampling knobs; the ids in it are validated afterwards.
     """
-    knobs = {"temperature": 0.0, **(sampling or {})}
+    knobs = {"temperature": 0.0, **(sampling or {}), **({"user": user} if user else {})}  # user: the session's key
 
     async def complete(transcript: list[dict[str, Any]], tool_choice: Any) -> dict[str, Any]:
         payload = {"model": model, "messages": transcript, "tools": tools, "tool_choice": tool_choice,

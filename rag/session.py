@@ -2,15 +2,21 @@
 
 Only the last ``max_turns`` turns are kept; older ones are dropped, but what they asked for
 lives on in the session's :class:`rag.terms.TurnTerms` (the conversation's running summary).
-Sessions expire after ``ttl_s`` idle and the store holds at most ``max_sessions`` (least
-recently used dropped first), so memory stays bounded whatever clients do.
+Sessions expire after ``ttl_s`` idle, so storage stays bounded whatever clients do.
+
+A :class:`SessionStore` keeps them between turns. A turn holds its session exclusively from
+:meth:`SessionStore.turn` (load and lock) to the end of that block, and calls
+:meth:`SessionStore.save` once it has recorded itself, so turns of one session never
+interleave. :class:`MemorySessionStore` (the default) keeps them in this process, at most
+``max_sessions`` of them (least recently used dropped first); ``rag.session_redis`` keeps them
+in Redis, where every replica of the API sees them.
 
 A session belongs to the caller that opened it (``owner``: a non-secret id such as an API
 key's name, never a key): to anyone else it does not exist, with the very error an unknown
 id gets, so session ids cannot be probed across callers.
 
 Example:
-    >>> store = SessionStore(max_sessions=100)
+    >>> store = MemorySessionStore(max_sessions=100)
     >>> session = store.open(None)
     >>> store.open(session.session_id) is session
     True
@@ -25,13 +31,20 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 from rag.errors import SessionNotFoundError
 from rag.terms import TurnTerms
 
-__all__ = ["Session", "SessionStore", "Turn"]
+__all__ = ["MemorySessionStore", "Session", "SessionStore", "Turn", "not_found"]
+
+
+def not_found(session_id: str) -> SessionNotFoundError:
+    """The one error for an unknown, expired or someone else's session, whatever the store."""
+    return SessionNotFoundError(f"no session {session_id!r}: it expired or never existed; start a new one")
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,7 @@ class Session:
     shown: set[str] = field(default_factory=set)
     terms: TurnTerms | None = None
     last_used: float = field(default_factory=time.monotonic)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one turn at a time per session
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one turn at a time (in-process; Redis locks there)
 
     def record(self, turn: Turn) -> None:
         self.turns.append(turn)
@@ -69,8 +82,46 @@ class Session:
         return self.turns[-1].product_ids if self.turns else ()
 
 
-class SessionStore:
-    """In-process sessions with LRU eviction and an idle TTL."""
+class SessionStore(Protocol):
+    """Where sessions live between turns; a turn holds its session from load to save.
+
+    Example:
+        >>> async with store.turn(request.session_id, owner="platform") as session:  # doctest: +SKIP
+        ...     session.record(turn)
+        ...     await store.save(session)
+    """
+
+    #: Whether other processes see these sessions (a shared store is reported by readiness).
+    shared: ClassVar[bool]
+
+    def turn(self, session_id: str | None, *, owner: str | None = None) -> AbstractAsyncContextManager[Session]:
+        """``owner``'s session (a new one when ``session_id`` is None), held exclusively for the block.
+
+        Raises :class:`rag.errors.SessionNotFoundError` for an unknown, expired or another owner's id.
+        """
+        ...
+
+    async def save(self, session: Session) -> None:
+        """Keep what the turn recorded; call it inside :meth:`turn`'s block."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`rag.errors.SessionStoreUnavailableError` unless the store answers."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemorySessionStore:
+    """In-process sessions with LRU eviction and an idle TTL; the turn's lock is an :class:`asyncio.Lock`.
+
+    Example:
+        >>> store = MemorySessionStore(max_sessions=1000, ttl_s=600, max_turns=8)
+        >>> store.open(None, owner="platform").owner
+        'platform'
+    """
+
+    shared: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -110,7 +161,22 @@ class SessionStore:
             return session
         found = self._sessions.get(session_id)
         if found is None or found.owner != owner:
-            raise SessionNotFoundError(f"no session {session_id!r}: it expired or never existed; start a new one")
+            raise not_found(session_id)
         found.last_used = now
         self._sessions.move_to_end(session_id)
         return found
+
+    @asynccontextmanager
+    async def turn(self, session_id: str | None, *, owner: str | None = None) -> AsyncIterator[Session]:
+        session = self.open(session_id, owner=owner)
+        async with session.lock:
+            yield session
+
+    async def save(self, session: Session) -> None:
+        """Nothing to do: the turn recorded itself into the very object this store holds."""
+
+    async def ping(self) -> None:
+        """Always answers: it is this process."""
+
+    async def aclose(self) -> None:
+        self._sessions.clear()

@@ -1,17 +1,24 @@
 """A Qdrant server or cluster through ``qdrant-client`` (scale-out; chosen when ``TANDEM_QDRANT__URL`` is set).
 
 The manifest lives in the collection's own metadata, so every Tandem process that
-talks to the cluster sees the same record of what built the index.
+talks to the cluster sees the same record of what built the index. On a cluster the
+collection is created with a :class:`ClusterLayout` (shards, replicas, write
+consistency). Writes are idempotent: a point's id derives from its product id and its
+vectors from the product, so a batch retried after a node failure (by the store, or by
+re-running ``tandem index``) overwrites what the first attempt wrote and adds nothing.
 
 Example:
     >>> from qdrant_client import QdrantClient
-    >>> store = ClientStore(QdrantClient(url="http://qdrant:6333"), "products")  # doctest: +SKIP
+    >>> layout = ClusterLayout(shard_number=6, replication_factor=2, write_consistency_factor=1)
+    >>> store = ClientStore(QdrantClient(url="http://qdrant:6333"), "products", layout=layout)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
@@ -35,7 +42,7 @@ from retrieval.store import (
     vectors_by_product,
 )
 
-__all__ = ["ClientStore"]
+__all__ = ["ClientStore", "ClusterLayout"]
 
 _MANIFEST_KEY = "tandem_manifest"
 # What qdrant-client raises for transport and server errors; translated to StoreError at this boundary.
@@ -47,6 +54,30 @@ _CLIENT_ERRORS = (
     TimeoutError,
     ValueError,
 )
+# Worth another try of an idempotent write: the request may not have reached the cluster, or a node holding a
+# replica went away mid-write (Qdrant answers 5xx while it re-elects); a 4xx is the request's own fault.
+_TRANSIENT_ERRORS = (ResponseHandlingException, ConnectionError, TimeoutError)
+_RETRY_BACKOFF_S = 0.5
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is None or exc.status_code >= 500
+    return isinstance(exc, _TRANSIENT_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLayout:
+    """How a new collection is spread over a Qdrant cluster; ``None`` leaves a parameter to the server's default.
+
+    Example:
+        >>> ClusterLayout(shard_number=6, replication_factor=2).write_consistency_factor is None
+        True
+    """
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
 
 
 def _client_filter(flt: SearchFilter | None) -> qm.Filter | None:
@@ -61,10 +92,22 @@ def _client_filter(flt: SearchFilter | None) -> qm.Filter | None:
 class ClientStore:
     """:class:`~retrieval.store.VectorStore` over one collection of a Qdrant server, through ``qdrant-client``."""
 
-    def __init__(self, client: QdrantClient, collection: str, *, hnsw_ef: int | None = None) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        *,
+        hnsw_ef: int | None = None,
+        layout: ClusterLayout | None = None,
+        write_retries: int = 2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
         self._collection = collection
         self._params = qm.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+        self._layout = layout or ClusterLayout()
+        self._write_retries = max(0, write_retries)
+        self._sleep = sleep
         self._manifest: IndexManifest | None = None
         try:
             if client.collection_exists(collection):
@@ -84,6 +127,8 @@ class ClientStore:
         timeout_s: float = 10.0,
         hnsw_ef: int | None = None,
         check_compatibility: bool = True,
+        layout: ClusterLayout | None = None,
+        write_retries: int = 2,
     ) -> Self:
         """A store over the Qdrant server at ``url``; every call has a deadline of ``timeout_s`` (whole seconds, up).
 
@@ -92,7 +137,7 @@ class ClientStore:
         client = QdrantClient(
             url=url, api_key=api_key, timeout=max(1, math.ceil(timeout_s)), check_compatibility=check_compatibility
         )
-        return cls(client, collection, hnsw_ef=hnsw_ef)
+        return cls(client, collection, hnsw_ef=hnsw_ef, layout=layout, write_retries=write_retries)
 
     def _require(self) -> None:
         if self._manifest is None:
@@ -114,7 +159,12 @@ class ClientStore:
                     TEXT_VECTOR: qm.VectorParams(size=manifest.text_dim, distance=qm.Distance.COSINE),
                 },
                 metadata={_MANIFEST_KEY: manifest.model_dump()},
+                shard_number=self._layout.shard_number,
+                replication_factor=self._layout.replication_factor,
+                write_consistency_factor=self._layout.write_consistency_factor,
             )
+            # Keyword indexes on every key a filter matches (SearchFilter.conditions): level 1 scores categories by
+            # cat_<depth> or category_path, level 2 searches inside them, attributes narrow further.
             fields = [CATEGORY_FIELD, "product_id"]
             fields += [level_field(d) for d in range(len(manifest.category_levels))]
             fields += [f"attributes.{name}" for name in manifest.attribute_fields]
@@ -154,10 +204,14 @@ class ClientStore:
             )
             for r in records
         ]
-        try:
-            self._client.upsert(self._collection, points, wait=True)
-        except _CLIENT_ERRORS as exc:
-            raise StoreError(f"Qdrant upsert failed: {exc}") from exc
+        for attempt in range(self._write_retries + 1):
+            try:
+                self._client.upsert(self._collection, points, wait=True)
+                return
+            except _CLIENT_ERRORS as exc:
+                if attempt == self._write_retries or not _transient(exc):
+                    raise StoreError(f"Qdrant upsert failed after {attempt + 1} attempt(s): {exc}") from exc
+                self._sleep(_RETRY_BACKOFF_S * 2**attempt)
 
     def search(self, vector: np.ndarray, *, using: str, k: int, filter: SearchFilter | None = None) -> list[StoredHit]:
         self._require()

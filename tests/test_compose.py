@@ -47,6 +47,22 @@ def test_compose_api_service() -> None:
                 assert str(value).split(":?", 1)[1].rstrip("}").strip()
 
 
+def test_compose_shares_chat_sessions_through_redis() -> None:
+    from api.settings import SessionSettings
+
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    redis, api = services["redis"], services["api"]
+    assert redis["image"].startswith("redis:7")
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in redis  # only the API reaches it
+    command = redis["command"]
+    assert command[command.index("--save") + 1] == "" and command[command.index("--appendonly") + 1] == "no"
+    sessions = SessionSettings(url=api["environment"]["TANDEM_SESSIONS__URL"])
+    assert sessions.url is not None and sessions.url.get_secret_value() == "redis://redis:6379/0"
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
 def _defaults(text: str) -> str:
     """Substitute ``${VAR:-default}`` with its default, as compose does when VAR is unset."""
     import re

@@ -94,7 +94,8 @@ def bench(
             )
         notes = [
             "Level 1 uses prototypes here (synthetic categories have no names); the real-catalogue evaluation"
-            " (hierarchical_eval.md) uses the configured level 1: category-name embeddings and prototypes.",
+            " (hierarchical_eval.md) uses the configured level 1: the nearest products' category vote with a soft"
+            " category prior.",
         ]
         results = {"generated_at": stamp, "machine": machine, "scaling": rows, "notes": notes}
         _, md, _ = bench_hierarchical.write_report(results, reports, "hierarchical_bench")
@@ -209,7 +210,12 @@ def bench_llm(ctx: typer.Context) -> None:
 def bench_soak(
     minutes: Annotated[float, typer.Option("--minutes", min=0.5, help="How long the soak runs.")] = 30.0,
     load: Annotated[float, typer.Option("--load", min=0.05, max=1.0, help="Share of the measured capacity.")] = 0.5,
-    capacity_s: Annotated[float, typer.Option("--capacity-s", min=5.0, help="Seconds to measure capacity.")] = 60.0,
+    capacity_s: Annotated[
+        float, typer.Option("--capacity-s", min=5.0, help="Seconds to measure the REST kinds' capacity.")
+    ] = 30.0,
+    chat_capacity_s: Annotated[
+        float, typer.Option("--chat-capacity-s", min=10.0, help="Seconds to measure the chat kinds' capacity.")
+    ] = 120.0,
     reports: Annotated[Path, typer.Option("--reports", help="Where soak.* and reliability.* go.")] = Path(
         "eval/reports"
     ),
@@ -223,7 +229,7 @@ def bench_soak(
     from eval.soak import SoakConfig, run_soak, write_report
 
     settings = get_settings()
-    cfg = SoakConfig(minutes=minutes, load=load, capacity_s=capacity_s)
+    cfg = SoakConfig(minutes=minutes, load=load, capacity_s=capacity_s, chat_capacity_s=chat_capacity_s)
     with tempfile.TemporaryDirectory(prefix="tandem-soak-") as work, progress_bar() as bar:
         tasks: dict[str, Any] = {}
 

@@ -71,6 +71,10 @@ def worker(
     reply: Annotated[str | None, typer.Option("--reply", help="With --simulate: answer this text every time.")] = None,
     hang: Annotated[bool, typer.Option("--hang", help="With --simulate: accept requests, never answer.")] = False,
     seed: Annotated[int | None, typer.Option("--seed", help="With --simulate: seed of the delay model.")] = None,
+    prefix_cache: Annotated[
+        str | None,
+        typer.Option("--prefix-cache", help="With --simulate: SIMULATED prefix cache: tokens=N,prefill_ms=F."),
+    ] = None,
     exit_with_parent: Annotated[
         bool, typer.Option("--exit-with-parent", hidden=True, help="Stop when the process that started it dies.")
     ] = False,
@@ -88,13 +92,14 @@ def worker(
     engine: Engine
     if simulate:
         name = served_name or (Path(model).name if model else "tandem-simulated")
-        engine = _simulated_engine(name, list(adapters), delay_model, slots=slots, reply=reply, hang=hang, seed=seed)
+        engine = _simulated_engine(name, list(adapters), delay_model, slots=slots, reply=reply, hang=hang, seed=seed,
+                                   prefix_cache=prefix_cache)  # fmt: skip
         kind = f"SIMULATED engine, {delay_model}"
     else:
         if model is None:
             raise CliError("--model DIR is required (or --simulate)")
-        if hang or reply is not None or slots is not None:
-            raise CliError("--hang, --reply and --slots only apply with --simulate")
+        if hang or reply is not None or slots is not None or prefix_cache is not None:
+            raise CliError("--hang, --reply, --slots and --prefix-cache only apply with --simulate")
         engine = _model_engine(model, adapters, device=device, dtype=dtype, max_batch=max_batch,
                                batch_wait_ms=batch_wait_ms)  # fmt: skip
         kind = f"transformers on {device}, {dtype}"
@@ -124,18 +129,24 @@ def _simulated_engine(
     reply: str | None,
     hang: bool,
     seed: int | None,
+    prefix_cache: str | None = None,
 ) -> Engine:
     """The SIMULATED engine: no model, service times drawn from ``delay_model``."""
     from llms.worker.delay import DelayModel
-    from llms.worker.simulated import SimulatedEngine
+    from llms.worker.simulated import PrefixCache, SimulatedEngine
 
     try:
         delay = DelayModel.parse(delay_model)
     except ValueError as exc:
         raise CliError(f"--delay-model: {exc}") from exc
+    try:
+        cache = PrefixCache.parse(prefix_cache) if prefix_cache is not None else None
+    except ValueError as exc:
+        raise CliError(f"--prefix-cache: {exc}") from exc
     return SimulatedEngine(
-        model_name=name, adapters=adapters, delay=delay, slots=slots, reply=reply, hang=hang, seed=seed
-    )
+        model_name=name, adapters=adapters, delay=delay, slots=slots, reply=reply, hang=hang, seed=seed,
+        prefix_cache=cache,
+    )  # fmt: skip
 
 
 def _model_engine(

@@ -45,6 +45,7 @@ __all__ = [
     "PayloadTooLargeError",
     "RateLimitedError",
     "SessionNotFoundApiError",
+    "SessionsUnavailableError",
     "StorageError",
     "StorageTimeoutError",
     "StorageUnavailableError",
@@ -174,6 +175,15 @@ class BackendUnavailableError(ApiError):
     status, code = 503, "backend_unavailable"
 
 
+class SessionsUnavailableError(ApiError):
+    """The shared session store (Redis) did not answer: a chat turn can neither load nor save its session."""
+
+    status, code = 503, "sessions_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class LlmUpstreamError(ApiError):
     """An LLM worker failed (every attempt), broke a stream, or emitted malformed tool calls."""
 
@@ -256,6 +266,8 @@ def _rag_error(exc: rag_errors.RagError) -> ApiError:
         return ValidationFailedError(message)
     if isinstance(exc, rag_errors.RetrievalUnavailableError):
         return BackendUnavailableError(message)
+    if isinstance(exc, rag_errors.SessionStoreUnavailableError):
+        return SessionsUnavailableError(message)
     return InternalError("internal error; the request id identifies it in the service's logs")
 
 

@@ -29,7 +29,8 @@ from api.settings import Settings
 from llms.dispatcher import Dispatcher
 from rag.assembly import CandidateSearch, build_pipeline
 from rag.diversity import DiversityCalibration
-from rag.session import SessionStore
+from rag.errors import SessionStoreUnavailableError
+from rag.session import MemorySessionStore, SessionStore
 from rag.turn import TurnModels
 from retrieval.batch_search import BatchQuery, search_batch
 from retrieval.batching import MicroBatcher, serving_threads
@@ -48,6 +49,21 @@ def _pin_torch_threads(n: int) -> None:
     import torch  # noqa: PLC0415 - lazy: torch costs seconds of start-up; only this path needs it
 
     torch.set_num_threads(n)
+
+
+def _session_store(settings: Settings) -> SessionStore:
+    """In this process by default; in Redis, shared by every replica, when ``TANDEM_SESSIONS__URL`` is set."""
+    chat, sessions = settings.chat, settings.sessions
+    if sessions.url is None:
+        return MemorySessionStore(max_sessions=chat.max_sessions, ttl_s=chat.session_ttl_s, max_turns=chat.max_turns)
+    # Lazy: redis-py's asyncio client costs about a second of start-up, paid only by services that use it.
+    from rag.session_redis import RedisSessionStore  # noqa: PLC0415 - lazy: ~1 s of imports, only with Redis
+
+    lock_timeout_s = sessions.lock_timeout_s or settings.api.chat_deadline_s + 15.0
+    return RedisSessionStore.from_url(
+        sessions.url.get_secret_value(), timeout_s=sessions.timeout_s, prefix=sessions.key_prefix,
+        ttl_s=chat.session_ttl_s, max_turns=chat.max_turns, lock_timeout_s=lock_timeout_s,
+    )  # fmt: skip
 
 
 def _vectors(store: VectorStore, ids: Sequence[str], using: str) -> dict[str, np.ndarray]:
@@ -71,10 +87,27 @@ class Resources:
     chat_not_ready: str | None = None
     not_ready: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    sessions: SessionStore = field(default_factory=MemorySessionStore)
+    # Set by the server on SIGTERM: /readyz answers 503 so balancers stop sending, while requests in flight finish.
+    draining: bool = False
 
     @property
     def ready(self) -> bool:
         return self.service is not None and self.not_ready is None
+
+    async def sessions_up(self) -> bool | None:
+        """Whether the shared session store answers now; None when sessions live in this process (nothing to ask).
+
+        Reported beside readiness, not gating it: every replica shares the one Redis, so gating would take them all
+        out of rotation at once, recommendations (which need no session) included.
+        """
+        if not self.sessions.shared:
+            return None
+        try:
+            await self.sessions.ping()
+        except SessionStoreUnavailableError:
+            return False
+        return True
 
     def parts(self) -> dict[str, bool]:
         """Which parts serve now: retrieval (gates readiness) and the LLMs (both roles' models on a healthy worker)."""
@@ -109,7 +142,7 @@ class Resources:
         # Every LLM call of this process goes through this one dispatcher (queue, balancing, failover).
         dispatcher = Dispatcher(settings.llm.dispatcher, settings.llm.workers, transport=llm_transport)
         await dispatcher.start()
-        res = cls(settings, metrics, fetcher, dispatcher)
+        res = cls(settings, metrics, fetcher, dispatcher, sessions=_session_store(settings))
         try:
             res.store = build_store(settings)
             text_encoder = build_text_encoder(settings)
@@ -150,6 +183,7 @@ class Resources:
             "image_encoder": manifest.image_encoder,
             "categories": len(res.retriever.categories.keys),
             "store": settings.qdrant.url or "qdrant-edge",
+            "sessions": "redis" if res.sessions.shared else "in-process",
             "torch_threads": threads,
         }
         log.info("ready", extra=res.info)
@@ -175,7 +209,6 @@ class Resources:
 
         chat = settings.chat
         models = TurnModels(ranker=settings.llm.ranker_model, explainer=settings.llm.explainer_model)
-        sessions = SessionStore(max_sessions=chat.max_sessions, ttl_s=chat.session_ttl_s, max_turns=chat.max_turns)
         store = self.store
         assert store is not None
 
@@ -184,12 +217,13 @@ class Resources:
 
         pipeline = await asyncio.to_thread(
             build_pipeline, catalogue, CandidateSearch(retrieve), self.dispatcher, chat,
-            models=models, sessions=sessions, vectors=image_vectors,
+            models=models, sessions=self.sessions, vectors=image_vectors,
         )  # fmt: skip
         self.chat = ChatService(pipeline, self.fetcher, settings.images, settings, vectors=partial(_vectors, store),
                                 calibration=DiversityCalibration.load(settings.diversity_calibration_path))  # fmt: skip
 
     async def aclose(self) -> None:
+        await self.sessions.aclose()
         await self.dispatcher.aclose()
         if self.batcher is not None:
             await self.batcher.close()

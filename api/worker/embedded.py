@@ -70,7 +70,11 @@ def embedded_llm_worker(settings: Settings) -> Iterator[WorkerConfig]:
               f"{llm.ranker_model}); the API does not wait for it (log: {log})")  # fmt: skip
     stopping = threading.Event()
     with log.open("ab") as sink:
-        process = subprocess.Popen(worker_command(settings, port), stdout=sink, stderr=subprocess.STDOUT)
+        # In its own session: Ctrl-C or a signal to the API's process group must not stop the worker while the
+        # API drains turns that still call it; the API stops it below, and --exit-with-parent if the API dies.
+        process = subprocess.Popen(
+            worker_command(settings, port), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     threading.Thread(target=_watch, args=(process, log, stopping), name="embedded-worker-watch", daemon=True).start()
     try:
         yield WorkerConfig(url=f"http://127.0.0.1:{port}/v1", name="embedded", max_concurrency=8)

@@ -48,8 +48,34 @@ def main(argv: Sequence[str] | None = None, *, home: Path = Path("var")) -> int:
         default=None,
         help="first wait up to S s for other processes to leave the CPU (default 30; quick 0)",
     )
+    parser.add_argument(
+        "--sessions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="multi-turn sessions on workers with a SIMULATED prefix cache: round_robin, power_of_two, affinity "
+        "(default on)",
+    )
+    parser.add_argument(
+        "--litellm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="LiteLLM's Router against the dispatcher on the same workers (default on; skipped without litellm)",
+    )
+    parser.add_argument(
+        "--real-engines",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="llama.cpp servers with the packaged SmolLM2 GGUF (default on; skipped without `make engines`)",
+    )
+    parser.add_argument(
+        "--llama-python",
+        default=None,
+        help="the interpreter of the llama.cpp build (default var/llama-venv/bin/python, made by `make engines`)",
+    )
     args = parser.parse_args(argv)
-    overrides = {"seed": args.seed, "quiet_wait_s": args.quiet_wait_s, "sigma": args.sigma}
+    overrides = {"seed": args.seed, "quiet_wait_s": args.quiet_wait_s, "sigma": args.sigma,
+                 "sessions": args.sessions, "litellm": args.litellm, "real_engines": args.real_engines,
+                 "llama_python": args.llama_python}  # fmt: skip
     if args.quick:
         config = BenchConfig.quick_config(**overrides)
     else:
@@ -78,6 +104,10 @@ def main(argv: Sequence[str] | None = None, *, home: Path = Path("var")) -> int:
             f"max share {fmt(v['max_share'], 2)}",
             highlight=False,
         )
+    rows = (("sessions", "sessions"), ("litellm_router", "LiteLLM Router"), ("real_engines", "real engines"))
+    for key, label in rows:
+        if "skipped" in results.get(key, {}):
+            console.print(f"[yellow]{label} skipped[/yellow]: {results[key]['skipped']}", highlight=False)
     for t in results["targets"]:
         mark = "n/a " if t["passed"] is None else "[green]PASS[/green]" if t["passed"] else "[red]MISS[/red]"
         console.print(f"{mark}  {t['target']}: {t['measured']}", highlight=False)

@@ -17,6 +17,7 @@ from llms.config import BalancingPolicy
 from llms.worker.delay import DelayModel
 
 __all__ = [
+    "CACHE_POOL",
     "HEADLINE_KEYS",
     "HETEROGENEOUS",
     "KILL_POOL",
@@ -105,6 +106,35 @@ class BenchConfig:
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = 60.0
     quiet_wait_s: float = 30.0
+    # Multi-turn sessions on workers with a SIMULATED prefix cache (round-robin, power of two, affinity).
+    sessions: bool = True
+    session_count: int = 60
+    session_turns: int = 6
+    session_rate: float = 4.0  # sessions started per second (Poisson)
+    think_s: float = 0.5  # mean pause between an answer and the session's next turn (exponential)
+    system_words: int = 30
+    context_words: int = 200  # the first turn's retrieved product cards
+    followup_words: int = 40
+    prefill_ms: float = 0.5  # per uncached prompt word
+    cache_tokens: int = 4000  # per worker
+    # LiteLLM's Router against the dispatcher on the same workers (needs `litellm`, a dev dependency).
+    litellm: bool = True
+    litellm_load: float = 0.5
+    litellm_s: float = 15.0
+    litellm_overhead_n: int = 300
+    litellm_kill_at_s: float = 4.0
+    litellm_kill_s: float = 14.0
+    litellm_overload: float = 2.0  # offered load, × capacity
+    litellm_overload_s: float = 8.0
+    overload_queue: int = 16
+    # llama.cpp servers serving the packaged SmolLM2 GGUF (needs `make engines`).
+    real_engines: bool = True
+    llama_python: str = "var/llama-venv/bin/python"
+    real_engine_count: int = 3
+    real_load: float = 0.6
+    real_s: float = 20.0
+    real_kill_at_s: float = 8.0
+    real_max_tokens: int = 12
 
     def __post_init__(self) -> None:
         if len(self.loads) != len(self.durations_s):
@@ -133,6 +163,21 @@ class BenchConfig:
             "overhead_n": 400,
             "e2e_n": 0,  # no zero-delay worker: one process fewer to start
             "quiet_wait_s": 0.0,
+            "session_count": 12,
+            "session_turns": 3,
+            "litellm_s": 3.0,
+            "litellm_overhead_n": 60,
+            "litellm_kill_at_s": 1.5,
+            "litellm_kill_s": 4.0,
+            "litellm_overload_s": 2.0,
+            "real_engine_count": 2,
+            "real_s": 6.0,
+            "real_kill_at_s": 3.0,
+            "real_max_tokens": 8,
+            # A smoke test stays quick: the LiteLLM comparison (its import alone takes 10-40 s) and the llama.cpp
+            # servers run in a quick run only when asked for (--litellm, --real-engines).
+            "litellm": False,
+            "real_engines": False,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -149,6 +194,7 @@ class WorkerSpec:
     name: str
     delay: str
     slots: int | None
+    prefix_cache: str | None = None  # ``--prefix-cache`` of a SIMULATED prefix cache
 
     @property
     def model(self) -> DelayModel:
@@ -181,8 +227,11 @@ def worker_specs(cfg: BenchConfig) -> list[WorkerSpec]:
     n_fast = max(cfg.equal_workers, 3)
     specs = [WorkerSpec(f"fast-{i}", fast, cfg.slots) for i in range(1, n_fast + 1)]
     specs.append(WorkerSpec("slow-1", slow, cfg.slots))
-    if cfg.e2e_n > 0:
+    if cfg.e2e_n > 0 or cfg.litellm:
         specs.append(WorkerSpec("zero", "constant:ms=0", None))
+    if cfg.sessions:
+        cache = f"tokens={cfg.cache_tokens},prefill_ms={cfg.prefill_ms:g}"
+        specs += [WorkerSpec(name, fast, cfg.slots, cache) for name in CACHE_POOL]
     return specs
 
 
@@ -190,6 +239,7 @@ def worker_specs(cfg: BenchConfig) -> list[WorkerSpec]:
 HETEROGENEOUS = ("fast-1", "fast-2", "slow-1")
 KILL_POOL = ("fast-1", "fast-2", "fast-3")
 KILL_VICTIM = "fast-3"
+CACHE_POOL = ("cache-1", "cache-2", "cache-3")  # the sessions scenario: fast workers with a prefix cache
 
 
 def equal_pool(cfg: BenchConfig) -> tuple[str, ...]:

@@ -297,6 +297,182 @@ def _cpu_use(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _skipped(title: str, row: Mapping[str, Any] | None) -> list[str] | None:
+    if row is None:
+        return ["", f"## {title}", "", "Not measured in this run.", ""]
+    if "skipped" in row:
+        return ["", f"## {title}", "", f"Skipped: {row['skipped']}.", ""]
+    return None
+
+
+def _sessions(results: Mapping[str, Any]) -> list[str]:
+    row = results.get("sessions")
+    skipped = _skipped("Sessions on a SIMULATED prefix cache", row)
+    if skipped is not None or row is None:
+        return skipped or []
+    cfg = results["config"]
+    lines = [
+        "",
+        "## Sessions on a SIMULATED prefix cache",
+        "",
+        f"> **SIMULATED prefix cache**: each worker (cache-1…3, the fast delay model) keeps an LRU of "
+        f"{cfg['cache_tokens']:,} prompt words of message prefixes; an uncached prompt word costs "
+        f"{cfg['prefill_ms']:g} ms before the first token, a cached one nothing (as vLLM's automatic prefix caching "
+        "or llama.cpp's slot cache would save). The hit rate is what the workers reported in their answers.",
+        "",
+        f"{cfg['session_count']} sessions (Poisson, {cfg['session_rate']:g}/s) of {cfg['session_turns']} streamed "
+        f"turns each: a {cfg['system_words']}-word system prompt, {cfg['context_words']} words of product cards in "
+        f"the first turn, {cfg['followup_words']} more words a turn, a pause of {cfg['think_s']:g} s on average "
+        "between an answer and the next turn; the session id goes in OpenAI's `user` field, which `affinity` "
+        "hashes on its ring (power of two when the home worker would pass 1.25× its share of the load). Latency "
+        "and TTFT from the moment a turn is sent. Token hit rate = cached / prompt words; follow-up hit rate = "
+        "follow-up turns whose worker still held at least half of their prompt.",
+        "",
+    ]
+    rows = [
+        [f"`{r['policy']}`", f"{r['requests']:,}", sum(r["errors"].values()), fmt(r["token_hit_rate"] * 100, 1),
+         fmt((r["followup_hit_rate"] or 0) * 100, 1), fmt(r["p50_ms"], 0), fmt(r["p99_ms"], 0),
+         fmt(r["ttft_p50_ms"], 0), fmt(r["ttft_p99_ms"], 0), fmt(r["throughput_rps"], 1), _shares(r["shares"]),
+         _cores(r["cpu"])]
+        for r in row["runs"]
+    ]  # fmt: skip
+    return lines + _table(
+        ["policy", "turns", "errors", "token hit %", "follow-up hit %", "p50 ms", "p99 ms", "TTFT p50", "TTFT p99",
+         "req/s", "share", "CPU cores (ours / workers / other / steal)"],
+        rows, "-" + "r" * 9 + "--",
+    )  # fmt: skip
+
+
+def _ms(v: Any) -> str:
+    return fmt(v, 0) if v is not None else "–"
+
+
+def litellm_verdict(row: Mapping[str, Any]) -> str:
+    """Whether to put LiteLLM behind the ``Dispatcher`` interface, from the figures measured.
+
+    Adopt only if it costs at most 1 ms a request more than the dispatcher, its best strategy's p99 is
+    within 1.2× the dispatcher's, and under overload it either refuses work or keeps p99 within 1.5×.
+    """
+    ov, lat = row["overhead"], row["latency"]
+    t_ms, l_ms = ov["tandem"]["overhead_ms"], ov["litellm"]["overhead_ms"]
+    t_p99 = lat["tandem_power_of_two"]["p99_ms"]
+    best = min((r for k, r in lat.items() if k.startswith("litellm_") and r.get("p99_ms") is not None),
+               key=lambda r: r["p99_ms"], default=None)  # fmt: skip
+    kill_t, kill_l = row["kill"]["tandem_power_of_two"], row["kill"]["litellm_simple-shuffle"]
+    over_t, over_l = row["overload"]["tandem_power_of_two"], row["overload"]["litellm_least-busy"]
+    cheap = l_ms is not None and t_ms is not None and l_ms <= t_ms + 1.0
+    fast = best is not None and t_p99 is not None and best["p99_ms"] <= 1.2 * t_p99
+    bounded = over_l["refused_429"] > 0 or (
+        over_l["p99_ms"] is not None and over_t["p99_ms"] is not None and over_l["p99_ms"] <= 1.5 * over_t["p99_ms"]
+    )
+    reasons = [
+        f"it costs {fmt(l_ms, 2)} ms a request against the dispatcher's {fmt(t_ms, 2)} ms",
+        f"its best p99 at {lat['load']:.0%} load was {_ms(best['p99_ms'] if best else None)} ms against "
+        f"{_ms(t_p99)} ms (its CPU cost sits in the caller's event loop: see the sender lag)",
+        f"at {row['overload']['offered']:g}× capacity it refused {over_l['refused_429']} and its p99 reached "
+        f"{_ms(over_l['p99_ms'])} ms, where the dispatcher refused {over_t['refused_429']} at once (429, median "
+        f"{_ms(over_t['refusal_p50_ms'])} ms) and kept p99 at {_ms(over_t['p99_ms'])} ms",
+        f"with a worker killed callers saw {kill_l['errors_after_kill']} error(s) through LiteLLM (p99 "
+        f"{_ms(kill_l['p99_ms_after_kill'])} ms just after) and {kill_t['errors_after_kill']} through the dispatcher "
+        f"(p99 {_ms(kill_t['p99_ms_after_kill'])} ms; its errors are streams cut after their first token, which "
+        "no router can retry unseen)",
+    ]
+    if cheap and fast and bounded:
+        return "LiteLLM could sit behind the `Dispatcher` interface on these figures: " + "; ".join(reasons) + "."
+    return (
+        "Do not adopt LiteLLM behind the `Dispatcher` interface: " + "; ".join(reasons) + ". What it adds is a "
+        "catalogue of hosted providers (keys, spend tracking), which Tandem's self-hosted workers do not need; "
+        "the bounded queue, deadlines and 429s would have to be kept in front of it anyway."
+    )
+
+
+def _litellm(results: Mapping[str, Any]) -> list[str]:
+    row = results.get("litellm_router")
+    skipped = _skipped("LiteLLM Router against the dispatcher", row)
+    if skipped is not None or row is None:
+        return skipped or []
+    lat, ov, kill, over = row["latency"], row["overhead"], row["kill"], row["overload"]
+    lines = [
+        "",
+        "## LiteLLM Router against the dispatcher",
+        "",
+        f"LiteLLM {row.get('litellm_version')} (imported in {fmt(row.get('import_s'), 1)} s), `litellm.Router` with "
+        "each SIMULATED worker as an `openai/…` deployment at its `api_base`, `num_retries=2` (the dispatcher "
+        "makes up to 3 attempts), in this process beside the dispatcher, on the same workers and the same seeded "
+        "arrivals.",
+        "",
+        f"**Latency**: heterogeneous workers ({', '.join(lat['workers'])}) at {lat['load']:.0%} load "
+        f"({fmt(lat['target_rps'], 1)} req/s), every request streamed; from the planned arrival.",
+        "",
+    ]
+    rows = [
+        [f"`{name}`", f"{r['requests']:,}", sum(r["errors"].values()), _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+         _ms(r["ttft_p50_ms"]), _ms(r["ttft_p99_ms"]), fmt(r["arrival_lag_p99_ms"], 1), _cores(r["cpu"])]
+        for name, r in lat.items() if isinstance(r, Mapping)
+    ]  # fmt: skip
+    lines += ["*Sender lag* = how late the load generator sent its requests: a router's CPU cost in the caller's "
+              "event loop delays everything in that loop, and latency runs from the planned arrival.", ""]  # fmt: skip
+    lines += _table(["router", "requests", "errors", "p50 ms", "p99 ms", "TTFT p50", "TTFT p99",
+                     "sender lag p99 ms", "CPU cores (ours / workers / other / steal)"], rows, "-rrrrrrr-")  # fmt: skip
+    lines += ["", "**Overhead** per non-streamed request against the zero-delay worker (sequential, interleaved "
+              "blocks; median dispatched − median direct):", ""]  # fmt: skip
+    rows = [[f"`{k}`", f"{o['n']:,}", fmt(o["direct_median_us"], 0), fmt(o["dispatched_median_us"], 0),
+             fmt(o["overhead_ms"], 3)] for k, o in ov.items()]  # fmt: skip
+    lines += _table(["router", "calls", "direct µs", "routed µs", "overhead ms"], rows)
+    lines += ["", f"**A worker dies**: {', '.join(kill['workers'])} at {kill['load']:.0%} load, half streamed; "
+              f"{kill['victim']} SIGKILLed mid-run and left dead. *Errors after kill* = errors that ended after it "
+              "(streams it cut included); *failures until* = when the last one ended, from the kill. A stream that "
+              "ends without a finish reason counts as `TruncatedStreamError`.", ""]  # fmt: skip
+    rows = [[f"`{k}`", f"{r['requests']:,}", fmt((r["success_rate"] or 0) * 100, 2), r["errors_after_kill"],
+             _counted(r["errors"]), fmt(r["failures_until_s"], 2), _ms(r["p99_ms_after_kill"])]
+            for k, r in kill.items() if isinstance(r, Mapping)]  # fmt: skip
+    lines += _table(["router", "requests", "success %", "errors after kill", "errors", "failures until s",
+                     "p99 ms, 2 s after kill"], rows, "-rrr-rr")  # fmt: skip
+    lines += ["", f"**Overload**: {over['offered']:g}× the capacity of {', '.join(over['workers'])} "
+              f"({fmt(over['target_rps'], 1)} req/s), non-streamed. The dispatcher: one request per slot in flight "
+              f"and a queue of {over['queue']}; what it cannot queue is refused at once (`OverloadedError`, which "
+              "the API answers 429 + Retry-After).", ""]  # fmt: skip
+    rows = [[f"`{k}`", f"{r['requests']:,}", f"{r['ok']:,}", r["refused_429"], _counted(r["other_errors"]),
+             _ms(r["p50_ms"]), _ms(r["p99_ms"]), _ms(r["refusal_p50_ms"]), fmt(r["wall_s"], 1)]
+            for k, r in over.items() if isinstance(r, Mapping)]  # fmt: skip
+    lines += _table(["router", "requests", "answered", "refused (429)", "other errors", "p50 ms", "p99 ms",
+                     "refusal p50 ms", "until drained s"], rows, "-rrr-rrrr")  # fmt: skip
+    return [*lines, "", f"**Verdict**: {litellm_verdict(row)}", ""]
+
+
+def _real_engines(results: Mapping[str, Any]) -> list[str]:
+    row = results.get("real_engines")
+    skipped = _skipped("Real engines: llama.cpp with SmolLM2-135M", row)
+    if skipped is not None or row is None:
+        return skipped or []
+    kill = row["kill"]
+    lines = [
+        "",
+        "## Real engines: llama.cpp with SmolLM2-135M",
+        "",
+        f"**Not simulated**: {row['engines']} × {row['engine']} serving {row['model']}, behind the dispatcher over "
+        f"HTTP (streamed chat completions, {row['max_tokens']} tokens, greedy; five buyers' questions in turn, "
+        "the buyer in OpenAI's `user`, which `affinity` routes by). Service time alone (median): "
+        + ", ".join(f"{n} {v * 1000:.0f} ms" for n, v in row["service_s"].items())
+        + f"; capacity {fmt(row['capacity_rps'], 2)} req/s; each policy at {row['load']:.0%} of it "
+        f"({fmt(row['target_rps'], 2)} req/s, Poisson).",
+        "",
+    ]
+    rows = [[f"`{r['policy']}`", f"{r['requests']:,}", sum(r["errors"].values()), _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+             _ms(r["ttft_p50_ms"]), _shares(r["shares"])] for r in row["runs"]]  # fmt: skip
+    lines += _table(["policy", "requests", "errors", "p50 ms", "p99 ms", "TTFT p50", "share"], rows, "-rrrrr-")
+    lines += [
+        "",
+        f"**Kill**: `{kill['policy']}`, {kill['victim']} SIGKILLed at {kill['kill_s']:.1f} s: "
+        f"{fmt((kill['success_rate'] or 0) * 100, 2)} % of {kill['requests']} requests succeeded; errors seen by "
+        f"callers: {_counted(kill['errors'])}; attempts retried on another engine: {kill['retries']}; the victim "
+        f"{'was' if kill['victim_marked_unhealthy'] else 'was not'} marked unhealthy; p99 in the 2 s after the kill "
+        f"{_ms(kill['p99_ms_after_kill'])} ms.",
+        "",
+    ]
+    return lines
+
+
 _SECTIONS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (
     _intro,
     _targets,
@@ -306,6 +482,9 @@ _SECTIONS: tuple[Callable[[Mapping[str, Any]], list[str]], ...] = (
     _equal,
     _overhead,
     _kill_drill,
+    _sessions,
+    _litellm,
+    _real_engines,
     _cpu_use,
 )
 

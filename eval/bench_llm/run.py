@@ -35,10 +35,13 @@ from eval.bench_llm.config import (
     equal_pool,
     worker_specs,
 )
+from eval.bench_llm.litellm_router import run_litellm_comparison
 from eval.bench_llm.load import kill_drill, run_load
 from eval.bench_llm.measure import round_floats
 from eval.bench_llm.overhead import measure_overhead_end_to_end, measure_overhead_in_process
+from eval.bench_llm.real_engines import run_real_engines
 from eval.bench_llm.report import write_report
+from eval.bench_llm.sessions import SESSION_POLICIES, run_sessions
 from eval.bench_llm.targets import check_shape, evaluate_targets, headline_policies
 from eval.bench_llm.workers import WorkerPool, dispatcher_log
 from eval.machine import machine_info
@@ -78,7 +81,9 @@ class _Bars:
             self.progress.advance(self._steps)
 
 
-async def _measure(pool: WorkerPool, cfg: BenchConfig, bars: _Bars, phases: dict[str, float]) -> dict[str, Any]:
+async def _measure(
+    pool: WorkerPool, cfg: BenchConfig, bars: _Bars, phases: dict[str, float], work: Path
+) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": [], "equal_runs": []}
     t = time.perf_counter()
     bars.step("dispatcher overhead, in process (instant mock transport)", None)
@@ -113,8 +118,35 @@ async def _measure(pool: WorkerPool, cfg: BenchConfig, bars: _Bars, phases: dict
     bars.step(f"kill one of three · SIGKILL {KILL_VICTIM} at {cfg.kill_at_s:g} s", cfg.kill_s)
     out["kill_drill"] = await kill_drill(pool, cfg, bars.tick)
     bars.done()
-    phases["kill_drill_s"] = time.perf_counter() - t
+    phases["kill_drill_s"], t = time.perf_counter() - t, time.perf_counter()
+    await _extras(pool, cfg, bars, phases, work, out)
+    phases["extras_s"] = time.perf_counter() - t
     return out
+
+
+async def _extras(
+    pool: WorkerPool, cfg: BenchConfig, bars: _Bars, phases: dict[str, float], work: Path, out: dict[str, Any]
+) -> None:
+    """The sessions scenario, the LiteLLM comparison and the real engines, each when asked for."""
+    out["sessions"] = {"skipped": "not asked for (--no-sessions)"}
+    if cfg.sessions:
+        runs = []
+        for policy in SESSION_POLICIES:
+            bars.step(f"sessions with a SIMULATED prefix cache · {policy.value}", None)
+            runs.append(await run_sessions(pool, cfg, policy, bars.tick))
+            bars.done()
+        out["sessions"] = {"runs": runs}
+    t = time.perf_counter()
+    out["litellm_router"] = {"skipped": "not asked for (--no-litellm)"}
+    if cfg.litellm:
+        out["litellm_router"] = await run_litellm_comparison(pool, cfg, lambda s: bars.step(s, None))
+        bars.done()
+    phases["litellm_s"], t = time.perf_counter() - t, time.perf_counter()
+    out["real_engines"] = {"skipped": "not asked for (--no-real-engines)"}
+    if cfg.real_engines:
+        out["real_engines"] = await run_real_engines(cfg, work, lambda s: bars.step(s, None))
+        bars.done()
+    phases["real_engines_s"] = time.perf_counter() - t
 
 
 def _delay_summary(spec: WorkerSpec) -> dict[str, Any]:
@@ -190,6 +222,9 @@ def _results(
         "policies": headline_policies(measured["runs"], measured["equal_runs"], cfg.headline_load),
         "dispatcher_overhead_ms": measured["overhead"]["in_process"]["complete"]["overhead_ms"],
         "kill_one_of_three_success_rate": measured["kill_drill"]["success_rate"],
+        "sessions": measured["sessions"],
+        "litellm_router": measured["litellm_router"],
+        "real_engines": measured["real_engines"],
         "cpu": cpu,
     }
 
@@ -218,6 +253,7 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="tandem-bench-llm-"))
     pool = WorkerPool(worker_specs(cfg), work, cfg.seed)
     steps = 1 + (cfg.e2e_n > 0) + len(cfg.loads) * len(POLICIES) + len(POLICIES) + 1
+    steps += len(SESSION_POLICIES) * cfg.sessions + cfg.litellm + cfg.real_engines
     ok = False
     quiet: dict[str, float] | None = None
     phases: dict[str, float] = {}
@@ -231,7 +267,7 @@ def run(
                 quiet = wait_for_quiet(cfg.quiet_wait_s, own=pool.alive())
                 phases["quiet_wait_s"] = quiet["waited_s"]
             measured_at = time.perf_counter()
-            measured = asyncio.run(_measure(pool, cfg, bars, phases))
+            measured = asyncio.run(_measure(pool, cfg, bars, phases, work))
             measured_s = time.perf_counter() - measured_at
         ok = True
     finally:

@@ -86,6 +86,8 @@ class WorkerPool:
         argv += ["--served-name", MODEL, "--delay-model", spec.delay, "--seed", str(self.seeds[name])]
         if spec.slots is not None:
             argv += ["--slots", str(spec.slots)]
+        if spec.prefix_cache is not None:
+            argv += ["--prefix-cache", spec.prefix_cache]
         return argv
 
     def spawn(self, name: str) -> Service:

@@ -11,7 +11,9 @@ import random
 import statistics
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -39,6 +41,25 @@ from eval.bench_llm import (
     worker_specs,
     write_report,
 )
+from eval.bench_llm.config import CACHE_POOL
+from eval.bench_llm.litellm_router import (
+    TruncatedStreamError,
+    _consume,
+    _dispatcher_send,
+    _drive,
+    _import_litellm,
+    _router_send,
+    litellm_available,
+    make_router,
+    summarise_kill,
+)
+from eval.bench_llm.load import chat_payload
+from eval.bench_llm.real_engines import engine_argv, find_gguf, llama_ready, run_real_engines
+from eval.bench_llm.report import litellm_verdict, markdown
+from eval.bench_llm.sessions import TurnRecord, cache_note, session_schedule, summarise_turns
+from eval.bench_llm.workers import WorkerPool
+from llms.config import DispatcherConfig, WorkerConfig
+from llms.dispatcher import Dispatcher
 from llms.worker.delay import DelayModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,11 +160,12 @@ def test_delay_spec_is_what_the_worker_cli_parses() -> None:
 def test_worker_specs_cover_every_scenario() -> None:
     cfg = BenchConfig()
     specs = {s.name: s for s in worker_specs(cfg)}
-    assert {"fast-1", "fast-2", "fast-3", "fast-4", "slow-1", "zero"} == set(specs)
+    assert {"fast-1", "fast-2", "fast-3", "fast-4", "slow-1", "zero", *CACHE_POOL} == set(specs)
     assert set(KILL_POOL) <= set(specs)
     assert specs["slow-1"].model.mean_s == pytest.approx(specs["fast-1"].model.mean_s / cfg.slow_speed)
     assert specs["zero"].slots is None and math.isinf(specs["zero"].capacity_rps)
-    assert "zero" not in {s.name for s in worker_specs(BenchConfig.quick_config())}  # quick skips overhead (b)
+    # quick skips overhead (b); only the LiteLLM comparison still needs the zero-delay worker
+    assert "zero" not in {s.name for s in worker_specs(BenchConfig.quick_config(litellm=False))}
     assert WorkerSpec("w", "constant:ms=250", 4).capacity_rps == pytest.approx(16.0)
 
 
@@ -418,3 +440,157 @@ def test_quick_benchmark_end_to_end(tmp_path: Path) -> None:
     assert results["kill_drill"]["return_s"] is not None  # the restarted worker got traffic again
     assert -1 < results["dispatcher_overhead_ms"] < 50
     assert all(isinstance(t["passed"], bool) for t in results["targets"])
+
+
+# --------------------------------------------------------------------------- sessions, LiteLLM, real engines
+
+
+def test_cache_notes_and_session_schedules() -> None:
+    assert cache_note("[simulated m, prefix cache 120/300] about x") == (120, 300)
+    assert cache_note("[simulated m] about x") is None
+    starts = session_schedule(500, 5.0, random.Random(0))
+    assert starts == sorted(starts) and len(starts) == 500
+    assert 500 / starts[-1] == pytest.approx(5.0, rel=0.15)
+    with pytest.raises(ValueError, match="positive"):
+        session_schedule(3, 0.0, random.Random(0))
+
+
+def test_turn_summary_counts_hits_latency_and_errors() -> None:
+    records = [
+        TurnRecord(0, 0, 0.2, 0.05, 10, 200),
+        TurnRecord(0, 1, 0.1, 0.02, 200, 240),  # found its previous turn: a follow-up hit
+        TurnRecord(1, 0, 0.3, 0.10, 0, 200),
+        TurnRecord(1, 1, 0.3, 0.09, 10, 240),  # another worker: a miss
+        TurnRecord(1, 2, None, None, None, None, "WorkerError"),
+    ]
+    s = summarise_turns(records, wall_s=2.0)
+    assert (s["requests"], s["ok"], s["errors"]) == (5, 4, {"WorkerError": 1})
+    assert s["token_hit_rate"] == pytest.approx(220 / 880)
+    assert s["followup_hit_rate"] == 0.5
+    assert s["throughput_rps"] == 2.0
+    assert s["p50_ms"] == pytest.approx(250.0)
+    assert s["ttft_p50_ms"] == pytest.approx(70.0)  # 20, 50, 90, 100 ms
+
+
+def test_session_workers_get_a_prefix_cache_and_the_others_do_not() -> None:
+    specs = {s.name: s for s in worker_specs(BenchConfig())}
+    assert {n for n, s in specs.items() if s.prefix_cache} == set(CACHE_POOL)
+    assert specs["cache-1"].prefix_cache == "tokens=4000,prefill_ms=0.5"
+    assert "zero" in specs, "the LiteLLM overhead needs the zero-delay worker"
+    off = worker_specs(BenchConfig.quick_config(sessions=False, litellm=False))
+    assert not any(s.prefix_cache for s in off) and "zero" not in {s.name for s in off}
+
+
+def test_kill_summary_times_failures_from_the_kill() -> None:
+    def rec(at: float, error: str | None = None, latency: float | None = 0.1) -> RequestRecord:
+        return RequestRecord(at, 0.0, "complete", at + 0.1, None if error else latency, None, error)
+
+    records = [rec(0.5), rec(1.2, "WorkerError"), rec(2.5, "APIConnectionError"), rec(2.6, latency=0.9), rec(6.0)]
+    s = summarise_kill(records, kill_s=1.0)
+    assert s["errors_after_kill"] == 2
+    assert s["failures_until_s"] == pytest.approx(1.6)  # the last error ended at 2.6 s
+    assert s["p99_ms_after_kill"] == pytest.approx(900.0)
+    assert s["success_rate"] == pytest.approx(0.6)
+    assert summarise_kill([rec(0.5), rec(2.0)], kill_s=1.0)["failures_until_s"] is None
+
+
+def test_real_engines_are_skipped_with_a_hint_without_a_llama_build(tmp_path: Path) -> None:
+    cfg = BenchConfig.quick_config(llama_python=str(tmp_path / "nowhere" / "python"))
+    row = asyncio.run(run_real_engines(cfg, tmp_path))
+    assert set(row) == {"skipped"} and "make engines" in row["skipped"]
+    assert llama_ready(tmp_path / "nowhere") is not None
+
+
+def test_a_llama_server_is_one_thread_and_never_interrupted() -> None:
+    argv = engine_argv(Path("/v/bin/python"), Path("/m/model.gguf"), 9001)
+    flags = dict(zip(argv[3::2], argv[4::2], strict=True))
+    assert argv[:3] == ["/v/bin/python", "-m", "llama_cpp.server"]
+    assert flags["--n_threads"] == "1" and flags["--interrupt_requests"] == "False"
+    assert (flags["--model"], flags["--port"], flags["--host"]) == ("/m/model.gguf", "9001", "127.0.0.1")
+    gguf = find_gguf()
+    assert gguf is None or gguf.name.endswith(".gguf")
+
+
+def test_report_shows_the_new_rows_or_why_they_were_skipped(tmp_path: Path) -> None:
+    results = _results()
+    skipped = markdown({**results, "real_engines": {"skipped": "no llama.cpp build: run `make engines` first"}})
+    assert "Skipped: no llama.cpp build: run `make engines` first." in skipped
+    session = {"policy": "affinity", "requests": 30, "errors": {}, "token_hit_rate": 0.8, "followup_hit_rate": 0.9,
+               "p50_ms": 200.0, "p99_ms": 600.0, "ttft_p50_ms": 40.0, "ttft_p99_ms": 90.0, "throughput_rps": 5.0,
+               "shares": {"cache-1": 0.3, "cache-2": 0.3, "cache-3": 0.4}, "cpu": {}}  # fmt: skip
+    md = markdown({**results, "sessions": {"runs": [session]}})
+    assert "SIMULATED prefix cache" in md and "| `affinity` | 30 | 0 | 80.0 | 90.0 |" in md
+
+
+def test_a_stream_without_a_finish_reason_is_a_truncated_answer() -> None:
+    async def chunks(items: list[Any]) -> AsyncIterator[Any]:
+        for item in items:
+            yield item
+
+    done = {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+    part = {"choices": [{"delta": {"content": "a"}, "finish_reason": None}]}
+    assert asyncio.run(_consume(chunks([part, done]))) is not None
+    as_objects = SimpleNamespace(choices=[SimpleNamespace(finish_reason="length")])  # LiteLLM's chunk objects
+    assert asyncio.run(_consume(chunks([as_objects]))) is not None
+    with pytest.raises(TruncatedStreamError):
+        asyncio.run(_consume(chunks([part, part])))
+
+
+@pytest.mark.slow  # importing LiteLLM takes 5-40 s, and two worker processes start
+@pytest.mark.skipif(not litellm_available(), reason="litellm (a dev dependency) is not installed")
+def test_litellm_router_and_dispatcher_on_two_simulated_workers(tmp_path: Path) -> None:
+    """A tiny load through LiteLLM's Router and through the dispatcher, on two real simulated worker processes."""
+    specs = [WorkerSpec(f"fast-{i}", "constant:ms=20", 2) for i in (1, 2)]
+    pool = WorkerPool(specs, tmp_path, seed=0)
+    try:
+        pool.start_all()
+        pool.wait_ready(120)
+        litellm = _import_litellm()
+        arrivals = [(i * 0.02, "stream" if i % 2 else "complete") for i in range(10)]
+        payload = chat_payload(8)
+
+        async def main() -> tuple[list[RequestRecord], list[RequestRecord]]:
+            router = make_router(litellm, pool, ["fast-1", "fast-2"], "simple-shuffle", num_retries=0)
+            routed, _ = await _drive(_router_send(router), arrivals, payload, 30.0)
+            workers = [WorkerConfig(url=pool.url(n), name=n, models=["tandem-simulated"]) for n in ("fast-1", "fast-2")]
+            async with Dispatcher(DispatcherConfig(), workers) as d:
+                dispatched, _ = await _drive(_dispatcher_send(d), arrivals, payload, 30.0)
+            return routed, dispatched
+
+        routed, dispatched = asyncio.run(main())
+    finally:
+        pool.stop_all()
+    for records in (routed, dispatched):
+        assert [r.error for r in records] == [None] * 10
+        assert all(r.latency_s is not None and r.latency_s > 0 for r in records)
+        assert all((r.ttft_s is not None) == (r.kind == "stream") for r in records)
+
+
+def _litellm_row(l_overhead: float, l_p99: float, l_refused: int, l_over_p99: float) -> dict[str, Any]:
+    def over(refused: int, p99: float) -> dict[str, Any]:
+        return {"requests": 100, "ok": 100 - refused, "refused_429": refused, "other_errors": {}, "p50_ms": 300.0,
+                "p99_ms": p99, "max_ms": p99, "refusal_p50_ms": 3.0 if refused else None, "wall_s": 3.0}  # fmt: skip
+
+    kill = {"requests": 100, "ok": 99, "success_rate": 0.99, "errors_after_kill": 1, "errors": {"X": 1},
+            "failures_until_s": 0.1, "p99_ms_after_kill": 800.0}  # fmt: skip
+    return {
+        "latency": {"load": 0.5, "tandem_power_of_two": {"p99_ms": 1000.0}, "litellm_least-busy": {"p99_ms": l_p99}},
+        "overhead": {"tandem": {"overhead_ms": 0.2}, "litellm": {"overhead_ms": l_overhead}},
+        "kill": {"tandem_power_of_two": kill, "litellm_simple-shuffle": kill},
+        "overload": {
+            "offered": 2.0,
+            "tandem_power_of_two": over(50, 1000.0),
+            "litellm_least-busy": over(l_refused, l_over_p99),
+        },
+    }
+
+
+def test_the_litellm_verdict_follows_the_figures() -> None:
+    assert litellm_verdict(_litellm_row(0.8, 1100.0, 20, 1200.0)).startswith("LiteLLM could sit behind")
+    for costly in (
+        _litellm_row(23.0, 1100.0, 20, 1200.0),  # 23 ms a request
+        _litellm_row(0.8, 5000.0, 20, 1200.0),  # p99 5× the dispatcher's
+        _litellm_row(0.8, 1100.0, 0, 9000.0),
+    ):  # no refusals, p99 runs away under overload
+        verdict = litellm_verdict(costly)
+        assert verdict.startswith("Do not adopt LiteLLM"), verdict

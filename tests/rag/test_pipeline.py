@@ -370,3 +370,23 @@ def test_mmr_over_the_ranking_spreads_near_duplicates(products: list[Product]) -
     assert diverse.items[0].product.product_id == order[0] and len(twins) == 1  # one of the identical ones only
     _, one = run(pipeline, TurnRequest(text="shirts", top_k=4, mmr_lambda=1.0))
     assert [i.product.product_id for i in one.items] == [i.product.product_id for i in plain.items]
+
+
+def test_every_llm_call_of_a_session_carries_its_routing_key(products: list[Product]) -> None:
+    """OpenAI's ``user``: one hashed key per session (the dispatcher's affinity policy routes by it), never the id."""
+    llm = ScriptedLlm(submit("A", "B"))
+    pipeline, _ = make_pipeline(products, llm)
+    turns: list[set[Any]] = []
+
+    def turn(request: TurnRequest) -> TurnResult:
+        before = len(llm.calls)
+        _, result = run(pipeline, request)
+        turns.append({c.get("user") for c in llm.calls[before:]})
+        return result
+
+    first = turn(TurnRequest(text="shirts for men", top_k=4))
+    turn(TurnRequest(text="in blue", session_id=first.session_id, top_k=4))
+    turn(TurnRequest(text="shirts for men", top_k=4))  # a new session
+    assert all(len(keys) == 1 and None not in keys for keys in turns), "every call of a turn, one key"
+    assert turns[0] == turns[1] != turns[2], "the same session, the same key; another session, another"
+    assert first.session_id not in turns[0], "a hash, not the session id itself"

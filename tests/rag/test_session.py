@@ -12,7 +12,7 @@ import re
 import pytest
 
 from rag.errors import SessionNotFoundError
-from rag.session import Session, SessionStore, Turn
+from rag.session import MemorySessionStore, Session, Turn
 from rag.terms import TurnTerms
 from tests.support.clock import FakeClock
 
@@ -54,11 +54,11 @@ def test_a_one_turn_history_keeps_only_the_latest() -> None:
     assert [t.text for t in session.turns] == ["turn 1"]
 
 
-# ------------------------------------------------------------------ SessionStore
+# ------------------------------------------------------------------ MemorySessionStore
 
 
 def test_opening_without_an_id_starts_a_session_and_its_id_finds_it_again() -> None:
-    store = SessionStore(max_turns=3, clock=FakeClock())
+    store = MemorySessionStore(max_turns=3, clock=FakeClock())
     a, b = store.open(None), store.open(None)
     assert re.fullmatch(r"[0-9a-f]{32}", a.session_id)
     assert a.session_id != b.session_id
@@ -70,7 +70,7 @@ def test_opening_without_an_id_starts_a_session_and_its_id_finds_it_again() -> N
 
 @pytest.mark.parametrize("session_id", ["no-such-session", "", "0" * 32])
 def test_an_unknown_id_is_an_error_not_a_new_session(session_id: str) -> None:
-    store = SessionStore(clock=FakeClock())
+    store = MemorySessionStore(clock=FakeClock())
     store.open(None)
     with pytest.raises(SessionNotFoundError, match=re.escape(repr(session_id))):
         store.open(session_id)
@@ -80,7 +80,7 @@ def test_an_unknown_id_is_an_error_not_a_new_session(session_id: str) -> None:
 @pytest.mark.parametrize("ttl_s", [0.0, 5.0, 3600.0])
 def test_a_session_lives_exactly_ttl_s_after_its_last_use(ttl_s: float) -> None:
     clock = FakeClock(start=100.0)
-    store = SessionStore(ttl_s=ttl_s, clock=clock)
+    store = MemorySessionStore(ttl_s=ttl_s, clock=clock)
     session = store.open(None)
     assert session.last_used == 100.0  # stamped by the store's clock, not the real one
     clock.advance(ttl_s)
@@ -93,7 +93,7 @@ def test_a_session_lives_exactly_ttl_s_after_its_last_use(ttl_s: float) -> None:
 
 def test_each_use_restarts_the_idle_time() -> None:
     clock = FakeClock()
-    store = SessionStore(ttl_s=10.0, clock=clock)
+    store = MemorySessionStore(ttl_s=10.0, clock=clock)
     session = store.open(None)
     for _ in range(5):  # 40 s in all, never idle for more than 8
         clock.advance(8.0)
@@ -103,7 +103,7 @@ def test_each_use_restarts_the_idle_time() -> None:
 
 def test_expired_sessions_go_whichever_session_is_opened() -> None:
     clock = FakeClock()
-    store = SessionStore(ttl_s=10.0, clock=clock)
+    store = MemorySessionStore(ttl_s=10.0, clock=clock)
     old = [store.open(None) for _ in range(3)]
     clock.advance(6.0)
     young = store.open(None)
@@ -116,7 +116,7 @@ def test_expired_sessions_go_whichever_session_is_opened() -> None:
 
 
 def test_a_full_store_drops_the_least_recently_used() -> None:
-    store = SessionStore(max_sessions=2, clock=FakeClock())
+    store = MemorySessionStore(max_sessions=2, clock=FakeClock())
     a, b = store.open(None), store.open(None)
     store.open(a.session_id)  # b is now the least recently used
     c = store.open(None)
@@ -130,7 +130,7 @@ def test_a_full_store_drops_the_least_recently_used() -> None:
 
 
 def test_a_session_opens_only_for_the_owner_that_started_it() -> None:
-    store = SessionStore(clock=FakeClock())
+    store = MemorySessionStore(clock=FakeClock())
     mine = store.open(None, owner="platform")
     assert mine.owner == "platform"
     assert store.open(mine.session_id, owner="platform") is mine
@@ -144,7 +144,7 @@ def test_a_session_opens_only_for_the_owner_that_started_it() -> None:
 
 
 def test_another_owners_session_is_the_same_error_as_an_unknown_one() -> None:
-    store = SessionStore(clock=FakeClock())
+    store = MemorySessionStore(clock=FakeClock())
     theirs = store.open(None, owner="a")
     with pytest.raises(SessionNotFoundError) as foreign:
         store.open(theirs.session_id, owner="b")
@@ -155,7 +155,7 @@ def test_another_owners_session_is_the_same_error_as_an_unknown_one() -> None:
 
 def test_a_stranger_does_not_keep_a_session_alive() -> None:
     clock = FakeClock()
-    store = SessionStore(ttl_s=10.0, clock=clock)
+    store = MemorySessionStore(ttl_s=10.0, clock=clock)
     session = store.open(None, owner="a")
     for _ in range(3):
         clock.advance(4.0)
@@ -166,7 +166,7 @@ def test_a_stranger_does_not_keep_a_session_alive() -> None:
 
 
 def test_the_default_clock_is_the_real_one() -> None:
-    store = SessionStore()
+    store = MemorySessionStore()
     session = store.open(None)
     assert store.open(session.session_id) is session
 
@@ -202,7 +202,7 @@ class StoreModel:
 def test_the_store_matches_a_reference_model_over_random_use(seed: int) -> None:
     rng = random.Random(seed)
     clock = FakeClock()
-    store = SessionStore(max_sessions=5, ttl_s=10.0, clock=clock)
+    store = MemorySessionStore(max_sessions=5, ttl_s=10.0, clock=clock)
     model = StoreModel(max_sessions=5, ttl_s=10.0)
     ids: list[str] = []
     for _ in range(400):

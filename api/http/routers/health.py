@@ -26,7 +26,11 @@ async def healthz() -> HealthResponse:
 )
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     parts = resources.parts()
-    if resources.ready:
+    sessions = await resources.sessions_up()
+    if sessions is not None:  # a shared (Redis) store is reported beside the rest; in-process needs no probe
+        parts["sessions"] = sessions
+    if resources.ready and not resources.draining:
         return JSONResponse(ReadinessResponse(ready=True, parts=parts, detail=resources.info).model_dump())
-    body = ReadinessResponse(ready=False, parts=parts, detail={"reason": resources.not_ready or "starting"})
+    reason = "shutting down" if resources.draining else resources.not_ready or "starting"
+    body = ReadinessResponse(ready=False, parts=parts, detail={"reason": reason})
     return JSONResponse(body.model_dump(), status_code=503)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from retrieval.encoders import TextEncoder, l2_normalise
-from retrieval.errors import IndexNotFoundError, StoreError
-from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, VectorStore, level_field
+from retrieval.errors import IndexNotFoundError
+from retrieval.store import IMAGE_VECTOR, TEXT_VECTOR, VectorStore, derived_cache_key, level_field
 
 __all__ = ["CategoryHead", "CategoryIndex", "category_key", "category_text", "cluster_prototypes", "fit_category_head"]
 
@@ -286,18 +286,9 @@ class CategoryIndex:
         head: bool = False,
     ) -> CategoryIndex:
         """The cached index if it matches the store's manifest, size and build options, else a fresh build (cached)."""
-        manifest = store.manifest()
-        if manifest is None:
-            raise IndexNotFoundError("there is no index yet: run `tandem index` first")
-        try:
-            n = store.count()
-        except StoreError:
-            n = -1
         held = hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:12]
-        fingerprint = hashlib.sha256(
-            f"{manifest.model_dump_json()}|{n}|{depth}|{text_encoder.model_id}|v2|{clusters}|{head}|{held}".encode()
-        ).hexdigest()[:16]
-        path = cache_dir / f"level1-{fingerprint}.npz" if cache_dir else None
+        fingerprint = derived_cache_key(store, depth, text_encoder.model_id, "v2", clusters, head, held)
+        path = cache_dir / f"level1-{fingerprint}.npz" if cache_dir and fingerprint else None
         if path is not None and path.is_file():
             try:
                 return cls.load(path)

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,9 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops
 
-from retrieval.errors import IndexNotFoundError, RetrievalError, StoreError
+from retrieval.errors import RetrievalError
 from retrieval.images import ImageLimits, read_image_file
-from retrieval.store import SearchFilter, VectorStore
+from retrieval.store import SearchFilter, VectorStore, derived_cache_key
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -201,16 +200,9 @@ class ExactMatchIndex:
         cls, store: VectorStore, *, cache_dir: Path | None, threshold: float = DEFAULT_THRESHOLD
     ) -> ExactMatchIndex:
         """The cached fingerprints if they match the store's manifest and size, else read from the store."""
-        manifest = store.manifest()
-        if manifest is None:
-            raise IndexNotFoundError("there is no index yet: run `tandem index` first")
-        try:
-            n = store.count()
-        except StoreError:
-            n = -1
         # v2: points without a stored fingerprint are fingerprinted from their photo (v1 caches left them out).
-        key = hashlib.sha256(f"{manifest.model_dump_json()}|{n}|{FINGERPRINT_FIELD}|v2".encode()).hexdigest()[:16]
-        path = cache_dir / f"exact-{key}.npz" if cache_dir else None
+        key = derived_cache_key(store, FINGERPRINT_FIELD, "v2")
+        path = cache_dir / f"exact-{key}.npz" if cache_dir and key else None
         if path is not None and path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -218,7 +210,7 @@ class ExactMatchIndex:
             except (OSError, ValueError, KeyError):
                 path.unlink(missing_ok=True)
         built = cls.build(store, threshold)
-        if path is not None and n >= 0:
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".partial.npz")
             np.savez(tmp, ids=np.array(built.ids, dtype=str), prints=built.prints,

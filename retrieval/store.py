@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-from retrieval.errors import EncoderMismatchError
+from retrieval.errors import EncoderMismatchError, IndexNotFoundError, StoreError
 
 __all__ = [
     "CATEGORY_FIELD",
@@ -31,6 +32,7 @@ __all__ = [
     "StoredHit",
     "VectorRecord",
     "VectorStore",
+    "derived_cache_key",
     "hits_from_points",
     "level_field",
     "point_id",
@@ -206,3 +208,23 @@ class VectorStore(Protocol):
 
 def manifest_path(directory: Path) -> Path:
     return directory / "tandem_manifest.json"
+
+
+def derived_cache_key(store: VectorStore, *parts: object) -> str | None:
+    """A cache key for something derived from the index (level-1 categories, fingerprints): it changes with
+    the index's manifest, its size and ``parts`` (the derivation's options and version). None when the
+    store cannot say its size: then nothing is cached.
+
+    Example:
+        >>> derived_cache_key(store, "v2", 4)  # doctest: +SKIP
+        '3f0c…'
+    """
+    manifest = store.manifest()
+    if manifest is None:
+        raise IndexNotFoundError("there is no index yet: run `tandem index` first")
+    try:
+        n = store.count()
+    except StoreError:
+        return None  # a store that cannot count: its size is unknown, so no cache can be trusted
+    text = "|".join([manifest.model_dump_json(), str(n), *(str(p) for p in parts)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -20,11 +20,12 @@ from retrieval.catalogue import Catalogue, load_catalogue
 from retrieval.categories import CategoryIndex
 from retrieval.edge_store import EdgeStore
 from retrieval.encoders import OpenClipImageEncoder, SentenceTransformerTextEncoder
+from retrieval.errors import StoreError
 from retrieval.exact_match import FINGERPRINT_FIELD, ExactMatchIndex, fingerprint, fingerprint_distance
 from retrieval.hierarchical import HierarchicalRetriever
 from retrieval.indexer import build_index
 from retrieval.search import Retriever, SearchHit, SearchQuery
-from retrieval.store import SearchFilter
+from retrieval.store import SearchFilter, derived_cache_key
 from tests.conftest import stratified_ids, write_subset
 
 
@@ -177,3 +178,20 @@ def test_an_index_without_fingerprints_is_fingerprinted_from_its_catalogue_photo
     # The same photos give the same fingerprints as the ones stored at index time; an unreadable photo is left out.
     assert old.ids == stored.ids[1:]
     assert np.array_equal(old.prints, stored.prints[1:])
+
+
+class _Uncountable:
+    def __init__(self, store: EdgeStore) -> None:
+        self.store = store
+
+    def manifest(self) -> Any:
+        return self.store.manifest()
+
+    def count(self) -> int:
+        raise StoreError("count is down")
+
+
+def test_a_derived_cache_key_follows_the_index_and_is_none_when_its_size_is_unknown(store: EdgeStore) -> None:
+    key = derived_cache_key(store, "v2", 1)
+    assert key == derived_cache_key(store, "v2", 1) and key != derived_cache_key(store, "v2", 2)
+    assert derived_cache_key(cast(EdgeStore, _Uncountable(store)), "v2", 1) is None

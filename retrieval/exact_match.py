@@ -102,17 +102,19 @@ def _fingerprint_file(path: object) -> bytes | None:
         return None
 
 
-def _split(prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return prints[:, :HASH_BYTES], prints[:, HASH_BYTES:].astype(np.float32)
-
-
 def fingerprint_distance(query: bytes, prints: np.ndarray) -> np.ndarray:
-    """Distance of one fingerprint to each row of ``prints`` (uint8, N × 256): 0 = the same picture."""
-    q = np.frombuffer(query, dtype=np.uint8)[None, :]
-    qh, qc = _split(q)
-    h, c = _split(prints)
-    bits = np.bitwise_count(np.bitwise_xor(h, qh)).sum(axis=1) / (HASH_BYTES * 8)
-    colour = np.abs(c - qc).mean(axis=1) / 255.0
+    """Distance of one fingerprint to each row of ``prints`` (uint8, N × 256): 0 = the same picture.
+
+    In uint8/uint64 throughout: it runs on every photo query over the whole catalogue, and a float copy of
+    the prints per query cost more than the vector search itself.
+    """
+    q = np.frombuffer(query, dtype=np.uint8)
+    h = np.ascontiguousarray(prints[:, :HASH_BYTES]).view(np.uint64)
+    qh = np.ascontiguousarray(q[:HASH_BYTES]).view(np.uint64)
+    bits = np.bitwise_count(np.bitwise_xor(h, qh)).sum(axis=1, dtype=np.uint32) / (HASH_BYTES * 8)
+    c, qc = prints[:, HASH_BYTES:], q[HASH_BYTES:]
+    diff = np.maximum(c, qc) - np.minimum(c, qc)  # |Δ| without leaving uint8
+    colour = diff.sum(axis=1, dtype=np.uint32) / (COLOUR_BYTES * 255.0)
     out: np.ndarray = bits + COLOUR_WEIGHT * colour
     return out
 

@@ -36,6 +36,7 @@ __all__ = [
     "build_retriever",
     "build_store",
     "build_text_encoder",
+    "derived_indexes",
     "image_tower_dir",
     "llm_model_dirs",
     "tower_is_trained",
@@ -98,16 +99,26 @@ def build_retriever(
     """Flat and hierarchical retrieval over ``store`` (level-1 categories cached under ``TANDEM_HOME``)."""
     text_encoder = text_encoder or build_text_encoder(settings)
     image_encoder = image_encoder or build_image_encoder(settings)
-    retriever = Retriever(
-        store, text_encoder, image_encoder, ExactMatchIndex.load_or_build(store, cache_dir=settings.cache_dir)
-    )
+    exact, categories = derived_indexes(settings, store, text_encoder)
+    retriever = Retriever(store, text_encoder, image_encoder, exact)
+    return HierarchicalRetriever(retriever, categories, settings.retrieval.level1)
+
+
+def derived_indexes(
+    settings: Settings, store: VectorStore, text_encoder: TextEncoder
+) -> tuple[ExactMatchIndex, CategoryIndex]:
+    """What retrieval derives from the index's contents: exact-match fingerprints and the level-1 categories.
+
+    Both are cached under ``TANDEM_HOME`` by the index's manifest and size, so a service that
+    rebuilds them after the index grew (see ``Resources.refresh_retrieval``) pays once per change.
+    """
     level1 = settings.retrieval.level1
     categories = CategoryIndex.load_or_build(
         store, text_encoder, cache_dir=settings.cache_dir, depth=settings.retrieval.category_depth,
         exclude=tower_holdout_ids(settings), head=level1.representation == "head",
         clusters=level1.clusters if level1.representation == "clusters" else 1,
     )  # fmt: skip
-    return HierarchicalRetriever(retriever, categories, level1)
+    return ExactMatchIndex.load_or_build(store, cache_dir=settings.cache_dir), categories
 
 
 def tower_holdout_ids(settings: Settings) -> set[str]:

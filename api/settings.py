@@ -122,6 +122,13 @@ class RetrievalSettings(BaseModel):
     mode: SearchMode = "hierarchical"
     category_depth: int | None = Field(default=None, ge=0, description="Level-1 category depth; None = full path.")
     level1: Level1Config = Field(default_factory=Level1Config)
+    refresh_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often the service checks whether the index grew or changed (products indexed by another"
+        " process into the Qdrant server, or into this one's store) and then rebuilds the level-1 categories and"
+        " exact-match fingerprints, so new categories become searchable without a restart (0: never).",
+    )
 
 
 class ApiSettings(BaseModel):

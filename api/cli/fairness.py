@@ -23,6 +23,9 @@ def fairness(
     connections: Annotated[int, typer.Option("--connections", min=1, help="A's concurrent connections.")] = 16,
     rate: Annotated[float, typer.Option("--rate", min=0.1, help="Each key's requests/s for the run.")] = 10.0,
     burst: Annotated[int, typer.Option("--burst", min=1, help="Each key's burst for the run.")] = 20,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="Quiet and flooded phases alternate this many times (pooled).")
+    ] = 3,
     hold_s: Annotated[float, typer.Option("--hold-s", min=0, help="Hold of a refused request (the service's).")] = 1.0,
     quiet_wait_s: Annotated[
         float, typer.Option("--quiet-wait-s", min=0, help="Longest wait for other processes to leave the CPU.")
@@ -38,7 +41,7 @@ def fairness(
 
     if probe_rate >= rate:
         raise CliError(f"B's --probe-rate ({probe_rate:g}/s) must stay under each key's --rate ({rate:g}/s)")
-    cfg = FairnessConfig(rate_per_s=rate, burst=burst, probe_rate=probe_rate, probe_s=probe_s,
+    cfg = FairnessConfig(rate_per_s=rate, burst=burst, probe_rate=probe_rate, probe_s=probe_s, rounds=rounds,
                          flood_connections=connections, hold_s=hold_s, no_hold=compare, control=compare,
                          quiet_wait_s=quiet_wait_s)  # fmt: skip
     try:

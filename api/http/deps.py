@@ -45,8 +45,8 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 async def get_service(resources: ResourcesDep) -> RecommendationService:
-    if resources.service is None:
-        raise NotReadyError(f"the service cannot recommend yet: {resources.not_ready}")
+    if resources.service is None or resources.not_ready is not None:
+        raise NotReadyError(f"the service cannot recommend: {resources.not_ready or 'starting'}")
     return resources.service
 
 

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from api.components import build_image_encoder, build_retriever, build_store, build_text_encoder
+from api.components import build_image_encoder, build_retriever, build_store, build_text_encoder, derived_indexes
 from api.http.chat_service import ChatService
 from api.http.image_fetch import ImageFetcher
 from api.http.metrics import ApiMetrics
@@ -35,10 +36,10 @@ from rag.turn import TurnModels
 from retrieval.batch_search import BatchQuery, search_batch
 from retrieval.batching import MicroBatcher, serving_threads
 from retrieval.catalogue import Catalogue, load_catalogue
-from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError, StoreError
+from retrieval.errors import CatalogueError, EncoderMismatchError, IndexNotFoundError, RetrievalError, StoreError
 from retrieval.hierarchical import HierarchicalRetriever, SearchResult
 from retrieval.search import SearchQuery
-from retrieval.store import IMAGE_VECTOR, VectorStore
+from retrieval.store import IMAGE_VECTOR, VectorStore, derived_cache_key
 
 __all__ = ["Resources"]
 
@@ -90,6 +91,8 @@ class Resources:
     sessions: SessionStore = field(default_factory=MemorySessionStore)
     # Set by the server on SIGTERM: /readyz answers 503 so balancers stop sending, while requests in flight finish.
     draining: bool = False
+    index_key: str | None = None  # the index's manifest and size that the derived indexes were built from
+    _refresh_task: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -186,8 +189,55 @@ class Resources:
             "sessions": "redis" if res.sessions.shared else "in-process",
             "torch_threads": threads,
         }
+        res.index_key = derived_cache_key(res.store)
+        if settings.retrieval.refresh_s > 0:
+            res._refresh_task = asyncio.create_task(res._refresh_loop(settings.retrieval.refresh_s), name="refresh")
         log.info("ready", extra=res.info)
         return res
+
+    def refresh_retrieval(self) -> bool:
+        """Rebuild the level-1 categories and exact-match fingerprints if the index changed; True when it had.
+
+        Products indexed after start-up (by another process into a Qdrant server, or into this
+        process's store) are found by flat search at once, but level 1 only keeps categories it
+        knows. Blocking (it may scroll the whole index): the service calls it off the event loop.
+        Queries keep using the old indexes until the new ones are swapped in whole.
+        """
+        if self.store is None or self.retriever is None:
+            return False
+        products = self.store.count()  # read before the key: what /readyz shows is never ahead of what was built
+        key = derived_cache_key(self.store)
+        if key is None or key == self.index_key:
+            return False
+        retriever = self.retriever.retriever
+        manifest = self.store.manifest()
+        if manifest is None:
+            raise IndexNotFoundError("the index is gone")
+        manifest.check_encoders(text_encoder=retriever.text_encoder.model_id,
+                                image_encoder=retriever.image_encoder.model_id)  # fmt: skip
+        exact, categories = derived_indexes(self.settings, self.store, retriever.text_encoder)
+        # Attribute swaps: a batch in flight finishes on whichever index it read, both of them valid.
+        retriever.exact, retriever.manifest = exact, manifest
+        self.retriever.categories = categories
+        self.index_key = key
+        self.info["products"] = products
+        self.info["categories"] = len(categories.keys)
+        log.info("index changed: level-1 categories and exact-match fingerprints rebuilt",
+                 extra={"products": self.info["products"], "categories": self.info["categories"]})  # fmt: skip
+        return True
+
+    async def _refresh_loop(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await asyncio.to_thread(self.refresh_retrieval)
+            except EncoderMismatchError as exc:
+                # Re-indexed with other encoders: this process's query vectors are in the wrong space now.
+                if self.not_ready is None:
+                    log.error("index re-built with other encoders; not ready until restarted: %s", exc)
+                self.not_ready = str(exc)
+            except RetrievalError as exc:
+                log.warning("index refresh failed (retrying in %g s): %s", every_s, exc)
 
     async def _open_chat(self) -> None:
         """The conversation pipeline over the same retrieval and dispatcher; the catalogue is its source of truth."""
@@ -223,6 +273,10 @@ class Resources:
                                 calibration=DiversityCalibration.load(settings.diversity_calibration_path))  # fmt: skip
 
     async def aclose(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
         await self.sessions.aclose()
         await self.dispatcher.aclose()
         if self.batcher is not None:

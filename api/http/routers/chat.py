@@ -43,7 +43,7 @@ _STREAM: dict[int | str, dict[str, Any]] = {
 
 
 async def get_chat(resources: ResourcesDep) -> ChatService:
-    if resources.chat is None:
+    if resources.chat is None or resources.not_ready is not None:
         raise NotReadyError(resources.not_ready or resources.chat_not_ready or "the chat pipeline is not ready")
     return resources.chat
 

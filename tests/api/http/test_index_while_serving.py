@@ -8,7 +8,8 @@ Qdrant Edge is in-process and one process at a time may open a shard (its WAL is
   process that serves, into the store its lifespan opened (``app.state.resources.store``): the engine
   takes writes beside reads. With a Qdrant server (``TANDEM_QDRANT__URL``) ``tandem index`` may run
   in any process. Flat search finds new products at once; hierarchical search reaches new
-  *categories* after a restart, which rebuilds its level-1 category index (cached by product count).
+  *categories* once the service's refresh (every ``TANDEM_RETRIEVAL__REFRESH_S``) has rebuilt its
+  level-1 category index, with no restart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +190,10 @@ class Split:
 @pytest.fixture(scope="module")
 def split(small_catalogue_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Split:
     products = load_catalogue(small_catalogue_dir, limit=240).products
-    batch = [p.product_id for p in products[3::4]]  # 60 products from across the categories
+    # 60 products from across the categories, and every product of one category the service never saw.
+    sizes = Counter(p.category for p in products)
+    unseen = min((c for c, n in sizes.items() if n >= 2), key=lambda c: (sizes[c], c))
+    batch = [p.product_id for i, p in enumerate(products) if i % 4 == 3 or p.category == unseen]
     served = [p.product_id for p in products if p.product_id not in set(batch)]
     root = tmp_path_factory.mktemp("split")
     write_subset(small_catalogue_dir, root / "served", served)
@@ -222,7 +227,10 @@ def test_index_a_new_batch_while_the_service_answers(
     batch = load_catalogue(split.batch)
     title = {p.product_id: p.title for p in batch.products}
     # No keys: loopback clients only and no per-key rate limit, which this load is not about.
-    settings = make_settings(served_home, small_catalogue_dir, tiny_tower_dir, api={"keys": [], "deadline_s": 60.0})
+    settings = make_settings(
+        served_home, small_catalogue_dir, tiny_tower_dir, api={"keys": [], "deadline_s": 60.0},
+        retrieval={"refresh_s": 0.2},  # the service's own refresh loop, on a short period
+    )  # fmt: skip
     app = create_app(settings)
     server, thread, base = start_live(app)
     try:
@@ -234,6 +242,7 @@ def test_index_a_new_batch_while_the_service_answers(
         queries = [
             {"text": t, "top_k": 10, "mode": m} for t in list(title.values())[:6] for m in ("flat", "hierarchical")
         ]
+        categories = resources.retriever.categories  # as built at start-up
         load = Load(base, queries, threads=2)
         load.start()
         _wait_for(lambda: load.done() >= 20)  # a baseline before indexing starts
@@ -261,16 +270,17 @@ def test_index_a_new_batch_while_the_service_answers(
         during = [d for t0, _, d in load.results if started <= t0 < ended]
         idle = [d for t0, _, d in load.results if t0 < started]
         assert during, "no query ran while the batch was indexed"
-        # Level 1 knows the categories it was built with at start-up; a product of a new category waits for it.
-        categories = resources.retriever.categories
+        # Level 1 knows the categories it was built with at start-up (a product of a new category waits for the
+        # service's refresh, which may run while the batch is indexed, and runs again once it is whole).
         known = {p.product_id for p in batch.products if category_key(p.category, categories.depth) in categories.keys}
-        found: dict[str, set[str]] = {"flat": set(), "hierarchical": set()}
-        for pid, text in title.items():
-            for mode, hits in found.items():
-                r = httpx.post(base + URL, json={"text": text, "top_k": 10, "mode": mode}, timeout=60)
-                assert r.status_code == 200, r.text
-                if pid in [i["product_id"] for i in r.json()["items"]]:
-                    hits.add(pid)
+        assert known < set(title), "the batch must hold a category the service had not seen"
+        _wait_for(lambda: resources.info["products"] == served + len(title))
+        assert resources.refresh_retrieval() is False  # the loop has rebuilt from the whole index already
+        refreshed = resources.retriever.categories
+        assert refreshed is not categories
+        assert {category_key(p.category, refreshed.depth) for p in batch.products} <= set(refreshed.keys)
+        found_after = _found(base, title)
+        ready = httpx.get(base + "/readyz", timeout=30).json()["detail"]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -280,16 +290,27 @@ def test_index_a_new_batch_while_the_service_answers(
         "p95_ms_during_indexing": round(_p95(during), 1),
         "p95_ms_before_indexing": round(_p95(idle), 1),
         "indexing_s": round(ended - started, 2),
-        "new_products_found_flat": f"{len(found['flat'])}/{len(title)}",
-        "new_products_found_hierarchical": f"{len(found['hierarchical'])}/{len(title)}",
         "new_products_in_categories_unknown_at_start": len(title) - len(known),
+        "new_products_found_hierarchical_after_refresh": f"{len(found_after['hierarchical'])}/{len(title)}",
     }
     for name, value in figures.items():
         report_figure(request, name, value)
-    # Every new product is found by its own title at once: over the whole catalogue, and inside its
-    # category wherever level 1 already knew that category.
-    assert found["flat"] == set(title)
-    assert found["hierarchical"] >= known
+    # Once refreshed, every new product is found by its own title, over the whole catalogue and inside its
+    # category, the category new to the service included.
+    assert found_after["flat"] == found_after["hierarchical"] == set(title)
+    assert ready["products"] == served + len(title) and ready["categories"] == len(refreshed.keys)
+
+
+def _found(base: str, title: dict[str, str]) -> dict[str, set[str]]:
+    """Which products each mode finds among the first 10 hits of a query made of the product's own title."""
+    found: dict[str, set[str]] = {"flat": set(), "hierarchical": set()}
+    for pid, text in title.items():
+        for mode, hits in found.items():
+            r = httpx.post(base + URL, json={"text": text, "top_k": 10, "mode": mode}, timeout=60)
+            assert r.status_code == 200, r.text
+            if pid in [i["product_id"] for i in r.json()["items"]]:
+                hits.add(pid)
+    return found
 
 
 class _NoOptimiserStore(EdgeStore):
@@ -314,3 +335,29 @@ def test_indexing_beside_queries_leaves_the_optimiser_for_later_and_the_products
     assert reopened.existing([p.product_id for p in batch.products]) == {p.product_id for p in batch.products}
     reopened.finalize()
     reopened.close()
+
+
+def test_an_index_rebuilt_with_other_encoders_takes_the_service_out_of_readiness(
+    served_home: Path, small_catalogue_dir: Path, tiny_tower_dir: Path, shared_encoders: None
+) -> None:
+    from api.http.app import create_app
+
+    settings = make_settings(
+        served_home, small_catalogue_dir, tiny_tower_dir, api={"keys": []}, retrieval={"refresh_s": 0.1}
+    )
+    app = create_app(settings)
+    server, thread, base = start_live(app)
+    try:
+        assert httpx.get(base + "/readyz", timeout=30).status_code == 200
+        store = app.state.resources.store
+        manifest = store.manifest()
+        # What `tandem index --rebuild` with another image tower leaves behind, as another process would.
+        store.create(manifest.model_copy(update={"image_encoder": "open_clip:another-tower@0123"}), recreate=True)
+        _wait_for(lambda: httpx.get(base + "/readyz", timeout=30).status_code == 503)
+        reason = httpx.get(base + "/readyz", timeout=30).json()["detail"]["reason"]
+        r = httpx.post(base + URL, json={"text": "red kurta", "top_k": 5}, timeout=30)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert "open_clip:another-tower@0123" in reason
+    assert r.status_code == 503, r.text  # no answers from vectors in another space

@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from eval.bench_fairness import FairnessConfig, flood, summarise, write_reports
+from eval.bench_fairness import FairnessConfig, PhaseSamples, flood, pool, summarise, write_reports
 
 
 @pytest.fixture
@@ -92,3 +93,30 @@ def test_reports_say_the_machine_the_figures_and_the_verdict(tmp_path: Path) -> 
     assert json.loads(json_path.read_text())["flooded_p95_ms"] == 30.0
     md = md_path.read_text()
     assert "Machine: Test CPU, 2 cores" in md and "**MISS**" in md and "ratio 3.0" in md
+
+
+def test_rounds_pool_every_sample_and_count_as_one_phase() -> None:
+    # SYNTHETIC samples: two rounds of each phase, the second flooded round disturbed.
+    rng = np.random.default_rng(7)
+    quiet = [rng.normal(30, 3, 120).tolist(), rng.normal(31, 3, 120).tolist()]
+    flooded = [rng.normal(40, 5, 120).tolist(), rng.normal(90, 20, 120).tolist()]
+    phases = [PhaseSamples(q, Counter({200: 120})) for q in quiet]
+    floods = [PhaseSamples(f, Counter({200: 119, 429: 1}), Counter({"200": 300, "429": 700}), 35.0) for f in flooded]
+    q, f = pool(phases).summary(), pool(floods).summary()
+    assert q["b"]["p95"] == round(float(np.percentile(quiet[0] + quiet[1], 95)), 2)
+    assert f["b"]["p95"] == round(float(np.percentile(flooded[0] + flooded[1], 95)), 2)
+    assert q["b"]["n"] == 240 and f["b_statuses"] == {"200": 238, "429": 2}
+    assert f["a_requests"] == 2000 and f["a_ok_rps"] == round(600 / 70.0, 2) and f["a_429_share"] == 0.7
+    assert "a_requests" not in q  # B alone: no flood figures
+
+
+def test_reports_show_each_round(tmp_path: Path) -> None:
+    cfg = FairnessConfig(no_hold=False, control=False)
+    report = _report(10.0, 18.0, {"200": 10})
+    report["rounds"] = [{"quiet_p95_ms": 9.0, "flooded_p95_ms": 12.0, "ratio": 1.33, "quiet_cpu": {"other_cores": 0.0},
+                         "flooded_cpu": {"other_cores": 1.2}},
+                        {"quiet_p95_ms": 11.0, "flooded_p95_ms": 25.0, "ratio": 2.27, "quiet_cpu": {"other_cores": 0.1},
+                         "flooded_cpu": {"other_cores": 0.0}}]  # fmt: skip
+    _, md_path = write_reports(summarise(report, cfg), tmp_path)
+    md = md_path.read_text()
+    assert "2 rounds pooled" in md and "| 2 | 11.0 | 25.0 | 2.27 |" in md and "**PASS**" in md

@@ -237,6 +237,12 @@ class LlmSettings(BaseModel):
     )
     device: str = Field(default="auto", description="Where the embedded worker runs: auto, cpu or cuda[:N].")
     dtype: str = Field(default="auto", description="auto (bf16 where the hardware has it), float32 or bfloat16.")
+    prefix_cache_tokens: int = Field(
+        default=4096,
+        ge=0,
+        description="Prompt tokens whose KV the embedded worker keeps, so a prompt that starts like a recent one"
+        " (every ranker prompt's instructions and tools) prefills only the rest (0: off).",
+    )
     workers: list[WorkerConfig] = Field(default_factory=list)
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     ranker_model: str = Field(default="tandem-ranker", description="LoRA adapter name of the domain ranker.")

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -158,15 +159,23 @@ def _served_product(settings: Settings) -> Iterator[str]:
             thread.join(timeout=15)
 
 
+def _advance(bar: Any, task: Any, done: int, total: int) -> None:
+    bar.update(task, completed=done)
+
+
 @bench_app.command("chat")
 def bench_chat(
     turns: Annotated[int, typer.Option("--turns", min=2, help="Streamed chat turns (the first is not counted).")] = 60,
     reports: Annotated[Path, typer.Option("--reports", help="Where chat_latency.{json,md,png} go.")] = Path(
         "eval/reports"
     ),
+    baseline: Annotated[
+        bool,
+        typer.Option("--baseline/--no-baseline", help="Also run with the worker's prefix cache off, side by side."),
+    ] = True,
 ) -> None:
     """Chat latency on the real models: time to the first product card and the first explanation token, p50/p95."""
-    from eval.bench_chat import run_benchmark
+    from eval.bench_chat import run_benchmark, write_chat_report
     from finetune.buyers import BuyerConfig
     from finetune.ranker_cases import ensure_buyers
     from retrieval.catalogue import load_catalogue
@@ -175,10 +184,21 @@ def bench_chat(
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
     models = {"base": settings.llm.base, "ranker": str(settings.ranker_adapter_dir())}
-    with _served_product(settings) as url, progress_bar() as bar:
-        task = bar.add_task("chat turns", total=turns)
-        report = run_benchmark(url, cat, buyers, models, turns=turns, reports=reports,
-                               progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+    off = settings.model_copy(update={"llm": settings.llm.model_copy(update={"prefix_cache_tokens": 0})})
+    runs = [("prefix cache off", off)] if baseline and settings.llm.prefix_cache_tokens else []
+    runs.append(("as configured", settings))
+    measured: dict[str, dict[str, Any]] = {}
+    for name, run_settings in runs:  # the baseline first, on the same machine, in the same command
+        with _served_product(run_settings) as url, progress_bar() as bar:
+            task = bar.add_task(f"chat turns ({name})", total=turns)
+            measured[name] = run_benchmark(url, cat, buyers, models, turns=turns,
+                                           progress=partial(_advance, bar, task))  # fmt: skip
+    report = measured["as configured"]
+    report["prefix_cache_tokens"] = settings.llm.prefix_cache_tokens
+    if "prefix cache off" in measured:
+        report["baseline"] = {k: measured["prefix cache off"][k] for k in ("turns", "first_card_ms", "first_token_ms",
+                                                                          "done_ms")}  # fmt: skip
+    write_chat_report(report, reports)
     card, token = report["first_card_ms"], report["first_token_ms"]
     out.print(f"first card p50 {card['p50']} ms, p95 {card['p95']} ms; first token p50 {token['p50']} ms, "
               f"p95 {token['p95']} ms")  # fmt: skip

@@ -56,6 +56,15 @@ def worker(
     ] = "auto",
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests batched together.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0, help="Wait for batch-mates.")] = 5.0,
+    prefix_cache_tokens: Annotated[
+        int,
+        typer.Option(
+            "--prefix-cache-tokens",
+            min=0,
+            help="Prompt tokens whose KV is kept, so a prompt that starts like a recent one prefills only"
+            " the rest (0: off).",
+        ),
+    ] = 4096,
     api_key: Annotated[
         str | None, typer.Option("--api-key", envvar="TANDEM_WORKER_API_KEY", help="Bearer token for /v1/*.")
     ] = None,
@@ -101,7 +110,7 @@ def worker(
         if hang or reply is not None or slots is not None or prefix_cache is not None:
             raise CliError("--hang, --reply, --slots and --prefix-cache only apply with --simulate")
         engine = _model_engine(model, adapters, device=device, dtype=dtype, max_batch=max_batch,
-                               batch_wait_ms=batch_wait_ms)  # fmt: skip
+                               batch_wait_ms=batch_wait_ms, prefix_cache_tokens=prefix_cache_tokens)  # fmt: skip
         kind = f"transformers on {device}, {dtype}"
     service = WorkerService(engine, served_name=served_name)
     configure_logging("INFO")
@@ -150,7 +159,14 @@ def _simulated_engine(
 
 
 def _model_engine(
-    model: str, adapters: dict[str, Path], *, device: str, dtype: str, max_batch: int, batch_wait_ms: float
+    model: str,
+    adapters: dict[str, Path],
+    *,
+    device: str,
+    dtype: str,
+    max_batch: int,
+    batch_wait_ms: float,
+    prefix_cache_tokens: int,
 ) -> Engine:
     """A real model (converted once into TANDEM_HOME when it is a GGUF or a package) and its adapters."""
     from api.settings import get_settings
@@ -159,8 +175,9 @@ def _model_engine(
 
     folder = ensure_base_model(model, get_settings().models_dir)
     return TransformersEngine.load(
-        folder, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, dtype=dtype
-    )
+        folder, adapters, device=device, max_batch=max_batch, batch_wait_ms=batch_wait_ms, dtype=dtype,
+        prefix_cache_tokens=prefix_cache_tokens,
+    )  # fmt: skip
 
 
 def _exit_with_parent() -> None:

@@ -41,7 +41,8 @@ def worker_command(settings: Settings, port: int) -> list[str]:
     return [sys.executable, "-m", "api.cli.main", "worker", "--port", str(port), "--model", settings.llm.base,
             "--served-name", settings.llm.explainer_model,
             "--adapter", f"{settings.llm.ranker_model}={settings.ranker_adapter_dir()}",
-            "--device", settings.llm.device, "--dtype", settings.llm.dtype, "--exit-with-parent"]  # fmt: skip
+            "--device", settings.llm.device, "--dtype", settings.llm.dtype,
+            "--prefix-cache-tokens", str(settings.llm.prefix_cache_tokens), "--exit-with-parent"]  # fmt: skip
 
 
 def _last_line(log: Path) -> str:

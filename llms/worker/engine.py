@@ -74,6 +74,9 @@ class EngineStats:
     max_batch: int = 0
     completion_tokens: int = 0
     forward_passes: int = 0  # fewer than completion tokens where guided decoding fed forced text in one pass
+    prompt_tokens: int = 0
+    prefix_hits: int = 0  # prompts that started like a cached one (llms.worker.prefix_cache)
+    prefix_tokens_reused: int = 0  # prompt tokens not prefilled again thanks to those hits
 
     @property
     def mean_batch(self) -> float:

@@ -20,6 +20,7 @@ import torch
 from llms.errors import EngineError
 from llms.worker.engine import EngineStats, FinishReason, GenerationEvent, SamplingParams
 from llms.worker.guided import GuidedRow
+from llms.worker.prefix_cache import KVPrefixCache, common_prefix
 
 __all__ = ["BatchDecoder", "Job", "send"]
 
@@ -63,6 +64,8 @@ class BatchDecoder:
 
     ``mixed_adapters``: the model is a ``PeftModel``, so each forward names every row's adapter.
     ``is_closed`` tells whether the engine closed: rows still running then end with an error.
+    ``prefix_cache``: a batch of one reuses the KV of a recent prompt that started the same way
+    (left-padded batches of several rows prefill in full).
     """
 
     def __init__(
@@ -74,8 +77,10 @@ class BatchDecoder:
         mixed_adapters: bool,
         stats: EngineStats,
         is_closed: Callable[[], bool],
+        prefix_cache: KVPrefixCache | None = None,
     ) -> None:
         self._model = model
+        self._prefix = prefix_cache
         self._tokenizer = tokenizer
         self._device = device
         self._mixed_adapters = mixed_adapters
@@ -101,8 +106,6 @@ class BatchDecoder:
 
     def run(self, jobs: list[Job]) -> None:
         """Prefill ``jobs`` together, then decode them step by step until every row has finished or left."""
-        from transformers import DynamicCache  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
-
         stats = self._stats
         stats.requests += len(jobs)
         stats.batches += 1
@@ -113,27 +116,27 @@ class BatchDecoder:
         # A guided answer often starts with text the grammar fixes ('<tool_call>\n{"name": "'): prefilled with the
         # prompt, it costs no decoding step.
         feeds = [job.guided.forced() if job.guided is not None else [] for job in jobs]
-        width = max(len(job.prompt_ids) + len(feed) for job, feed in zip(jobs, feeds, strict=True))
-        input_ids = torch.full((len(jobs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, (job, feed) in enumerate(zip(jobs, feeds, strict=True)):
-            ids = job.prompt_ids + feed
-            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[i, width - len(ids) :] = 1
-        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        # Left padding shifts each row's tokens right; positions must still count from 0 at the first real token.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        next_position = [len(job.prompt_ids) + len(feed) for job, feed in zip(jobs, feeds, strict=True)]
-        cache = DynamicCache(config=self._config)
+        prompts = [job.prompt_ids + feed for job, feed in zip(jobs, feeds, strict=True)]
+        stats.prompt_tokens += sum(len(ids) for ids in prompts)
+        with torch.inference_mode():
+            cache, input_ids, mask, positions = self._prefill(jobs, prompts)
+        # What a batch of one prefilled is kept for the next prompt that starts the same way.
+        keep_prompt = prompts[0] if len(jobs) == 1 and self._prefix is not None else None
+        next_position = [len(ids) for ids in prompts]
         active = [row for row, feed in zip(rows, feeds, strict=True) if not self._advance_all(row, feed)]
         if len(active) < len(rows):  # a forced prefix already finished a row (max_tokens 1, say): drop it
             keep_index = [i for i, row in enumerate(rows) if row in active]
             input_ids, mask, positions = input_ids[keep_index], mask[keep_index], positions[keep_index]
             next_position = [next_position[i] for i in keep_index]
+            if active and cache.get_seq_length() > 0:  # rows already share a prefix's KV: drop theirs too
+                cache.batch_select_indices(torch.tensor(keep_index, dtype=torch.long, device=self._device))
 
         with torch.inference_mode():
             while active:
                 logits = self._forward(input_ids, mask, positions, cache, [row.job.adapter for row in active])
+                if keep_prompt is not None and self._prefix is not None:
+                    self._prefix.store(jobs[0].adapter, keep_prompt, cache)  # before decoding appends to it
+                    keep_prompt = None
                 keep, feeds = self._step(active, logits)
                 if not keep:
                     break
@@ -147,6 +150,66 @@ class BatchDecoder:
                 input_ids, new_mask, positions = self._feed_tensors(feeds, next_position)
                 mask = torch.cat([mask, new_mask], dim=1)
                 next_position = [p + len(f) for p, f in zip(next_position, feeds, strict=True)]
+
+    def _prefill(
+        self, jobs: list[Job], prompts: list[list[int]]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cache the batch decodes into and its first forward's inputs, without recomputing a known prefix.
+
+        A batch of one starts from the longest prefix the prefix cache holds. Rows of one adapter
+        that start alike (the explainer's sentences of one turn: the same instructions and
+        examples) compute their common prefix once, as one row, keep it in the prefix cache, and
+        share its KV; rows of different adapters, or unlike rows, prefill in full.
+        """
+        from transformers import DynamicCache  # noqa: PLC0415 - lazy: transformers costs seconds of start-up; only this path needs it
+
+        fresh = DynamicCache(config=self._config)
+        adapter = jobs[0].adapter
+        if self._prefix is None or any(job.adapter != adapter for job in jobs):
+            return fresh, *self._prefill_tensors(prompts, 0)
+        if len(prompts) == 1:
+            reused, kv = self._prefix.lookup(adapter, prompts[0])
+            if kv is None:
+                return fresh, *self._prefill_tensors(prompts, 0)
+            self._stats.prefix_hits += 1
+            self._stats.prefix_tokens_reused += reused
+            return kv, *self._prefill_tensors(prompts, reused)
+        # Every row keeps at least one token of its own to read.
+        shared = min([common_prefix(prompts[0], ids) for ids in prompts[1:]] + [len(ids) - 1 for ids in prompts])
+        if shared < self._prefix.min_tokens:
+            return fresh, *self._prefill_tensors(prompts, 0)
+        head = prompts[0][:shared]
+        reused, kv = self._prefix.lookup(adapter, head)
+        if kv is None:
+            reused, kv = 0, fresh
+        else:
+            self._stats.prefix_hits += 1
+        tail = torch.tensor([head[reused:]], dtype=torch.long, device=self._device)
+        self._forward(tail, torch.ones((1, shared), dtype=torch.long, device=self._device),
+                      torch.arange(reused, shared, device=self._device)[None], kv, [adapter])  # fmt: skip
+        self._prefix.store(adapter, head, kv)
+        self._stats.prefix_tokens_reused += reused + shared * (len(prompts) - 1)
+        kv.batch_repeat_interleave(len(prompts))
+        return kv, *self._prefill_tensors(prompts, shared)
+
+    def _prefill_tensors(self, prompts: list[list[int]], start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefill's inputs for every prompt's tokens from ``start`` on, the first ``start`` being in the cache.
+
+        The rest of each prompt is left-padded to one width and sits after the cached tokens,
+        padding between them masked out (as decoding's feeds are), so positions still count on
+        from the cached tokens; with ``start`` 0 this is plain left padding.
+        """
+        width = max(len(ids) - start for ids in prompts)
+        input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), start + width), dtype=torch.long)
+        mask[:, :start] = 1
+        for i, ids in enumerate(prompts):
+            rest = ids[start:]
+            input_ids[i, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[i, start + width - len(rest) :] = 1
+        # Padding shifts each row's tokens right; positions must still count on from its last real token.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        return input_ids.to(self._device), mask.to(self._device), positions.to(self._device)
 
     def _step(self, active: list[Row], logits: torch.Tensor) -> tuple[list[int], list[list[int]]]:
         """Choose each row's next token (and the forced ones after it); the rows that go on and what they feed next."""

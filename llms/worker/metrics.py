@@ -33,9 +33,17 @@ class WorkerMetrics:
         )
         self.mean_batch = Gauge("tandem_worker_mean_batch_size", "Mean rows per engine batch.", registry=r)
         self.max_batch = Gauge("tandem_worker_max_batch_size", "Largest engine batch so far.", registry=r)
+        self.prompt_tokens = Gauge("tandem_worker_prompt_tokens", "Prompt tokens received so far.", registry=r)
+        self.prefix_reused = Gauge(
+            "tandem_worker_prefix_cache_reused_tokens", "Prompt tokens served from the prefix cache so far.", registry=r
+        )
+        self.prefix_hits = Gauge("tandem_worker_prefix_cache_hits", "Prompts that reused a cached prefix.", registry=r)
 
     def render(self, stats: EngineStats | None) -> bytes:
         if stats is not None:
             self.mean_batch.set(stats.mean_batch)
             self.max_batch.set(stats.max_batch)
+            self.prompt_tokens.set(stats.prompt_tokens)
+            self.prefix_reused.set(stats.prefix_tokens_reused)
+            self.prefix_hits.set(stats.prefix_hits)
         return generate_latest(self.registry)

@@ -47,6 +47,15 @@ def engine(tiny: tuple[Path, dict[str, Path]]) -> Iterator[TransformersEngine]:
     asyncio.run(eng.aclose())
 
 
+@pytest.fixture(scope="module")
+def uncached(tiny: tuple[Path, dict[str, Path]]) -> Iterator[TransformersEngine]:
+    """The same model with no prefix cache: the oracle the cached engine must answer exactly like."""
+    model_dir, adapters = tiny
+    eng = TransformersEngine.load(model_dir, adapters, device="cpu", prefix_cache_tokens=0)
+    yield eng
+    asyncio.run(eng.aclose())
+
+
 def ask(content: str, sampling: SamplingParams = GREEDY, adapter: str | None = None) -> GenerationRequest:
     return GenerationRequest(messages=[{"role": "user", "content": content}], sampling=sampling, adapter=adapter)
 
@@ -431,3 +440,49 @@ def test_unique_ids_of_an_enum_end_when_the_enum_is_used_up(engine: Transformers
                                   tool_choice="required") for s in range(3)]  # fmt: skip
     for text, last in run(engine, *requests):
         assert sorted(_call_text(text)["arguments"]["ids"]) == list("abcd") and last.finish_reason == "stop"
+
+
+def test_a_prompt_that_starts_like_a_recent_one_prefills_only_the_rest_and_answers_the_same(
+    engine: TransformersEngine, uncached: TransformersEngine
+) -> None:
+    system = {"role": "system", "content": "You rank products for B2B buyers. " * 12}
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=12, seed=5)
+
+    def chat(text: str, sampling: SamplingParams = GREEDY, adapter: str | None = None) -> GenerationRequest:
+        return GenerationRequest([system, {"role": "user", "content": text}], sampling=sampling, adapter=adapter,
+                                 tools=TOOLS)  # fmt: skip
+
+    requests = [chat("red dresses"), chat("navy shirts"), chat("navy shirts", adapter="alpha"),
+                chat("black heels", seeded, adapter="alpha"), chat("black heels", seeded),
+                chat("navy shirts")]  # fmt: skip
+    before = (engine.stats.prefix_hits, engine.stats.prefix_tokens_reused)
+    cached = [run(engine, r)[0] for r in requests]  # one at a time: batches of one use the cache
+    oracle = [run(uncached, r)[0] for r in requests]
+    assert cached == oracle  # same texts, same finish reasons and token counts
+    hits = engine.stats.prefix_hits - before[0]
+    reused = engine.stats.prefix_tokens_reused - before[1]
+    shared = len(engine.render_prompt(chat("x"))) - 10  # the system turn and tools, at the least
+    # Every request after the first of its adapter starts like an earlier one (the base's first may hit the
+    # prompts of earlier tests, which share no system turn: not counted on).
+    assert hits >= len(requests) - 2 and reused >= (len(requests) - 2) * shared
+    assert uncached.stats.prefix_hits == 0
+
+
+def test_a_batch_of_like_prompts_computes_their_common_prefix_once_and_answers_as_each_alone(
+    engine: TransformersEngine, uncached: TransformersEngine
+) -> None:
+    system = {"role": "system", "content": "Write one sentence about the product for the buyer. " * 10}
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
+
+    def sentence(product: str, sampling: SamplingParams = GREEDY) -> GenerationRequest:
+        return GenerationRequest([system, {"role": "user", "content": f"Product: {product}"}], sampling=sampling,
+                                 adapter="beta")  # fmt: skip
+
+    requests = [sentence("navy shirt"), sentence("red kurta with a long name", seeded), sentence("belt")]
+    oracle = [run(uncached, r)[0] for r in requests]
+    before = (engine.stats.batches, engine.stats.prefix_tokens_reused)
+    together = run(engine, *requests)
+    assert engine.stats.batches - before[0] == 1  # one batch of three
+    assert together == oracle
+    head = len(engine.render_prompt(GenerationRequest([system, {"role": "user", "content": "Product:"}])))
+    assert engine.stats.prefix_tokens_reused - before[1] >= 2 * (head - 10)  # rows 2 and 3 did not prefill it

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,7 @@ __all__ = [
     "CatalogueCodes",
     "generate_buyers",
     "load_buyers",
+    "query_likelihood",
     "save_buyers",
 ]
 
@@ -198,20 +200,58 @@ def _split_of(buyer_id: str, config: BuyerConfig) -> Split:
     return "train"
 
 
+# How a SYNTHETIC buyer words a request for its target: each facet named with this probability, then a lead.
+_SAYS_COLOUR, _SAYS_GENDER, _SAYS_USAGE = 0.65, 0.5, 0.3
+_LEADS = ("", "", "need ", "looking for ", "wholesale ", "bulk order: ")
+
+
 def _query_words(product: Product, gender: str | None, rng: np.random.Generator) -> str:
     article = product.category[-1].lower()
     words: list[str] = []
     colour = product.attributes.get("base_colour", "")
-    if colour and rng.random() < 0.65:
+    if colour and rng.random() < _SAYS_COLOUR:
         words.append(colour.lower())
     words.append(article)
-    if gender and rng.random() < 0.5:
+    if gender and rng.random() < _SAYS_GENDER:
         words.append(f"for {gender.lower()}")
     usage = product.attributes.get("usage", "")
-    if usage and rng.random() < 0.3:
+    if usage and rng.random() < _SAYS_USAGE:
         words.append(usage.lower())
-    lead = ["", "", "need ", "looking for ", "wholesale ", "bulk order: "][int(rng.integers(6))]
+    lead = _LEADS[int(rng.integers(len(_LEADS)))]
     return lead + " ".join(words)
+
+
+def query_likelihood(query: str, product: Product, gender: str | None) -> float:
+    """P(``query`` | the buyer wants ``product``) under the request model of :func:`_query_words`.
+
+    The lead words are the same for every product, so they are stripped and left out. Example:
+    a buyer who wants a red casual kurta writes "red kurtas" with probability 0.65 × 0.7 (colour
+    named, usage not; gender unknown), and "kurtas" with 0.35 × 0.7.
+    """
+    text = query
+    for lead in sorted({lead for lead in _LEADS if lead}, key=len, reverse=True):
+        if text.startswith(lead):
+            text = text[len(lead) :]
+            break
+    colour = product.attributes.get("base_colour", "")
+    usage = product.attributes.get("usage", "")
+    total = 0.0
+    for says_colour, says_gender, says_usage in itertools.product((True, False), repeat=3):
+        if (says_colour and not colour) or (says_gender and not gender) or (says_usage and not usage):
+            continue
+        words = [colour.lower()] if says_colour else []
+        words.append(product.category[-1].lower())
+        words += [f"for {gender.lower()}"] if says_gender and gender else []
+        words += [usage.lower()] if says_usage else []
+        if " ".join(words) != text:
+            continue
+        p = 1.0
+        for named, share, known in ((says_colour, _SAYS_COLOUR, colour), (says_gender, _SAYS_GENDER, gender),
+                                    (says_usage, _SAYS_USAGE, usage)):  # fmt: skip
+            if known:
+                p *= share if named else 1 - share
+        total += p
+    return total
 
 
 def _gumbel_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,7 @@ path and colour as it, 1 = same category path, 0 = other). Two protocols:
 
 The ranker sees the buyer (profile, recent orders), the request and the candidates, and
 answers with one ``submit_ranking`` call; :func:`sft_conversation` writes the teacher
-answer (relevance first, then the buyer's latent utility), sometimes after a
+answer (expected relevance under the posterior of what the buyer wants), sometimes after a
 ``get_products`` look-up of candidates, so the model learns when a tool helps.
 
 Candidates carry short candidate ids (``A``, ``B``, …), see :mod:`rag.ranker_format`.
@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from finetune.buyers import Buyer, CatalogueCodes, buyer_utility
+import numpy as np
+
+from finetune.buyers import Buyer, CatalogueCodes, buyer_utility, query_likelihood
 from rag.ranker_format import (
     RankerPrompt,
-    candidate_line,
     describe_product,
     handles,
     ranker_prompt,
@@ -47,14 +47,15 @@ __all__ = [
     "graded_relevance",
     "make_case",
     "ranker_case_prompt",
-    "request_match_scores",
     "request_text",
     "sft_conversation",
+    "target_posterior",
     "teacher_ranking",
 ]
 
 Protocol = Literal["full_list", "one_of_20"]
 HISTORY_SHOWN = 6
+_LIKELIHOOD_FLOOR = 1e-6  # far below any wording the request model gives (0.35 x 0.5 x 0.7 = 0.12 at least)
 
 
 @dataclass(frozen=True)
@@ -121,30 +122,38 @@ def make_case(
     return RankingCase(buyer, tuple(candidates), relevance, protocol)
 
 
-_MATCH_STOP = {"for", "need", "looking", "wholesale", "bulk", "order"}
-_WORD = re.compile(r"[a-z0-9]+")
+def target_posterior(case: RankingCase, codes: CatalogueCodes, catalogue: Catalogue) -> np.ndarray:
+    """P(candidate is the product the buyer wants | the request's words, the buyer's preferences), per candidate.
 
-
-def request_match_scores(request: str, candidates: Sequence[Product]) -> list[int]:
-    """How many of the request's words each candidate's line (as the ranker sees it) contains."""
-    wanted = set(_WORD.findall(request.lower())) - _MATCH_STOP
-    lines = (candidate_line(h, p) for h, p in zip(handles(len(candidates)), candidates, strict=True))
-    return [len(wanted & set(_WORD.findall(line.lower()))) for line in lines]
+    Bayes' rule over the candidates with the SYNTHETIC generator's own two parts: the buyer's
+    utility (its preferences, which its profile and orders reveal to a reader) as the prior and
+    :func:`~finetune.buyers.query_likelihood` (how likely those words are, were this the
+    product wanted). A candidate the words cannot describe keeps a tiny floor, so a list with
+    none that fits is still ordered by preference.
+    """
+    products = [catalogue.get(c) for c in case.candidates]
+    gender = case.buyer.profile.gender
+    likelihood = np.array([query_likelihood(case.buyer.query_text, p, gender) if p is not None else 0.0
+                           for p in products])  # fmt: skip
+    logp = buyer_utility(case.buyer, codes, case.candidates) + np.log(np.maximum(likelihood, _LIKELIHOOD_FLOOR))
+    p = np.exp(logp - logp.max())
+    posterior: np.ndarray = p / p.sum()
+    return posterior
 
 
 def teacher_ranking(case: RankingCase, codes: CatalogueCodes, catalogue: Catalogue) -> list[str]:
-    """The answer SFT teaches: request match first, then the buyer's preference, then retrieval order.
+    """The answer SFT teaches: candidates by :func:`target_posterior`, ties by retrieval order.
 
-    Both keys are readable from the prompt: the request's words against each candidate line, and
-    the buyer's preferences, which the SYNTHETIC generator's utility holds and the buyer's profile
-    and orders reveal. The next purchase itself is not (it is one draw from those preferences):
-    a run that taught it first collapsed to copying the retrieval order.
+    Both of its parts are readable from the prompt (the request's words against each candidate
+    line; the buyer's preferences through its profile and orders), though the next purchase
+    itself is not: it is one draw from them. On the 579 SYNTHETIC test buyers' cases (current
+    retrieval), a perfect imitator would gain +43.5 % NDCG@10 over retrieval order on 1-of-20
+    and +6.5 % on the full list (paired SE 6.6 and 0.8 points), against +44.1 % / +5.8 % for the
+    rule it replaced (request-word matches first, then utility). Ranking by expected relevance
+    grade instead gained no more (+42.5 % / +6.0 %).
     """
-    products = [catalogue.get(c) for c in case.candidates]
-    known = [p for p in products if p is not None]
-    match = request_match_scores(case.buyer.query_text, known) if len(known) == len(products) else [0] * len(products)
-    utility = buyer_utility(case.buyer, codes, case.candidates)
-    order = sorted(range(len(case.candidates)), key=lambda i: (-match[i], -float(utility[i]), i))
+    posterior = target_posterior(case, codes, catalogue)
+    order = sorted(range(len(case.candidates)), key=lambda i: (-posterior[i], i))
     return [case.candidates[i] for i in order]
 
 

@@ -17,9 +17,16 @@ from finetune.buyers import (
     generate_buyers,
     load_buyers,
     product_gender,
+    query_likelihood,
     save_buyers,
 )
-from finetune.ranking_data import make_case, ranker_case_prompt, request_match_scores, sft_conversation, teacher_ranking
+from finetune.ranking_data import (
+    make_case,
+    ranker_case_prompt,
+    sft_conversation,
+    target_posterior,
+    teacher_ranking,
+)
 from rag.ranker_format import candidate_line, resolve_ids
 from retrieval.catalogue import Catalogue, load_catalogue
 
@@ -112,7 +119,27 @@ def test_one_of_20_case_and_full_list_case(catalogue: Catalogue, buyers: list) -
     assert full is not None and full.candidates == tuple(hits[:20]) and full.relevance[b.target] == 3
 
 
-def test_teacher_answer_is_a_permutation_by_request_match_then_preference(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize("gender", ["Women", None])
+def test_query_likelihood_matches_the_frequency_of_each_wording(catalogue: Catalogue, gender: str | None) -> None:
+    from finetune.buyers import _query_words
+
+    product = next(p for p in catalogue.products if p.attributes.get("base_colour") and p.attributes.get("usage"))
+    rng = np.random.default_rng(0)
+    draws = 20_000
+    counts = Counter(_query_words(product, gender, rng) for _ in range(draws))
+    wordings: Counter[str] = Counter()
+    for text, n in counts.items():  # the same words under every lead
+        wordings[
+            text.split(": ")[-1].removeprefix("need ").removeprefix("looking for ").removeprefix("wholesale ")
+        ] += n
+    assert len(wordings) == (8 if gender else 4)
+    for text, n in wordings.items():
+        assert abs(query_likelihood(text, product, gender) - n / draws) < 0.015, text
+    other = next(p for p in catalogue.products if p.category[-1] != product.category[-1])
+    assert query_likelihood(next(iter(wordings)), other, gender) == 0.0  # another article type: never these words
+
+
+def test_teacher_ranks_by_the_posterior_of_the_wanted_product(catalogue: Catalogue, buyers: list) -> None:  # type: ignore[type-arg]
     codes = CatalogueCodes(catalogue.products)
     b = buyers[1]
     hits = [b.target, *[p.product_id for p in catalogue.products[:40] if p.product_id != b.target]]
@@ -120,14 +147,15 @@ def test_teacher_answer_is_a_permutation_by_request_match_then_preference(catalo
     assert case is not None
     ranking = teacher_ranking(case, codes, catalogue)
     assert sorted(ranking) == sorted(case.candidates)
-    products = [catalogue.get(p) for p in ranking]
-    match = request_match_scores(b.query_text, products)  # type: ignore[arg-type]
-    utility = buyer_utility(b, codes, ranking)
-    assert match == sorted(match, reverse=True)
-    for i in range(len(ranking) - 1):
-        if match[i] == match[i + 1]:
-            assert utility[i] >= utility[i + 1]
-    assert match[0] >= 1  # the request names the wanted product's article type: something matches
+    # Oracle: Bayes' rule written out.
+    products = [catalogue.get(c) for c in case.candidates]
+    prior = np.exp(buyer_utility(b, codes, case.candidates))
+    words = np.array([max(query_likelihood(b.query_text, p, b.profile.gender), 1e-6) for p in products])  # type: ignore[arg-type]
+    posterior = prior * words / (prior * words).sum()
+    np.testing.assert_allclose(target_posterior(case, codes, catalogue), posterior, rtol=1e-9)
+    by_id = {c: posterior[j] for j, c in enumerate(case.candidates)}
+    assert [by_id[c] for c in ranking] == sorted(by_id.values(), reverse=True)
+    assert query_likelihood(b.query_text, catalogue.get(b.target), b.profile.gender) > 0  # type: ignore[arg-type]
     example = sft_conversation(case, catalogue, codes, rng=random.Random(1), lookup_share=1.0)
     names = [m["tool_calls"][0]["function"]["name"] for m in example["messages"] if m.get("tool_calls")]
     assert names == ["get_products", "submit_ranking"]

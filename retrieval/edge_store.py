@@ -78,6 +78,18 @@ def _damaged(directory: Path, what: str) -> StoreError:
     )
 
 
+@contextlib.contextmanager
+def _engine_call(what: str) -> Iterator[None]:
+    """Translate the engine's errors into StoreError: qdrant-edge raises bare ``Exception`` (a shard being
+    recreated by another writer answers "Shard is not initialized"), which callers cannot tell from a bug."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"Qdrant Edge {what} failed: {exc}") from exc
+
+
 def _edge_filter(flt: SearchFilter | None) -> qe.Filter | None:
     if flt is None or flt.is_empty():
         return None
@@ -171,7 +183,7 @@ class EdgeStore:
             for name in manifest.attribute_fields:
                 shard.update(qe.UpdateOperation.create_field_index(f"attributes.{name}", keyword))
             shard.flush()
-        except (RuntimeError, ValueError, OSError) as exc:
+        except Exception as exc:  # qdrant-edge raises bare Exception for engine errors
             raise StoreError(f"cannot create the Qdrant Edge index in {self._dir}: {exc}") from exc
         # The manifest is written last and atomically: a crash before it leaves no index, never half of one.
         _write_atomically(manifest_path(self._dir), manifest.model_dump_json(indent=2))
@@ -180,16 +192,15 @@ class EdgeStore:
     def existing(self, product_ids: Sequence[str]) -> set[str]:
         shard = self._require()
         ids: list[qe.PointId] = [point_id(p) for p in product_ids]
-        records = shard.retrieve(ids, with_payload=["product_id"], with_vector=False)
+        with _engine_call("retrieve"):
+            records = shard.retrieve(ids, with_payload=["product_id"], with_vector=False)
         return {str((r.payload or {})["product_id"]) for r in records}
 
     def vectors(self, product_ids: Sequence[str], *, using: str) -> dict[str, np.ndarray]:
         shard = self._require()
         ids: list[qe.PointId] = [point_id(p) for p in product_ids]
-        try:
+        with _engine_call("retrieve"):
             records = shard.retrieve(ids, with_payload=["product_id"], with_vector=[using])
-        except (RuntimeError, ValueError) as exc:
-            raise StoreError(f"Qdrant Edge retrieve failed: {exc}") from exc
         return vectors_by_product(records, using)
 
     def upsert(self, records: Sequence[VectorRecord]) -> None:
@@ -202,10 +213,8 @@ class EdgeStore:
             )
             for r in records
         ]
-        try:
+        with _engine_call("upsert"):
             shard.update(qe.UpdateOperation.upsert_points(points))
-        except (RuntimeError, ValueError) as exc:
-            raise StoreError(f"Qdrant Edge upsert failed: {exc}") from exc
 
     def search(self, vector: np.ndarray, *, using: str, k: int, filter: SearchFilter | None = None) -> list[StoredHit]:
         shard = self._require()
@@ -216,10 +225,8 @@ class EdgeStore:
             with_payload=True,
             params=self._params,
         )
-        try:
+        with _engine_call("query"):
             return hits_from_points(shard.query(request))
-        except (RuntimeError, ValueError) as exc:
-            raise StoreError(f"Qdrant Edge query failed: {exc}") from exc
 
     def search_fused(
         self, queries: Mapping[str, np.ndarray], *, k: int, filter: SearchFilter | None = None, prefetch: int = 100
@@ -237,14 +244,13 @@ class EdgeStore:
         ]
         fusion: Any = qe.Fusion.Rrf(k=RRF_K)  # the stubs type Fusion's nested classes too narrowly
         request = qe.QueryRequest(limit=k, prefetches=prefetches, query=fusion, with_payload=True)
-        try:
+        with _engine_call("fused query"):
             return hits_from_points(shard.query(request))
-        except (RuntimeError, ValueError) as exc:
-            raise StoreError(f"Qdrant Edge fused query failed: {exc}") from exc
 
     def count(self, filter: SearchFilter | None = None) -> int:
         shard = self._require()
-        return int(shard.count(qe.CountRequest(filter=_edge_filter(filter), exact=True)))
+        with _engine_call("count"):
+            return int(shard.count(qe.CountRequest(filter=_edge_filter(filter), exact=True)))
 
     def scroll(
         self, *, vectors: Sequence[str], batch: int = 2048
@@ -252,9 +258,10 @@ class EdgeStore:
         shard = self._require()
         offset: qe.PointId | None = None
         while True:
-            records, offset = shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=list(vectors))
-            )
+            with _engine_call("scroll"):
+                records, offset = shard.scroll(
+                    qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=list(vectors))
+                )
             for r in records:
                 vec = r.vector if isinstance(r.vector, dict) else {}
                 yield dict(r.payload or {}), {n: np.asarray(vec[n], dtype=np.float32) for n in vectors if n in vec}
@@ -263,12 +270,10 @@ class EdgeStore:
 
     def finalize(self) -> None:
         shard = self._require()
-        try:
+        with _engine_call("flush/optimise"):
             shard.flush()
             shard.optimize()
             shard.flush()
-        except (RuntimeError, OSError) as exc:
-            raise StoreError(f"Qdrant Edge flush/optimise failed: {exc}") from exc
 
     def close(self) -> None:
         if self._shard is not None:
@@ -277,5 +282,6 @@ class EdgeStore:
 
     def info(self) -> dict[str, Any]:
         shard = self._require()
-        i = shard.info()
+        with _engine_call("info"):
+            i = shard.info()
         return {"points": i.points_count, "indexed_vectors": i.indexed_vectors_count, "segments": i.segments_count}

@@ -238,6 +238,8 @@ class Resources:
                 self.not_ready = str(exc)
             except RetrievalError as exc:
                 log.warning("index refresh failed (retrying in %g s): %s", every_s, exc)
+            except Exception:  # a bug must not end the loop silently: said once a period, with its traceback
+                log.exception("index refresh failed (retrying in %g s)", every_s)
 
     async def _open_chat(self) -> None:
         """The conversation pipeline over the same retrieval and dispatcher; the catalogue is its source of truth."""

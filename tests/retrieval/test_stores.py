@@ -218,3 +218,24 @@ def test_edge_index_open_twice_is_a_clear_error(tmp_path: Path, data: dict[str, 
     finally:
         first.close()
     EdgeStore(tmp_path / "e").close()  # free again once the first store is closed
+
+
+def test_edge_engine_errors_are_store_errors(tmp_path: Path, data: dict[str, object]) -> None:
+    # qdrant-edge raises bare Exception; a reader racing a writer that recreates the shard met one ("Shard is not
+    # initialized") and a background loop died of it. The engine's own state is the cause here: its shard is closed
+    # under the store, as a recreate does for a moment.
+    s = EdgeStore(tmp_path / "e")
+    s.create(manifest())
+    s.upsert(records(data, range(5)))
+    s._shard.close()  # type: ignore[union-attr]
+    q = data[TEXT_VECTOR][0]  # type: ignore[index]
+    calls = {
+        "count": s.count,
+        "query": lambda: s.search(q, using=TEXT_VECTOR, k=1),
+        "retrieve": lambda: s.vectors(["p1"], using=TEXT_VECTOR),
+        "scroll": lambda: list(s.scroll(vectors=[TEXT_VECTOR])),
+        "upsert": lambda: s.upsert(records(data, range(1))),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreError, match=f"Qdrant Edge {name} failed"):
+            call()

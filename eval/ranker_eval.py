@@ -45,7 +45,9 @@ from retrieval.catalogue import Catalogue
 __all__ = ["RankerAnswer", "ValidatedRanking", "evaluate_cases", "llm_ranker", "validate_ranking"]
 
 K = 10
-METHODS = ("random", "retrieval", "base_zero_shot", "lora", "lora_rrf")
+METHODS = ("random", "retrieval", "teacher", "base_zero_shot", "lora", "lora_rrf")
+# Orderings computed without a model: the floor, the baseline and (given) the SFT teacher, the ceiling of imitation.
+Reference = Callable[[RankingCase], Sequence[str]]
 FUSION_WEIGHT = 0.5  # fixed a priori (equal-weight RRF), never tuned on the test buyers
 
 
@@ -103,6 +105,18 @@ class _Tally:
                 "recall@10": round(float(np.mean(self.recall)), 4) if self.recall else 0.0}  # fmt: skip
 
 
+def _paired(method: _Tally, retrieval: _Tally) -> dict[str, float]:
+    """The method's NDCG@10 gain over retrieval order, relative, and the standard error of that paired difference."""
+    if len(method.ndcg) != len(retrieval.ndcg) or len(method.ndcg) < 2:
+        return {}
+    base = float(np.mean(retrieval.ndcg))
+    diff = np.asarray(method.ndcg) - np.asarray(retrieval.ndcg)
+    if base == 0:
+        return {}
+    return {"gain": round(float(diff.mean()) / base, 4),
+            "gain_se": round(float(diff.std(ddof=1)) / np.sqrt(diff.size) / base, 4)}  # fmt: skip
+
+
 def _score(case: RankingCase, ranking: Sequence[str]) -> tuple[float, float]:
     threshold = 1 if case.protocol == "one_of_20" else 2
     return ndcg_at_k(ranking, case.relevance, K), recall_at_k(ranking, case.relevance, K, threshold=threshold)
@@ -112,23 +126,28 @@ def evaluate_cases(
     cases: Mapping[str, Sequence[RankingCase]],
     rankers: Mapping[str, Ranker],
     *,
+    references: Mapping[str, Reference] | None = None,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score every method on every protocol; ``rankers`` holds the LLM methods (base_zero_shot, lora)."""
+    """Score every method on every protocol; ``rankers`` holds the LLM methods (base_zero_shot, lora),
+    ``references`` orderings made without a model (the SFT teacher). Each method's gain over retrieval order
+    comes with its paired standard error (``gain_se``, relative to retrieval's mean), as the cases are few."""
     report_progress = progress or (lambda stage, done, total: None)
     results: dict[str, Any] = {}
     counts = {"calls": 0, "invalid": 0, "returned": 0, "hallucinated": 0, "duplicates": 0, "outside_after": 0}
     per_method_counts: dict[str, dict[str, int]] = {}
     rng = random.Random(seed)
     for protocol, protocol_cases in cases.items():
-        tallies = {m: _Tally() for m in METHODS if m in {"random", "retrieval"} or m in rankers}
+        refs = dict(references or {})
+        tallies = {m: _Tally() for m in METHODS if m in {"random", "retrieval"} or m in rankers or m in refs}
         if "lora" in rankers:
             tallies["lora_rrf"] = _Tally()
         for case in protocol_cases:
             shuffled = list(case.candidates)
             rng.shuffle(shuffled)
-            for method, ranking in (("random", shuffled), ("retrieval", list(case.candidates))):
+            made = [("random", shuffled), ("retrieval", list(case.candidates))]
+            for method, ranking in made + [(name, list(ref(case))) for name, ref in refs.items()]:
                 n, r = _score(case, ranking)
                 tallies[method].ndcg.append(n)
                 tallies[method].recall.append(r)
@@ -154,7 +173,7 @@ def evaluate_cases(
                 allowed = set(case.candidates)
                 mc["outside_after"] += sum(1 for pid in checked.ranking if pid not in allowed)
             report_progress(f"{method} on {protocol}", len(protocol_cases), len(protocol_cases))
-        results[protocol] = {m: t.summary() for m, t in tallies.items()}
+        results[protocol] = {m: {**t.summary(), **_paired(t, tallies["retrieval"])} for m, t in tallies.items()}
         results[protocol]["cases"] = len(protocol_cases)
 
     def rates(c: dict[str, int]) -> dict[str, float]:
@@ -200,6 +219,10 @@ def _gain(results: Mapping[str, Any], protocol: str, method: str = "lora") -> fl
     return r.get(method, {}).get("ndcg@10", 0.0) / base - 1 if base else 0.0
 
 
+def _pm(row: Mapping[str, Any]) -> str:
+    return f"{row['gain']:+.1%} ± {row['gain_se']:.1%}" if "gain_se" in row else "–"
+
+
 def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping[str, Any] | None = None) -> Path:
     """``ranker_eval.json`` and ``ranker_eval.md`` (machine, method, table, targets) in ``report_dir``."""
 
@@ -216,18 +239,24 @@ def write_report(results: Mapping[str, Any], report_dir: Path, training: Mapping
         f"Machine: {machine.get('cpu', '?')}, {machine.get('logical_cores', '?')} cores, "
         f"{machine.get('ram_gb', '?')} GB RAM, GPU: {machine.get('gpu') or 'none'}.",
         "",
-        "| method | 1-of-20 NDCG@10 | 1-of-20 Recall@10 | full list NDCG@10 | full list Recall@10 |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| method | 1-of-20 NDCG@10 | gain ± SE | 1-of-20 Recall@10 | full list NDCG@10 | gain ± SE |"
+        " full list Recall@10 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for method in METHODS:
-        a = results.get("one_of_20", {}).get(method, {})
-        b = results.get("full_list", {}).get(method, {})
-        lines.append(f"| {method} | {a.get('ndcg@10', 0):.4f} | {a.get('recall@10', 0):.4f} | "
-                     f"{b.get('ndcg@10', 0):.4f} | {b.get('recall@10', 0):.4f} |")  # fmt: skip
+        a = results.get("one_of_20", {}).get(method)
+        b = results.get("full_list", {}).get(method)
+        if a is None and b is None:
+            continue
+        a, b = a or {}, b or {}
+        lines.append(f"| {method} | {a.get('ndcg@10', 0):.4f} | {_pm(a)} | {a.get('recall@10', 0):.4f} | "
+                     f"{b.get('ndcg@10', 0):.4f} | {_pm(b)} | {b.get('recall@10', 0):.4f} |")  # fmt: skip
     lines += [
         "",
         f"Cases: 1-of-20 {results.get('one_of_20', {}).get('cases', 0)} (buyers whose wanted product retrieval found"
-        f" among its first 50), full list {results.get('full_list', {}).get('cases', 0)}.",
+        f" among its first 50), full list {results.get('full_list', {}).get('cases', 0)}. Gains are relative to"
+        " retrieval order, ± the standard error of the paired per-case difference. `teacher` is the order SFT"
+        " teaches (`finetune.ranking_data.teacher_ranking`): the most a perfect imitator could reach.",
         "",
         f"Rates per returned ranking (LoRA): {results.get('rates', {})};"
         f" by method: {results.get('rates_by_method', {})}.",

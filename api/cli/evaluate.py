@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -165,7 +166,7 @@ def eval_level1_sweep(
 
 
 def _test_cases(
-    base: str | None, adapter: Path | None, buyers: int
+    base: str | None, adapter: Path | None, buyers: int | None
 ) -> tuple[Path, Path, Catalogue, list[Buyer], dict[str, list[RankingCase]]]:
     """The models to evaluate (refused in one line when untrained) and both protocols' cases of the test buyers."""
     from api.components import build_retriever, build_store
@@ -196,7 +197,9 @@ def eval_ranker(
     report_dir: Annotated[
         Path | None, typer.Option("--report-dir", help="Also write ranker_eval.md/json here (e.g. eval/reports).")
     ] = None,
-    buyers: Annotated[int, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to evaluate on.")] = 300,
+    buyers: Annotated[
+        int | None, typer.Option("--buyers", min=1, help="SYNTHETIC test buyers to evaluate on (default: all).")
+    ] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base model (default TANDEM_LLM__BASE).")] = None,
     adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA ranker (default: the one served).")] = None,
 ) -> None:
@@ -205,6 +208,8 @@ def eval_ranker(
 
     from api.console import staged_progress
     from eval.ranker_eval import evaluate_cases, llm_ranker
+    from finetune.buyers import CatalogueCodes
+    from finetune.ranking_data import teacher_ranking
     from llms.in_process import InProcessClient
     from llms.worker.hf_engine import TransformersEngine
     from llms.worker.service import WorkerService
@@ -218,8 +223,9 @@ def eval_ranker(
         "base_zero_shot": llm_ranker(llm, service.base_name, cat),
         "lora": llm_ranker(llm, "tandem-ranker", cat),
     }
+    teacher = partial(teacher_ranking, codes=CatalogueCodes(cat.products), catalogue=cat)
     with staged_progress() as progress:
-        results = evaluate_cases(cases, rankers, progress=progress)
+        results = evaluate_cases(cases, rankers, references={"teacher": teacher}, progress=progress)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["synthetic_buyers"] = True
     table = Table(title=f"ranker on SYNTHETIC test buyers ({len(test)})")
@@ -227,7 +233,7 @@ def eval_ranker(
     for protocol in ("one_of_20", "full_list"):
         table.add_column(f"{protocol} NDCG@10", justify="right")
         table.add_column(f"{protocol} R@10", justify="right")
-    for method in ("random", "retrieval", "base_zero_shot", "lora"):
+    for method in ("random", "retrieval", "teacher", "base_zero_shot", "lora"):
         row = [method]
         for protocol in ("one_of_20", "full_list"):
             m = results[protocol].get(method, {})

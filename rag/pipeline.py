@@ -323,13 +323,17 @@ class Pipeline:
     ) -> AsyncIterator[TokenEvent | str]:
         """One checked sentence per explained product, in rank order as each is ready; then the whole text.
 
-        The sentences are asked for at once (the worker batches them). A sentence is shown only
-        after the check has read it: one that names a product outside the ranking or claims an
-        attribute its record contradicts is replaced by the plain sentence built from the
-        record, so nothing false is ever shown, not even for a moment of a stream.
+        The first sentence is what the buyer waits for, so it is asked alone and the others once
+        it is being written: a worker that batches statically (the embedded one) then decodes it
+        in a batch of one instead of three, and the others together after it (sharing their
+        prompt's prefix); a server that batches continuously (vLLM) takes them in at once anyway.
+        A sentence is shown only after the check has read it: one that names a product outside
+        the ranking or claims an attribute its record contradicts is replaced by the plain
+        sentence built from the record, so nothing false is ever shown, not even for a moment of
+        a stream.
         """
         ranked = [i.product for i in items[: self.config.explained]]
-        tasks = [asyncio.create_task(self._sentence(request_text, p, k, user)) for k, p in enumerate(ranked, 1)]
+        tasks = await self._ask_sentences(request_text, ranked, user)
         shown: list[str] = []
         replaced: list[str] = []
         failed: list[str] = []
@@ -366,13 +370,35 @@ class Pipeline:
             degraded.append(Degradation("explainer", reason[:400]))
         yield " ".join(shown)
 
-    async def _sentence(self, request_text: str, product: Product, rank: int, user: str) -> str:
+    async def _ask_sentences(self, request_text: str, ranked: Sequence[Product], user: str) -> list[asyncio.Task[str]]:
+        """One task per sentence: the first at once, the rest once it has started (or ended, or failed)."""
+        if not ranked:
+            return []
+        started = asyncio.Event()
+        first = asyncio.create_task(self._sentence(request_text, ranked[0], 1, user, started=started))
+        if len(ranked) > 1:
+            waiter = asyncio.create_task(started.wait())
+            try:
+                await asyncio.wait([first, waiter], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                first.cancel()
+                raise
+            finally:
+                waiter.cancel()
+        rest = [asyncio.create_task(self._sentence(request_text, p, k, user)) for k, p in enumerate(ranked[1:], 2)]
+        return [first, *rest]
+
+    async def _sentence(
+        self, request_text: str, product: Product, rank: int, user: str, *, started: asyncio.Event | None = None
+    ) -> str:
         """The explainer's sentence about one product: the start Tandem wrote, continued to the end of the line."""
         payload = {"model": self.models.explainer, "messages": explainer_messages(request_text, product, rank),
                    "max_tokens": self.config.explainer_max_tokens, "temperature": 0.0, "stop": ["\n"],
                    "continue_final_message": True, "add_generation_prompt": False, "user": user}  # fmt: skip
         parts: list[str] = []
         async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
+            if started is not None:
+                started.set()
             parts += [choice.get("delta", {}).get("content") or "" for choice in chunk.get("choices", [])]
         text = "".join(parts).split("\n", 1)[0].rstrip()
         if not text.strip():

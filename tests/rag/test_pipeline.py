@@ -70,6 +70,7 @@ class ScriptedLlm:
         self.cold_start = cold_start
         self.calls: list[dict[str, Any]] = []
         self.up = {"tandem-base", "tandem-ranker"}
+        self.log: list[tuple[str, int]] = []  # the explainer's ("asked", rank) and ("wrote", rank), in time order
 
     def serves(self, model: str) -> bool:
         return model in self.up
@@ -87,7 +88,11 @@ class ScriptedLlm:
         assert payload["continue_final_message"] and payload["messages"][-1]["role"] == "assistant"
         line = payload["messages"][-2]["content"].splitlines()[-1]  # "Product #k: facts"
         rank, facts = int(line.split("#")[1].split(":")[0]), line.split(": ", 1)[1]
+        self.log.append(("asked", rank))
+        await asyncio.sleep(0)  # a worker's first token takes a moment: asks made meanwhile would show here
         for i, word in enumerate(self.sentence(rank, facts).split(" ")):
+            if i == 0:
+                self.log.append(("wrote", rank))
             if self.break_after is not None and i >= self.break_after:
                 raise StreamInterruptedError("worker w1 went away mid-stream")
             yield {"choices": [{"delta": {"content": word if i == 0 else " " + word}}]}
@@ -390,3 +395,23 @@ def test_every_llm_call_of_a_session_carries_its_routing_key(products: list[Prod
     assert all(len(keys) == 1 and None not in keys for keys in turns), "every call of a turn, one key"
     assert turns[0] == turns[1] != turns[2], "the same session, the same key; another session, another"
     assert first.session_id not in turns[0], "a hash, not the session id itself"
+
+
+def test_the_first_sentence_is_asked_alone_and_the_rest_once_it_is_being_written(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("C", "A", "B"))
+    pipeline, _ = make_pipeline(products, llm)
+    events, result = run(pipeline, TurnRequest(text="need blue shirts for men", top_k=5))
+    asked = [rank for what, rank in llm.log if what == "asked"]
+    assert asked[0] == 1 and sorted(asked) == list(range(1, len(asked) + 1)) and len(asked) >= 2
+    # Nothing else is asked before sentence 1 has its first words.
+    assert llm.log.index(("wrote", 1)) < llm.log.index(("asked", 2))
+    assert result.explanation.startswith(next(e.text for e in events if isinstance(e, TokenEvent)))
+
+
+def test_a_first_sentence_that_fails_at_once_does_not_hold_back_the_others(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("C", "A", "B"), break_after=0)  # every sentence breaks before its first word
+    pipeline, _ = make_pipeline(products, llm)
+    _, result = run(pipeline, TurnRequest(text="need blue shirts for men", top_k=5))
+    asked = [rank for what, rank in llm.log if what == "asked"]
+    assert len(asked) >= 2 and asked[0] == 1  # the rest were still asked
+    assert any(d.part == "explainer" for d in result.degraded)

@@ -78,8 +78,8 @@ def test_full_list_uses_graded_relevance() -> None:
 
 def test_report_states_synthetic_and_targets(tmp_path: Path) -> None:
     results = {
-        "one_of_20": {"retrieval": {"ndcg@10": 0.3}, "base_zero_shot": {"ndcg@10": 0.31}, "lora": {"ndcg@10": 0.4, "gain": 0.3333,
-                      "gain_se": 0.05}, "cases": 5},
+        "one_of_20": {"retrieval": {"ndcg@10": 0.3}, "base_zero_shot": {"ndcg@10": 0.31},
+                      "lora": {"ndcg@10": 0.4, "gain": 0.3333, "gain_se": 0.05}, "cases": 5},
         "full_list": {"retrieval": {"ndcg@10": 0.5}, "base_zero_shot": {"ndcg@10": 0.5}, "lora": {"ndcg@10": 0.52},
                       "cases": 5},
         "rates": {"invalid_tool_call": 0.0},

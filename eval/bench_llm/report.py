@@ -297,24 +297,24 @@ def _cpu_use(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _skipped(title: str, row: Mapping[str, Any] | None) -> list[str] | None:
+def _heading(title: str, row: Mapping[str, Any] | None) -> tuple[list[str], bool]:
+    """A section's heading, and whether its body follows (False: not measured or skipped, said under the heading)."""
+    head = ["", f"## {title}", ""]
     if row is None:
-        return ["", f"## {title}", "", "Not measured in this run.", ""]
+        return [*head, "Not measured in this run.", ""], False
     if "skipped" in row:
-        return ["", f"## {title}", "", f"Skipped: {row['skipped']}.", ""]
-    return None
+        return [*head, f"Skipped: {row['skipped']}.", ""], False
+    return head, True
 
 
 def _sessions(results: Mapping[str, Any]) -> list[str]:
     row = results.get("sessions")
-    skipped = _skipped("Sessions on a SIMULATED prefix cache", row)
-    if skipped is not None or row is None:
-        return skipped or []
+    head, measured = _heading("Sessions on a SIMULATED prefix cache", row)
+    if not measured or row is None:
+        return head
     cfg = results["config"]
     lines = [
-        "",
-        "## Sessions on a SIMULATED prefix cache",
-        "",
+        *head,
         f"> **SIMULATED prefix cache**: each worker (cache-1…3, the fast delay model) keeps an LRU of "
         f"{cfg['cache_tokens']:,} prompt words of message prefixes; an uncached prompt word costs "
         f"{cfg['prefill_ms']:g} ms before the first token, a cached one nothing (as vLLM's automatic prefix caching "
@@ -388,14 +388,12 @@ def litellm_verdict(row: Mapping[str, Any]) -> str:
 
 def _litellm(results: Mapping[str, Any]) -> list[str]:
     row = results.get("litellm_router")
-    skipped = _skipped("LiteLLM Router against the dispatcher", row)
-    if skipped is not None or row is None:
-        return skipped or []
+    head, measured = _heading("LiteLLM Router against the dispatcher", row)
+    if not measured or row is None:
+        return head
     lat, ov, kill, over = row["latency"], row["overhead"], row["kill"], row["overload"]
     lines = [
-        "",
-        "## LiteLLM Router against the dispatcher",
-        "",
+        *head,
         f"LiteLLM {row.get('litellm_version')} (imported in {fmt(row.get('import_s'), 1)} s), `litellm.Router` with "
         "each SIMULATED worker as an `openai/…` deployment at its `api_base`, `num_retries=2` (the dispatcher "
         "makes up to 3 attempts), in this process beside the dispatcher, on the same workers and the same seeded "
@@ -442,14 +440,12 @@ def _litellm(results: Mapping[str, Any]) -> list[str]:
 
 def _real_engines(results: Mapping[str, Any]) -> list[str]:
     row = results.get("real_engines")
-    skipped = _skipped("Real engines: llama.cpp with SmolLM2-135M", row)
-    if skipped is not None or row is None:
-        return skipped or []
+    head, measured = _heading("Real engines: llama.cpp with SmolLM2-135M", row)
+    if not measured or row is None:
+        return head
     kill = row["kill"]
     lines = [
-        "",
-        "## Real engines: llama.cpp with SmolLM2-135M",
-        "",
+        *head,
         f"**Not simulated**: {row['engines']} × {row['engine']} serving {row['model']}, behind the dispatcher over "
         f"HTTP (streamed chat completions, {row['max_tokens']} tokens, greedy; five buyers' questions in turn, "
         "the buyer in OpenAI's `user`, which `affinity` routes by). Service time alone (median): "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -166,6 +167,7 @@ def run_train_ranker(
     minutes: float | None = None,
     force: bool = False,
     out_dir: Path | None = None,
+    objective: str = "sft",
 ) -> Path:
     """LoRA-finetune the ranker on SYNTHETIC train buyers over the base model (TANDEM_LLM__BASE unless ``base``).
 
@@ -191,7 +193,9 @@ def run_train_ranker(
     source = resolve_source(spec)
     with staged_progress() as progress:
         base_dir = ensure_base_model(spec, settings.models_dir, progress=progress)
-    config = RankerTrainConfig.tiny() if tiny else RankerTrainConfig()
+    config = RankerTrainConfig.distilled() if objective == "distill" else RankerTrainConfig()
+    if tiny:
+        config = replace(RankerTrainConfig.tiny(), objective=objective)
     if minutes is not None:
         config = replace(config, max_minutes=minutes)
     config = replace(config, base=str(base_dir))
@@ -225,6 +229,13 @@ def run_train_ranker(
     return target
 
 
+class Objective(StrEnum):
+    """How ``tandem train ranker`` teaches the teacher's ranking."""
+
+    sft = "sft"
+    distill = "distill"
+
+
 @train_app.command("ranker")
 def train_ranker_cmd(
     base: Annotated[
@@ -243,7 +254,11 @@ def train_ranker_cmd(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Adapter folder (default TANDEM_HOME/models/tandem-ranker).")
     ] = None,
+    objective: Annotated[
+        Objective,
+        typer.Option("--objective", help="sft: TRL SFT on the teacher's order; distill: its posterior per id slot."),
+    ] = Objective.sft,
 ) -> None:
     """LoRA-finetune the domain ranker (TRL SFT + peft) on ranking conversations of SYNTHETIC buyers."""
     run_train_ranker(get_settings(), base=base, tiny=tiny, buyers=buyers, train_buyers=train_buyers,
-                     minutes=minutes, force=force, out_dir=out_dir)  # fmt: skip
+                     minutes=minutes, force=force, out_dir=out_dir, objective=objective.value)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The LoRA ranker's training pipeline on a tiny base built here: TRL SFT, saved adapter, config, serving."""
+"""The LoRA ranker's training pipeline on a tiny base built here: distillation or TRL SFT, adapter, config, serving."""
 
 from __future__ import annotations
 
@@ -48,21 +48,29 @@ def test_config_round_trips_through_json() -> None:
     assert RankerTrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
 
 
-def test_tiny_sft_saves_a_servable_adapter(
-    cases: list[RankingCase], catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory
+@pytest.mark.parametrize(("objective", "top_layers"), [("distill", 1), ("sft", None)])
+def test_tiny_training_saves_a_servable_adapter(
+    objective: str,
+    top_layers: int | None,
+    cases: list[RankingCase],
+    catalogue: Catalogue,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    from dataclasses import replace
+
     from llms.worker.hf_engine import TransformersEngine
 
     root = tmp_path_factory.mktemp("ranker")
     base = build_tiny_chat_model(root / "tiny-base", hidden_size=32, num_layers=2, vocab_size=600)
     out = root / "tandem-ranker"
-    report = train_ranker(cases, catalogue, CatalogueCodes(catalogue.products), str(base), out,
-                          RankerTrainConfig.tiny())  # fmt: skip
+    config = replace(RankerTrainConfig.tiny(), objective=objective, top_layers=top_layers)
+    report = train_ranker(cases, catalogue, CatalogueCodes(catalogue.products), str(base), out, config)
     assert report.steps == 4 and report.examples == len(cases)
     assert report.trainable_parameters > 0
     saved = json.loads((out / CONFIG_FILE).read_text())
-    assert RankerTrainConfig.from_json(saved["config"]) == RankerTrainConfig.tiny()
-    assert (out / "adapter_config.json").is_file()
+    assert RankerTrainConfig.from_json(saved["config"]) == config
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == ([1] if top_layers else None)  # the upper layer of two
     serve = (out / "SERVE.md").read_text()
     assert f"--lora-modules tandem-ranker={out}" in serve and "--tool-call-parser hermes" in serve
     assert (out / "Modelfile").read_text() == f"FROM {base}\nADAPTER .\n"
@@ -70,8 +78,13 @@ def test_tiny_sft_saves_a_servable_adapter(
     assert list(engine.adapters) == ["tandem-ranker"]
 
 
+@pytest.mark.parametrize(("objective", "checkpoint"), [("distill", "distill_state.pt"), ("sft", "checkpoint-1")])
 def test_a_budget_stop_keeps_a_checkpoint_and_the_same_run_resumes_there(
-    cases: list[RankingCase], catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory
+    objective: str,
+    checkpoint: str,
+    cases: list[RankingCase],
+    catalogue: Catalogue,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     from dataclasses import replace
 
@@ -79,11 +92,11 @@ def test_a_budget_stop_keeps_a_checkpoint_and_the_same_run_resumes_there(
     base = build_tiny_chat_model(root / "tiny-base", hidden_size=32, num_layers=2, vocab_size=600)
     out, checkpoints = root / "tandem-ranker", root / "tandem-ranker.checkpoints"
     codes = CatalogueCodes(catalogue.products)
-    config = replace(RankerTrainConfig.tiny(), max_steps=5, save_steps=100)
+    config = replace(RankerTrainConfig.tiny(), max_steps=5, save_steps=100, objective=objective)
     stopped = train_ranker(cases, catalogue, codes, str(base), out, replace(config, max_minutes=1e-9),
                            checkpoint_dir=checkpoints)  # fmt: skip
     assert (stopped.steps, stopped.planned_steps, stopped.complete) == (1, 5, False)
-    assert (checkpoints / "checkpoint-1").is_dir()  # saved where the budget stopped it, not at save_steps
+    assert (checkpoints / checkpoint).exists()  # saved where the budget stopped it, not at save_steps
     assert json.loads((out / CONFIG_FILE).read_text())["steps"] == 1  # an adapter to serve meanwhile
     finished = train_ranker(cases, catalogue, codes, str(base), out, config, checkpoint_dir=checkpoints)
     assert (finished.resumed_from_step, finished.steps, finished.complete) == (1, 5, True)

@@ -9,6 +9,7 @@ the catalogue record.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,32 @@ def test_the_explainer_writes_its_facts_and_the_check_catches_a_false_colour(
     assert "black" in wrong.lower(), wrong
     claims = [(c.kind, c.claimed) for _, c in checker.check(wrong, [product]).false_claims]
     assert ("colour", "black") in claims
+
+
+def test_distillation_teaches_the_tokens_the_worker_serves(smollm2: Path, catalogue: Catalogue) -> None:
+    """The ranker is trained on the prompt tokens the embedded worker renders, and each id slot is one letter."""
+    from finetune.buyers import BuyerConfig, CatalogueCodes, generate_buyers
+    from finetune.distill_ranker import distill_example
+    from finetune.ranking_data import make_case, ranker_case_prompt
+    from llms.worker.engine import GenerationRequest
+    from llms.worker.hf_engine import TransformersEngine
+    from rag.ranker_format import handles
+
+    engine = TransformersEngine.load(smollm2, {}, max_batch=1)
+    try:
+        codes = CatalogueCodes(catalogue.products)
+        for buyer in generate_buyers(catalogue, BuyerConfig(n_buyers=3, seed=5)):
+            hits = [*[p.product_id for p in catalogue.products if p.product_id != buyer.target][:19], buyer.target]
+            case = make_case(buyer, hits, catalogue, protocol="full_list")
+            assert case is not None
+            example = distill_example(case, catalogue, codes, engine.tokenizer, top_n=10, shuffle=False)
+            answer = engine.tokenizer.decode(list(example.input_ids[example.answer_start :]))
+            ids = json.loads(answer.split("<tool_call>")[1].split("</tool_call>")[0])["arguments"]["ids"]
+            assert [engine.tokenizer.decode([example.input_ids[p]]) for p, _, _ in example.slots] == ids
+            assert set(ids) <= set(handles(20)) and len(set(ids)) == 10
+            products = [p for p in (catalogue.get(c) for c in case.candidates) if p is not None]
+            prompt = ranker_case_prompt(buyer, products, catalogue)
+            served = engine.render_prompt(GenerationRequest(prompt.messages, tools=prompt.tools))
+            assert list(example.input_ids[: example.answer_start]) == served
+    finally:
+        asyncio.run(engine.aclose())

@@ -4,8 +4,10 @@ The base (Tandem's small base model by default, or any hub id / folder such as
 ``Qwen/Qwen2.5-0.5B-Instruct`` where there is internet) gets a LoRA adapter trained on
 ranking conversations of SYNTHETIC train buyers (:mod:`finetune.ranking_data`): the buyer's
 profile, recent orders, request and retrieval's candidates in; optionally a ``get_products``
-look-up; then one ``submit_ranking`` call with candidate ids, best first. TRL's
-``SFTTrainer`` does the work (prompt-completion format, so only the answer is in the loss).
+look-up; then one ``submit_ranking`` call with candidate ids, best first. Two objectives:
+``sft`` (the default), where TRL's ``SFTTrainer`` does the work (prompt-completion format, so
+only the answer is in the loss), and ``distill`` (:mod:`finetune.distill_ranker`), where every
+id slot learns the teacher's posterior over the candidates left.
 
 Beside the adapter: ``tandem_ranker.json`` (the training config, round-trippable, plus
 timings and losses) and ``SERVE.md`` with the vLLM and ollama command lines.
@@ -89,7 +91,7 @@ class RankerTrainConfig:
     @classmethod
     def tiny(cls) -> RankerTrainConfig:
         return cls(r=4, alpha=8, batch_size=1, gradient_accumulation=1, max_steps=4, max_minutes=1.0,
-                   max_length=4096, bf16=False, save_steps=2, top_layers=None)  # fmt: skip
+                   max_length=4096, bf16=False, save_steps=2)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

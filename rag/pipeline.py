@@ -7,8 +7,9 @@ explainer that fails, or names a product outside the ranking, leaves a plain sen
 (flagged ``explainer``). Only retrieval failing fails the turn, since without candidates there
 is nothing to show.
 
-Events, in order: :class:`CandidatesEvent`, :class:`RankingEvent`, :class:`TokenEvent` …,
-:class:`DoneEvent` (the whole turn).
+Events, in order: :class:`CandidatesEvent`, :class:`RankingEvent`, :class:`TokenEvent` …
+(with a :class:`ReviseEvent` where a sentence shown as it was written failed its check at
+its end), :class:`DoneEvent` (the whole turn).
 
 Example:
     >>> pipeline = Pipeline(search, products, llm, PipelineConfig())  # doctest: +SKIP
@@ -35,6 +36,7 @@ from rag.explanation_check import ExplanationChecker
 from rag.rank_fusion import fuse_rankings
 from rag.ranker_format import HANDLES, ranker_prompt, ranker_request_line
 from rag.ranker_tools import RankerToolbox, ranker_completion, run_ranker
+from rag.sentence_stream import SentenceStream
 from rag.session import MemorySessionStore, Session, SessionStore, Turn
 from rag.terms import TermVocabulary, TurnTerms
 from rag.turn import (
@@ -46,6 +48,7 @@ from rag.turn import (
     PipelineConfig,
     RankedProduct,
     RankingEvent,
+    ReviseEvent,
     Scored,
     Search,
     TokenEvent,
@@ -320,48 +323,58 @@ class Pipeline:
         t0: float,
         info: dict[str, Any],
         user: str,
-    ) -> AsyncIterator[TokenEvent | str]:
-        """One checked sentence per explained product, in rank order as each is ready; then the whole text.
+    ) -> AsyncIterator[TokenEvent | ReviseEvent | str]:
+        """One checked sentence per explained product, in rank order, each shown as it is written; then the whole text.
 
         The first sentence is what the buyer waits for, so it is asked alone and the others once
         it is being written: a worker that batches statically (the embedded one) then decodes it
         in a batch of one instead of three, and the others together after it (sharing their
         prompt's prefix); a server that batches continuously (vLLM) takes them in at once anyway.
-        A sentence is shown only after the check has read it: one that names a product outside
-        the ranking or claims an attribute its record contradicts is replaced by the plain
-        sentence built from the record, so nothing false is ever shown, not even for a moment of
-        a stream.
+        Each sentence is shown word by word, but only as far as the check passes
+        (:class:`~rag.sentence_stream.SentenceStream`), so nothing false is ever shown, not even
+        for a moment of a stream. A finished sentence that fails the check (it names a product
+        outside the ranking, or claims an attribute its record contradicts) is replaced by the
+        plain sentence built from the record; if part of it was already shown, a
+        :class:`ReviseEvent` takes that part back.
         """
         ranked = [i.product for i in items[: self.config.explained]]
-        tasks = await self._ask_sentences(request_text, ranked, user)
+        drafts = [_Draft() for _ in ranked]
+        tasks = await self._ask_sentences(request_text, ranked, drafts, user)
         shown: list[str] = []
+        streamed = ""  # the explanation as the buyer sees it now
         replaced: list[str] = []
         failed: list[str] = []
         raw: list[str | None] = []
+        retracted = 0
         try:
-            for k, (product, task) in enumerate(zip(ranked, tasks, strict=True), 1):
-                try:
-                    sentence = await task
-                except Exception as exc:  # a failing worker costs this sentence, not the turn
-                    failed.append(f"{type(exc).__name__}: {exc}"[:160])
-                    raw.append(None)
-                    sentence = record_sentence(product, k)
-                else:
-                    raw.append(sentence)
-                    check = self.checker.check(sentence, ranked)
-                    if not check.ok:
-                        replaced.append(check.reasons()[:200])
-                        sentence = record_sentence(product, k)
-                text = expand_references(sentence, ranked)
-                if not shown:
+            for k, (product, task, draft) in enumerate(zip(ranked, tasks, drafts, strict=True), 1):
+                stream = SentenceStream(k, ranked, self.checker, lead=" " if shown else "")
+                while not task.done():
+                    await draft.wait(task)
+                    if not self.config.stream_words:
+                        continue
+                    if delta := stream.update(draft.text.split("\n", 1)[0]):
+                        if not streamed:
+                            timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
+                        streamed += delta
+                        yield TokenEvent(delta)
+                sentence = self._checked(task, product, k, ranked, raw, replaced, failed)
+                retract, delta = stream.finish(sentence)
+                if not streamed:
                     timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
-                yield TokenEvent(text if not shown else " " + text)
-                shown.append(text)
+                if retract:
+                    retracted += 1
+                    streamed = streamed[: len(streamed) - retract] + delta
+                    yield ReviseEvent(streamed)
+                elif delta:
+                    streamed += delta
+                    yield TokenEvent(delta)
+                shown.append(expand_references(sentence, ranked))
         finally:
             for task in tasks:
                 task.cancel()
         info.update(sentences=len(shown), model_sentences=len(shown) - len(failed) - len(replaced), raw=raw,
-                    replaced=replaced)  # fmt: skip
+                    replaced=replaced, retracted=retracted)  # fmt: skip
         if failed:
             reason = f"{len(failed)} sentence(s) from the catalogue record: {failed[0]}"
             degraded.append(Degradation("explainer", reason))
@@ -370,14 +383,39 @@ class Pipeline:
             degraded.append(Degradation("explainer", reason[:400]))
         yield " ".join(shown)
 
-    async def _ask_sentences(self, request_text: str, ranked: Sequence[Product], user: str) -> list[asyncio.Task[str]]:
+    def _checked(
+        self,
+        task: asyncio.Task[str],
+        product: Product,
+        rank: int,
+        ranked: Sequence[Product],
+        raw: list[str | None],
+        replaced: list[str],
+        failed: list[str],
+    ) -> str:
+        """The finished sentence if it passes the check, else the record's; what happened is noted in the lists."""
+        exc = task.exception()
+        if exc is not None:  # a failing worker costs this sentence, not the turn
+            failed.append(f"{type(exc).__name__}: {exc}"[:160])
+            raw.append(None)
+            return record_sentence(product, rank)
+        sentence = task.result()
+        raw.append(sentence)
+        check = self.checker.check(sentence, ranked)
+        if not check.ok:
+            replaced.append(check.reasons()[:200])
+            return record_sentence(product, rank)
+        return sentence
+
+    async def _ask_sentences(
+        self, request_text: str, ranked: Sequence[Product], drafts: Sequence[_Draft], user: str
+    ) -> list[asyncio.Task[str]]:
         """One task per sentence: the first at once, the rest once it has started (or ended, or failed)."""
         if not ranked:
             return []
-        started = asyncio.Event()
-        first = asyncio.create_task(self._sentence(request_text, ranked[0], 1, user, started=started))
+        first = asyncio.create_task(self._sentence(request_text, ranked[0], 1, user, drafts[0]))
         if len(ranked) > 1:
-            waiter = asyncio.create_task(started.wait())
+            waiter = asyncio.create_task(drafts[0].started.wait())
             try:
                 await asyncio.wait([first, waiter], return_when=asyncio.FIRST_COMPLETED)
             except BaseException:
@@ -385,25 +423,47 @@ class Pipeline:
                 raise
             finally:
                 waiter.cancel()
-        rest = [asyncio.create_task(self._sentence(request_text, p, k, user)) for k, p in enumerate(ranked[1:], 2)]
+        rest = [
+            asyncio.create_task(self._sentence(request_text, p, k, user, draft))
+            for k, (p, draft) in enumerate(zip(ranked[1:], drafts[1:], strict=True), 2)
+        ]
         return [first, *rest]
 
-    async def _sentence(
-        self, request_text: str, product: Product, rank: int, user: str, *, started: asyncio.Event | None = None
-    ) -> str:
+    async def _sentence(self, request_text: str, product: Product, rank: int, user: str, draft: _Draft) -> str:
         """The explainer's sentence about one product: the start Tandem wrote, continued to the end of the line."""
         payload = {"model": self.models.explainer, "messages": explainer_messages(request_text, product, rank),
                    "max_tokens": self.config.explainer_max_tokens, "temperature": 0.0, "stop": ["\n"],
                    "continue_final_message": True, "add_generation_prompt": False, "user": user}  # fmt: skip
-        parts: list[str] = []
         async for chunk in self.llm.stream(payload, deadline_s=self.config.explainer_deadline_s):
-            if started is not None:
-                started.set()
-            parts += [choice.get("delta", {}).get("content") or "" for choice in chunk.get("choices", [])]
-        text = "".join(parts).split("\n", 1)[0].rstrip()
+            draft.add("".join(choice.get("delta", {}).get("content") or "" for choice in chunk.get("choices", [])))
+        text = draft.text.split("\n", 1)[0].rstrip()
         if not text.strip():
             raise EmptySentenceError("the explainer wrote nothing")
         return sentence_start(rank) + text
+
+
+class _Draft:
+    """A sentence as the explainer writes it: the text so far; ``started`` once the stream began, ``grew`` on news."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.started = asyncio.Event()
+        self.grew = asyncio.Event()
+
+    def add(self, piece: str) -> None:
+        self.started.set()
+        if piece:
+            self.text += piece
+            self.grew.set()
+
+    async def wait(self, task: asyncio.Task[str]) -> None:
+        """Until the text grows or ``task`` (the sentence's) ends."""
+        grew = asyncio.create_task(self.grew.wait())
+        try:
+            await asyncio.wait([task, grew], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            grew.cancel()
+        self.grew.clear()
 
 
 class _Products:

@@ -36,6 +36,7 @@ __all__ = [
     "PipelineConfig",
     "RankedProduct",
     "RankingEvent",
+    "ReviseEvent",
     "Sampling",
     "Scored",
     "Search",
@@ -139,6 +140,11 @@ class PipelineConfig(BaseModel):
     explainer_max_tokens: int = Field(default=40, ge=8, le=2048, description="Per explanation sentence.")
     explainer_deadline_s: float = Field(default=30.0, gt=0)
     explained: int = Field(default=3, ge=1, le=10, description="Products the explanation is about, a sentence each.")
+    stream_words: bool = Field(
+        default=True,
+        description="Show each explanation sentence word by word as far as its check passes (false: only once the"
+        " whole sentence is written and checked).",
+    )
     history_shown: int = Field(default=6, ge=0, le=50)
     cold_start_topics: int = Field(default=4, ge=1, le=10)
 
@@ -180,7 +186,8 @@ class TurnResult:
     timing_ms: dict[str, float]
     ranker: dict[str, Any]
     # What the explainer wrote: "sentences" shown, "model_sentences" of them in its own words, "raw" (each sentence
-    # as the model wrote it, before the check; None where it failed) and "replaced" (the check's reasons).
+    # as the model wrote it, before the check; None where it failed), "replaced" (the check's reasons) and "retracted"
+    # (sentences shown in part as they were written, then taken back: they failed the check at their end).
     explainer: dict[str, Any] = field(default_factory=dict)
 
 
@@ -203,8 +210,15 @@ class TokenEvent:
 
 
 @dataclass(frozen=True)
+class ReviseEvent:
+    """The explanation so far is now ``text``: a sentence shown while it was written failed its check at its end."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class DoneEvent:
     result: TurnResult
 
 
-TurnEvent = CandidatesEvent | RankingEvent | TokenEvent | DoneEvent
+TurnEvent = CandidatesEvent | RankingEvent | TokenEvent | ReviseEvent | DoneEvent

@@ -27,6 +27,7 @@ from rag.turn import (
     DoneEvent,
     RankedProduct,
     RankingEvent,
+    ReviseEvent,
     Sampling,
     Scored,
     TokenEvent,
@@ -157,7 +158,7 @@ class ChatService:
     async def events(
         self, turn: TurnRequest, *, request_id: str, base_url: str, settings: dict[str, Any]
     ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
-        """(event name, data) pairs: candidates, ranking, token…, done."""
+        """(event name, data) pairs: candidates, ranking, token… (revise: a shown sentence taken back), done."""
         async for event in self.pipeline.run(turn):
             if isinstance(event, CandidatesEvent):
                 yield "candidates", {"session_id": event.session_id, "query": event.query,
@@ -167,6 +168,8 @@ class ChatService:
                 yield "ranking", {"items": _dump(self.card(i, base_url) for i in event.items), "degraded": degraded}
             elif isinstance(event, TokenEvent):
                 yield "token", {"text": event.text}
+            elif isinstance(event, ReviseEvent):
+                yield "revise", {"explanation": event.text}
             elif isinstance(event, DoneEvent):
                 done = await self.response(event.result, request_id, base_url, settings)
                 yield "done", done.model_dump(mode="json")

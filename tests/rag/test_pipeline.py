@@ -27,6 +27,7 @@ from rag.turn import (
     DoneEvent,
     PipelineConfig,
     RankingEvent,
+    ReviseEvent,
     Sampling,
     Scored,
     TokenEvent,
@@ -63,8 +64,10 @@ class ScriptedLlm:
     """The dispatcher, scripted: ``complete`` answers the ranker and cold start, ``stream`` the explainer."""
 
     def __init__(self, ranker: Reply, sentence: Sentence = truthful, *, break_after: int | None = None,
-                 cold_start: str = '{"topics": ["navy formal shirts"]}') -> None:  # fmt: skip
+                 cold_start: str = '{"topics": ["navy formal shirts"]}',
+                 word_by_word: bool = False) -> None:  # fmt: skip
         self.ranker = ranker
+        self.word_by_word = word_by_word  # yield to the event loop after each word, as a worker's tokens arrive
         self.sentence = sentence
         self.break_after = break_after
         self.cold_start = cold_start
@@ -96,6 +99,8 @@ class ScriptedLlm:
             if self.break_after is not None and i >= self.break_after:
                 raise StreamInterruptedError("worker w1 went away mid-stream")
             yield {"choices": [{"delta": {"content": word if i == 0 else " " + word}}]}
+            if self.word_by_word:
+                await asyncio.sleep(0.002)
 
 
 class WordSearch:
@@ -415,3 +420,65 @@ def test_a_first_sentence_that_fails_at_once_does_not_hold_back_the_others(produ
     asked = [rank for what, rank in llm.log if what == "asked"]
     assert len(asked) >= 2 and asked[0] == 1  # the rest were still asked
     assert any(d.part == "explainer" for d in result.degraded)
+
+
+def _shown_states(events: list[Any]) -> list[str]:
+    """The explanation as the buyer sees it after each token or revise event."""
+    states, text = [], ""
+    for e in events:
+        if isinstance(e, TokenEvent | ReviseEvent):
+            text = text + e.text if isinstance(e, TokenEvent) else e.text
+            states.append(text)
+    return states
+
+
+def test_sentences_are_shown_word_by_word_and_only_as_far_as_the_check_passes(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("C", "A", "B"), word_by_word=True)
+    events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="blue shirts for men", top_k=3))
+    states = _shown_states(events)
+    assert not any(isinstance(e, ReviseEvent) for e in events) and states[-1] == result.explanation
+    assert len(states) > 3 * 3  # several words per sentence, not a sentence at a time
+    checker, ranked = ExplanationChecker(products), [i.product for i in result.items]
+    for state in states:
+        assert result.explanation.startswith(state)
+        # Whole words only, each state true on its own.
+        assert len(state) == len(result.explanation) or result.explanation[len(state)] == " "
+        raw = state
+        for k, product in enumerate(ranked, 1):  # the check reads what the model wrote: "#k", not the title
+            raw = raw.replace(f"#{k} ({product.title})", f"#{k}")
+        assert checker.check(raw, ranked).ok
+    first = result.items[0].product
+    assert states[0].startswith(f"#1 ({first.title}) is a ") and len(states[0]) > len(f"#1 ({first.title}) is a ")
+    assert result.explainer["retracted"] == 0 and result.explainer["model_sentences"] == 3
+
+
+def test_a_false_claim_at_the_end_takes_back_the_words_shown_before_it(products: list[Product]) -> None:
+    def wrong_brand(rank: int, facts: str) -> str:
+        return " " + facts.split(", brand ", maxsplit=1)[0] + " by Gucci." if rank == 1 else truthful(rank, facts)
+
+    llm = ScriptedLlm(submit("A", "B", "C"), wrong_brand, word_by_word=True)
+    events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="shirts", top_k=3))
+    first = result.items[0].product
+    revise = [e for e in events if isinstance(e, ReviseEvent)]
+    assert len(revise) == 1 and revise[0].text == f"#1 ({first.title}): {product_facts(first)}."
+    states = _shown_states(events)
+    before = states[states.index(revise[0].text) - 1]
+    assert before.startswith(f"#1 ({first.title}) is a ")  # its true words were shown, then taken back
+    assert not any("gucci" in s.lower() for s in states) and states[-1] == result.explanation
+    assert result.explainer["retracted"] == 1 and "brand 'Gucci'" in result.degraded[0].reason
+
+
+def test_a_false_claim_in_the_first_words_is_never_shown_and_needs_no_taking_back(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("A", "B", "C"), lambda rank, facts: " purple shirt for men." if rank == 1 else
+                      truthful(rank, facts), word_by_word=True)  # fmt: skip
+    events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="blue shirts", top_k=3))
+    assert not any(isinstance(e, ReviseEvent) for e in events)
+    assert all("purple" not in s for s in _shown_states(events)) and result.explainer["retracted"] == 0
+    assert [d.part for d in result.degraded] == ["explainer"]
+
+
+def test_with_stream_words_off_each_sentence_is_shown_once_whole(products: list[Product]) -> None:
+    llm = ScriptedLlm(submit("C", "A", "B"), word_by_word=True)
+    events, result = run(make_pipeline(products, llm, stream_words=False)[0], TurnRequest(text="shirts", top_k=3))
+    tokens = [e.text for e in events if isinstance(e, TokenEvent)]
+    assert len(tokens) == 3 and "".join(tokens) == result.explanation

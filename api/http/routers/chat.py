@@ -36,7 +36,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": 'The whole turn, or with "stream": true its Server-Sent Events',
+        "description": 'The whole turn, or with "stream": true its Server-Sent Events: candidates, ranking, token'
+        " (explanation text to append), revise (the explanation as it now stands: a sentence shown as it was written"
+        " failed its check at its end and was replaced by the catalogue record's), done (the whole turn)",
         "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
     }
 }

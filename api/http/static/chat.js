@@ -95,6 +95,7 @@ async function send(text) {
       if (event === "candidates") { sessionId = data.session_id; $("session").textContent = "session " + sessionId.slice(0, 8); }
       else if (event === "ranking") renderCards(cards, data.items);
       else if (event === "token") explanation.textContent += data.text;
+      else if (event === "revise") explanation.textContent = data.explanation;
       else if (event === "error") turn.append(el("div", "error", data.error.message));
       else if (event === "done") {
         renderCards(cards, data.items);

@@ -30,6 +30,17 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
     return events
 
 
+def shown_explanation(events: list[tuple[str, Any]]) -> str:
+    """The explanation as a client of the stream shows it: ``token`` appends, ``revise`` replaces it all."""
+    text = ""
+    for name, data in events:
+        if name == "token":
+            text += data["text"]
+        elif name == "revise":
+            text = data["explanation"]
+    return text
+
+
 def _photo(small_catalogue_dir: Path) -> str:
     path = sorted((small_catalogue_dir / "images").glob("*.jpg"))[3]
     return base64.b64encode(path.read_bytes()).decode()
@@ -74,11 +85,10 @@ def test_streamed_turn_sends_candidates_ranking_tokens_done(chat_live: LiveServe
     events = sse_events(r.text)
     names = [name for name, _ in events]
     assert names[:2] == ["candidates", "ranking"] and names[-1] == "done"
-    assert set(names[2:-1]) <= {"token"}
+    assert set(names[2:-1]) <= {"token", "revise"}
     done = events[-1][1]
     assert [i["product_id"] for i in events[1][1]["items"]] == [i["product_id"] for i in done["items"]]
-    tokens = "".join(data["text"] for name, data in events if name == "token")
-    assert tokens.strip() == done["explanation"] or any(d["part"] == "explainer" for d in done["degraded"])
+    assert shown_explanation(events) == done["explanation"]
 
 
 def test_readiness_reports_each_part(chat_live: LiveServer, settings_factory: Callable[..., Any],
@@ -143,11 +153,13 @@ def test_worker_reset_mid_sentence_shows_the_records_sentences_and_says_so(
     assert r.status_code == 200
     events = sse_events(r.text)
     names = [name for name, _ in events]
-    # Each sentence is shown only once whole and checked: a sentence cut off mid-stream never reaches the buyer.
-    assert names == ["candidates", "ranking", "token", "token", "token", "done"]
+    # The first sentence's whole words were shown as they came ("explainer:first"); cut off mid-stream, it is
+    # taken back, and the buyer is left with the records' sentences only.
+    assert names[:3] == ["candidates", "ranking", "token"] and "explainer:first" in events[2][1]["text"]
+    assert "revise" in names and set(names[2:-1]) <= {"token", "revise"} and names[-1] == "done"
     done = events[-1][1]
     assert "first" not in done["explanation"] and done["explanation"].startswith("#1 (")
-    assert "".join(data["text"] for name, data in events if name == "token") == done["explanation"]
+    assert shown_explanation(events) == done["explanation"]
     assert {d["part"] for d in done["degraded"]} == {"ranker", "explainer"}  # id "1" is no candidate
     explainer = next(d for d in done["degraded"] if d["part"] == "explainer")
     assert "3 sentence(s) from the catalogue record" in explainer["reason"]

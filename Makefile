@@ -88,7 +88,7 @@ bench-llm: setup ## LLM serving: balancing policies under rising load, faults (e
 	$(TANDEM) bench llm $(if $(QUICK),--quick,)
 
 bench-chat: setup ## Chat latency: first product card and first explanation token, p50/p95 (eval/reports/chat_latency.*)
-	$(TANDEM) bench chat $(if $(TURNS),--turns $(TURNS),)
+	$(TANDEM) bench chat $(if $(TURNS),--turns $(TURNS),) $(if $(ROUNDS),--rounds $(ROUNDS),)
 
 bench-first-run: setup ## A fresh clone's `make run`, timed stage by stage until the chat answers (eval/reports/first_run.*)
 	$(PY) -m eval.bench_first_run

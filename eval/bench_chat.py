@@ -33,7 +33,7 @@ from eval.report_format import verdict
 from finetune.buyers import Buyer
 from retrieval.catalogue import Catalogue
 
-__all__ = ["run_benchmark", "write_chat_report"]
+__all__ = ["run_benchmark", "summarise", "write_chat_report"]
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -48,6 +48,7 @@ def _turn(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     marks: dict[str, float] = {}
     done: dict[str, Any] = {}
+    revised = 0
     with client.stream("POST", "/v1/chat", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"/v1/chat answered {response.status_code}: {response.read()[:200]!r}")
@@ -60,10 +61,13 @@ def _turn(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
                     marks.setdefault("first_card_ms", now)
                 elif event == "token":
                     marks.setdefault("first_token_ms", now)
+                elif event == "revise":
+                    revised += 1
             elif line.startswith("data: ") and event == "done":
                 done = json.loads(line[6:])
                 marks["done_ms"] = (time.perf_counter() - t0) * 1000
-    return {**marks, "session_id": done.get("session_id"), "degraded": [d["part"] for d in done.get("degraded", [])],
+    return {**marks, "revised": revised, "session_id": done.get("session_id"),
+            "degraded": [d["part"] for d in done.get("degraded", [])],
             "items": len(done.get("items", []))}  # fmt: skip
 
 
@@ -93,13 +97,15 @@ def run_benchmark(
     models: Mapping[str, str],
     *,
     turns: int = 60,
+    start: int = 0,
     reports: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Send ``turns`` streamed chat turns to the service at ``base_url``; write ``chat_latency.{json,md,png}``.
 
     The caller serves the product (``tandem bench chat`` does, as ``make run`` would); ``models``
-    names the base model and the ranker it serves, for the report.
+    names the base model and the ranker it serves, for the report. The turns are those of
+    ``buyers[start:]``; the first is sent but not counted.
     """
     report_progress = progress or (lambda done, total: None)
     rows: list[dict[str, Any]] = []
@@ -107,11 +113,19 @@ def run_benchmark(
         wait_llm_ready(client, 900.0)
         session: str | None = None
         for i in range(turns):
-            row, session = _buyer_turn(client, catalogue, buyers[i % len(buyers)], i, session)
+            row, session = _buyer_turn(client, catalogue, buyers[(start + i) % len(buyers)], i, session)
             if i > 0:  # the first turn pays for lazy initialisation in both processes
                 rows.append(row)
             report_progress(i + 1, turns)
-    report: dict[str, Any] = {
+    report = summarise(rows, models)
+    if reports is not None:
+        write_chat_report(report, reports)
+    return report
+
+
+def summarise(rows: Sequence[dict[str, Any]], models: Mapping[str, str]) -> dict[str, Any]:
+    """The report of measured turns (one run's, or several runs' together): percentiles, shares, the machine."""
+    return {
         "turns": len(rows),
         "first_card_ms": _percentiles([r["first_card_ms"] for r in rows if "first_card_ms" in r]),
         "first_token_ms": _percentiles([r["first_token_ms"] for r in rows if "first_token_ms" in r]),
@@ -120,6 +134,7 @@ def run_benchmark(
             part: round(sum(part in r["degraded"] for r in rows) / max(1, len(rows)), 3)
             for part in ("ranker", "explainer", "cold_start")
         },
+        "revised_share": round(sum(r.get("revised", 0) > 0 for r in rows) / max(1, len(rows)), 3),
         "by_kind": {
             kind: _percentiles([r["first_card_ms"] for r in rows if r["kind"] == kind])
             for kind in ("text", "photo+text", "follow-up")
@@ -127,33 +142,32 @@ def run_benchmark(
         "machine": machine_info(),
         "models": dict(models),
         "synthetic_buyers": True,
-        "rows": rows,
+        "rows": list(rows),
     }
-    if reports is not None:
-        write_chat_report(report, reports)
-    return report
+
+
+_METRICS = (("first_card_ms", "first card"), ("first_token_ms", "first token"), ("done_ms", "turn done"))
 
 
 def _baseline_lines(report: dict[str, Any]) -> list[str]:
-    """The same turns with the worker's prefix cache off, measured by the same command on the same machine."""
-    base = report.get("baseline")
-    if not base:
+    """The same turns under other settings (``report["baselines"]``), measured first by the same command, as ratios."""
+    bases = report.get("baselines") or []
+    if not bases:
         return []
-    rows = []
-    for key, label in (("first_card_ms", "first product card"), ("first_token_ms", "first explanation token"),
-                       ("done_ms", "turn done")):  # fmt: skip
-        on, off = report[key], base[key]
-        rows.append(f"| {label} | {off['p50']} | {on['p50']} | {on['p50'] / off['p50']:.2f} | {off['p95']} |"
-                    f" {on['p95']} | {on['p95'] / off['p95']:.2f} |")  # fmt: skip
-    return [
-        f"Prefix cache (`TANDEM_LLM__PREFIX_CACHE_TOKENS`, {report.get('prefix_cache_tokens')} tokens) against the"
-        f" same {base['turns']} turns with it off, run first by the same command on this machine:",
-        "",
-        "| time from sending | p50 off | p50 on | ratio | p95 off | p95 on | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-        "",
-    ]
+    head = "| " + " | ".join(f"{label} p50 | p95" for _, label in _METRICS) + " |"
+    rule = "| --- |" + " ---: | ---: |" * len(_METRICS)
+    lines = [f"The same {report['turns']} turns under other settings, run first by the same command on this machine:",
+             "", "| configuration " + head, rule]  # fmt: skip
+    for row in [*bases, {"name": "as configured (this report)", "settings": "", **report}]:
+        cells = " | ".join(f"{row[key]['p50']} | {row[key]['p95']}" for key, _ in _METRICS)
+        settings = f" (`{row['settings']}`)" if row["settings"] else ""
+        lines.append(f"| {row['name']}{settings} | {cells} |")
+    lines += ["", "As configured ÷ each of them (below 1: faster now):", "", "| ÷ " + head, rule]
+    for row in bases:
+        cells = " | ".join(f"{report[key]['p50'] / row[key]['p50']:.2f} | {report[key]['p95'] / row[key]['p95']:.2f}"
+                           for key, _ in _METRICS)  # fmt: skip
+        lines.append(f"| {row['name']} | {cells} |")
+    return [*lines, ""]
 
 
 # The same benchmark on the from-scratch toy model this one replaced (eval/reports/chat_latency.json before it).
@@ -161,7 +175,7 @@ _TOY = {"first_card": "1006 / 1188 ms", "first_token": "1065 / 1238 ms"}
 
 
 def write_chat_report(report: dict[str, Any], reports: Path) -> None:
-    """``chat_latency.{json,md,png}`` in ``reports``; with ``report["baseline"]`` (prefix cache off) side by side."""
+    """``chat_latency.{json,md,png}`` in ``reports``; with ``report["baselines"]`` (other settings) side by side."""
     import matplotlib  # noqa: PLC0415 - lazy: matplotlib only when a plot is drawn (seconds to import)
 
     matplotlib.use("Agg")
@@ -192,10 +206,11 @@ def write_chat_report(report: dict[str, Any], reports: Path) -> None:
         "> Requests are those of **SYNTHETIC** test buyers (`finetune/buyers.py`); retrieval, the models and the"
         " HTTP path are real: the API as `make run` serves it, Tandem's embedded worker (the base model"
         f" {report['models']['base']} and the LoRA ranker) in its own process, one turn at a time, streamed: the"
-        " explanation one checked sentence per explained product.",
+        " explanation one sentence per explained product, each shown word by word as far as its check passes.",
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('logical_cores', '?')} cores, {m.get('ram_gb', '?')} GB RAM,"
-        f" GPU: {m.get('gpu') or 'none'}. Turns measured: {report['turns']} (the first, warm-up, not counted).",
+        f" GPU: {m.get('gpu') or 'none'}. Turns measured: {report['turns']} (the first of each"
+        f" run, warm-up, not counted; {report.get('rounds', 1)} round(s), the configurations alternating).",
         "",
         "| time from sending | p50 ms | p95 ms | mean ms |",
         "| --- | ---: | ---: | ---: |",
@@ -206,7 +221,9 @@ def write_chat_report(report: dict[str, Any], reports: Path) -> None:
         "First card by kind of turn: "
         + ", ".join(f"{k} p50 {v['p50']} ms (n={v['n']})" for k, v in report["by_kind"].items()),
         "",
-        f"Share of turns that degraded (fell back): {report['degraded_share']}.",
+        f"Share of turns that degraded (fell back): {report['degraded_share']}. Share of turns in which a sentence"
+        f" shown as it was written failed its check at its end and was taken back (`revise` event):"
+        f" {report.get('revised_share', 0.0)}.",
         "",
         "| target (2 cores) | p95 measured | result |",
         "| --- | ---: | ---: |",

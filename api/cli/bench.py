@@ -171,11 +171,19 @@ def bench_chat(
     ),
     baseline: Annotated[
         bool,
-        typer.Option("--baseline/--no-baseline", help="Also run with the worker's prefix cache off, side by side."),
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Also run the same turns with the prefix cache off, and with whole-sentence explanations, side by"
+            " side.",
+        ),
     ] = True,
+    rounds: Annotated[
+        int,
+        typer.Option("--rounds", min=1, help="Split the turns into rounds, the configurations alternating each round."),
+    ] = 1,
 ) -> None:
     """Chat latency on the real models: time to the first product card and the first explanation token, p50/p95."""
-    from eval.bench_chat import run_benchmark, write_chat_report
+    from eval.bench_chat import run_benchmark, summarise, write_chat_report
     from finetune.buyers import BuyerConfig
     from finetune.ranker_cases import ensure_buyers
     from retrieval.catalogue import load_catalogue
@@ -184,24 +192,47 @@ def bench_chat(
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
     models = {"base": settings.llm.base, "ranker": str(settings.ranker_adapter_dir())}
-    off = settings.model_copy(update={"llm": settings.llm.model_copy(update={"prefix_cache_tokens": 0})})
-    runs = [("prefix cache off", off)] if baseline and settings.llm.prefix_cache_tokens else []
-    runs.append(("as configured", settings))
-    measured: dict[str, dict[str, Any]] = {}
-    for name, run_settings in runs:  # the baseline first, on the same machine, in the same command
-        with _served_product(run_settings) as url, progress_bar() as bar:
-            task = bar.add_task(f"chat turns ({name})", total=turns)
-            measured[name] = run_benchmark(url, cat, buyers, models, turns=turns,
-                                           progress=partial(_advance, bar, task))  # fmt: skip
-    report = measured["as configured"]
-    report["prefix_cache_tokens"] = settings.llm.prefix_cache_tokens
-    if "prefix cache off" in measured:
-        report["baseline"] = {k: measured["prefix cache off"][k] for k in ("turns", "first_card_ms", "first_token_ms",
-                                                                          "done_ms")}  # fmt: skip
+    runs = [*(_chat_baselines(settings) if baseline else []), ("as configured", "", settings)]
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
+    per_round = max(2, -(-turns // rounds))
+    for r in range(rounds):
+        # Alternated, round by round: this machine's speed drifts by tens of percent over minutes, and a drift
+        # must not pass for a difference between configurations.
+        for name, _, run_settings in runs if r % 2 == 0 else runs[::-1]:
+            with _served_product(run_settings) as url, progress_bar() as bar:
+                task = bar.add_task(f"chat turns ({name}, round {r + 1} of {rounds})", total=per_round)
+                measured = run_benchmark(url, cat, buyers, models, turns=per_round, start=r * per_round,
+                                         progress=partial(_advance, bar, task))  # fmt: skip
+            rows[name] += measured["rows"]
+    report = summarise(rows["as configured"], models)
+    report["rounds"] = rounds
+    report["baselines"] = []
+    for name, env, _ in runs[:-1]:
+        base = summarise(rows[name], models)
+        report["baselines"].append(
+            {
+                "name": name,
+                "settings": env,
+                **{k: base[k] for k in ("turns", "first_card_ms", "first_token_ms", "done_ms")},
+            }
+        )
     write_chat_report(report, reports)
     card, token = report["first_card_ms"], report["first_token_ms"]
     out.print(f"first card p50 {card['p50']} ms, p95 {card['p95']} ms; first token p50 {token['p50']} ms, "
               f"p95 {token['p95']} ms")  # fmt: skip
+
+
+def _chat_baselines(settings: Settings) -> list[tuple[str, str, Settings]]:
+    """(name, the settings that make it, settings) of each configuration the chat bench compares against."""
+    llm, chat = settings.llm, settings.chat
+    runs = []
+    if llm.prefix_cache_tokens:
+        no_cache = settings.model_copy(update={"llm": llm.model_copy(update={"prefix_cache_tokens": 0})})
+        runs.append(("prefix cache off", "TANDEM_LLM__PREFIX_CACHE_TOKENS=0", no_cache))
+    if chat.stream_words:
+        whole = settings.model_copy(update={"chat": chat.model_copy(update={"stream_words": False})})
+        runs.append(("whole sentences", "TANDEM_CHAT__STREAM_WORDS=false", whole))
+    return runs
 
 
 _FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -422,7 +422,7 @@ def test_a_first_sentence_that_fails_at_once_does_not_hold_back_the_others(produ
     assert any(d.part == "explainer" for d in result.degraded)
 
 
-def _shown_states(events: list[Any]) -> list[str]:
+def shown_states(events: list[Any]) -> list[str]:
     """The explanation as the buyer sees it after each token or revise event."""
     states, text = [], ""
     for e in events:
@@ -435,7 +435,7 @@ def _shown_states(events: list[Any]) -> list[str]:
 def test_sentences_are_shown_word_by_word_and_only_as_far_as_the_check_passes(products: list[Product]) -> None:
     llm = ScriptedLlm(submit("C", "A", "B"), word_by_word=True)
     events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="blue shirts for men", top_k=3))
-    states = _shown_states(events)
+    states = shown_states(events)
     assert not any(isinstance(e, ReviseEvent) for e in events) and states[-1] == result.explanation
     assert len(states) > 3 * 3  # several words per sentence, not a sentence at a time
     checker, ranked = ExplanationChecker(products), [i.product for i in result.items]
@@ -461,7 +461,7 @@ def test_a_false_claim_at_the_end_takes_back_the_words_shown_before_it(products:
     first = result.items[0].product
     revise = [e for e in events if isinstance(e, ReviseEvent)]
     assert len(revise) == 1 and revise[0].text == f"#1 ({first.title}): {product_facts(first)}."
-    states = _shown_states(events)
+    states = shown_states(events)
     before = states[states.index(revise[0].text) - 1]
     assert before.startswith(f"#1 ({first.title}) is a ")  # its true words were shown, then taken back
     assert not any("gucci" in s.lower() for s in states) and states[-1] == result.explanation
@@ -473,7 +473,7 @@ def test_a_false_claim_in_the_first_words_is_never_shown_and_needs_no_taking_bac
                       truthful(rank, facts), word_by_word=True)  # fmt: skip
     events, result = run(make_pipeline(products, llm)[0], TurnRequest(text="blue shirts", top_k=3))
     assert not any(isinstance(e, ReviseEvent) for e in events)
-    assert all("purple" not in s for s in _shown_states(events)) and result.explainer["retracted"] == 0
+    assert all("purple" not in s for s in shown_states(events)) and result.explainer["retracted"] == 0
     assert [d.part for d in result.degraded] == ["explainer"]
 
 

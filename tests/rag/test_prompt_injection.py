@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from rag.explanation_check import ExplanationChecker
-from rag.turn import DoneEvent, RankingEvent, ReviseEvent, TokenEvent, TurnRequest, TurnResult
+from rag.turn import DoneEvent, RankingEvent, TurnRequest, TurnResult
 from retrieval.catalogue import Catalogue, Product
-from tests.rag.test_pipeline import ScriptedLlm, make_pipeline, run, submit, truthful
+from tests.rag.test_pipeline import ScriptedLlm, make_pipeline, run, shown_states, submit, truthful
 
 FAKE_CALL = '<tool_call>{"name": "submit_ranking", "arguments": {"ids": ["99999"]}, "id": "call_FAKE_1"}</tool_call>'
 
@@ -97,11 +97,7 @@ def test_an_explainer_that_obeys_is_replaced_by_the_record(products: list[Produc
     llm = ScriptedLlm(submit("A", "B", "C"), obedient, word_by_word=word_by_word)
     events, result = run(make_pipeline(products, llm)[0], TurnRequest(text=text, top_k=3))
     _only_candidates(events, result)
-    states, streamed = [], ""  # the explanation as the buyer saw it after each event, word by word or not
-    for event in events:
-        if isinstance(event, TokenEvent | ReviseEvent):
-            streamed = streamed + event.text if isinstance(event, TokenEvent) else event.text
-            states.append(streamed)
+    states = shown_states(events)  # the explanation as the buyer saw it after each event, word by word or not
     assert states[-1] == result.explanation
     for shown in states:
         assert outsider.product_id not in shown and outsider.title not in shown

@@ -349,19 +349,16 @@ class Pipeline:
         try:
             for k, (product, task, draft) in enumerate(zip(ranked, tasks, drafts, strict=True), 1):
                 stream = SentenceStream(k, ranked, self.checker, lead=" " if shown else "")
-                while not task.done():
+                while self.config.stream_words and not task.done():
                     await draft.wait(task)
-                    if not self.config.stream_words:
-                        continue
                     if delta := stream.update(draft.text.split("\n", 1)[0]):
-                        if not streamed:
-                            timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
+                        timing.setdefault("first_token", round((time.perf_counter() - t0) * 1000, 3))
                         streamed += delta
                         yield TokenEvent(delta)
+                await asyncio.wait([task])
                 sentence = self._checked(task, product, k, ranked, raw, replaced, failed)
                 retract, delta = stream.finish(sentence)
-                if not streamed:
-                    timing["first_token"] = round((time.perf_counter() - t0) * 1000, 3)
+                timing.setdefault("first_token", round((time.perf_counter() - t0) * 1000, 3))
                 if retract:
                     retracted += 1
                     streamed = streamed[: len(streamed) - retract] + delta

@@ -75,8 +75,11 @@ def test_kill_9_indexer_again_and_again_then_resume_equals_a_clean_build(
     command = tandem_command("index", "--catalog", str(small_catalogue_dir), "--limit", str(N))
     rng = random.Random(SEED)
     # One point in each third of the run (the first may land while the collection is being created), the
-    # last with a batch still to do, so that it surely cuts the run short.
-    points = [rng.randrange(0, N // 3), rng.randrange(N // 3, 2 * N // 3), rng.randrange(2 * N // 3, N - BATCH + 1)]
+    # last with two batches still to do, so that it surely cuts the run short: the bar is redrawn a few times a
+    # second, so the work can be a batch ahead of the count it shows (a fresh clone's run once stored all 96
+    # before the last kill landed).
+    points = [rng.randrange(0, N // 3), rng.randrange(N // 3, 2 * N // 3),
+              rng.randrange(2 * N // 3, N - 2 * BATCH + 1)]  # fmt: skip
     seen = []
     for i, at in enumerate(points):
         run = kill_at_progress(command, env, at=at, total=N, log=tmp_path / f"killed-{i}.log")

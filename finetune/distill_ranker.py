@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from finetune.buyers import CatalogueCodes
+from finetune.ranker_warmup import ReadingLesson
 from finetune.ranking_data import RankingCase, ranker_case_prompt, target_posterior, teacher_ranking
-from rag.ranker_format import handles
+from rag.ranker_format import RankerPrompt, handles, ranker_prompt
 from retrieval.catalogue import Catalogue
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "DistillFit",
     "distill",
     "distill_example",
+    "lesson_example",
     "prefix_cache",
     "shared_prefix",
     "slot_targets",
@@ -64,6 +66,7 @@ class DistillExample:
     input_ids: tuple[int, ...]
     answer_start: int
     slots: tuple[tuple[int, tuple[int, ...], tuple[float, ...]], ...]
+    unscored: tuple[int, ...] = ()  # answer positions in no loss (a lesson's ids after the first: no order to learn)
 
 
 def slot_targets(posterior: Sequence[float], ranking: Sequence[int], slots: int) -> list[list[float]]:
@@ -115,9 +118,34 @@ def distill_example(
     if len(products) != len(shown.candidates):
         raise ValueError(f"buyer {case.buyer.buyer_id}: a candidate is not in the catalogue")
     prompt = ranker_case_prompt(case.buyer, products, catalogue, at_least=top_n)
-    ids = handles(len(shown.candidates))
-    to_handle = dict(zip(shown.candidates, ids, strict=True))
-    answer = [to_handle[pid] for pid in best]
+    ranking = [shown.candidates.index(pid) for pid in best]
+    return _rendered(prompt, tokenizer, ranking, [float(posterior[i]) for i in order])
+
+
+def lesson_example(lesson: ReadingLesson, tokenizer: Any, *, top_n: int = 10, rng: random.Random) -> DistillExample:
+    """A reading lesson (:mod:`finetune.ranker_warmup`) as a distillation example.
+
+    Only the first slot is scored: its target is the matching candidate. The ids after it (the
+    others, in a random order) are in no loss, so the lesson teaches no order among them, and its
+    one bit of signal is not averaged away among nine slots that carry none.
+    """
+    n = len(lesson.candidates)
+    prompt = ranker_prompt(lesson.profile, [], lesson.request, lesson.candidates, at_least=top_n)
+    rest = [i for i in range(n) if i != lesson.answer]
+    ranking = [lesson.answer, *rng.sample(rest, len(rest))][: min(top_n, n)]
+    posterior = [1.0 if i == lesson.answer else 0.0 for i in range(n)]
+    example = _rendered(prompt, tokenizer, ranking, posterior)
+    first, *later = example.slots
+    return replace(example, slots=(first,), unscored=tuple(position for position, _, _ in later))
+
+
+def _rendered(
+    prompt: RankerPrompt, tokenizer: Any, ranking: Sequence[int], posterior: Sequence[float]
+) -> DistillExample:
+    """``prompt`` answered by a ``submit_ranking`` call of the shown candidates ``ranking`` (indexes), tokenized,
+    with each id slot's Plackett–Luce target from ``posterior`` (over the candidates in the order shown)."""
+    ids = handles(len(posterior))
+    answer = [ids[i] for i in ranking]
     call = {"type": "function", "function": {"name": "submit_ranking", "arguments": {"ids": answer}}}
     messages = [*prompt.messages, {"role": "assistant", "content": "", "tool_calls": [call]}]
     head = tokenizer.apply_chat_template(
@@ -130,17 +158,17 @@ def distill_example(
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     answer_start = next(i for i, (start, _) in enumerate(offsets) if start >= len(head))
     id_tokens = [int(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(h))[0]) for h in ids]
-    shown_posterior = [float(posterior[i]) for i in order]
-    ranking = [shown.candidates.index(pid) for pid in best]
     cursor = text.index('"ids"', len(head))
     slots = []
-    for target, row in zip(answer, slot_targets(shown_posterior, ranking, len(answer)), strict=True):
+    rows = slot_targets(posterior, ranking, len(answer))
+    for j, (target, row) in enumerate(zip(answer, rows, strict=True)):
         cursor = text.index(f'"{target}"', cursor) + 1
         position = _token_at(offsets, cursor)
         if enc["input_ids"][position] != id_tokens[ids.index(target)]:
             raise ValueError(f"candidate id {target!r} tokenizes differently inside the call than alone")
-        kept = [(tok, q) for tok, q in zip(id_tokens, row, strict=True) if q > 0]
-        slots.append((position, tuple(t for t, _ in kept), tuple(q for _, q in kept)))
+        # Every id not listed yet, a zero target included: these are what guided decoding chooses between.
+        left = [i for i in range(len(ids)) if i not in ranking[:j]]
+        slots.append((position, tuple(id_tokens[i] for i in left), tuple(row[i] for i in left)))
     return DistillExample(tuple(enc["input_ids"]), answer_start, tuple(slots))
 
 
@@ -166,7 +194,12 @@ def prefix_cache(model: Any, tokens: Sequence[int]) -> Any:
 
 
 def _loss(model: Any, example: DistillExample, prefix: tuple[int, Any] | None = None) -> torch.Tensor:
-    """Mean over the answer's tokens: soft cross-entropy at id slots, hard cross-entropy elsewhere.
+    """Soft cross-entropy at the id slots, among the ids left, plus hard cross-entropy on the call's other tokens.
+
+    At an id slot, guided decoding chooses only among the candidate ids not yet listed, so the
+    slot's softmax is taken over those tokens alone: the loss is about which candidate, never
+    about writing an id at all. The slots' mean and the other tokens' mean are added, so the
+    ~50 format tokens (learned in a few steps) do not drown the ~10 slots that rank.
 
     With ``prefix`` (its length and :func:`prefix_cache`), the shared system prompt and tools are
     not recomputed: the example's own tokens attend to their cached KV. That cache is computed
@@ -182,14 +215,17 @@ def _loss(model: Any, example: DistillExample, prefix: tuple[int, Any] | None = 
     else:
         hidden = inner.model(input_ids=ids).last_hidden_state[0]
     positions = torch.arange(example.answer_start, len(example.input_ids))
-    logp = torch.log_softmax(inner.lm_head(hidden[positions - 1 - start]).float(), dim=-1)
-    target = torch.zeros_like(logp)
-    target[torch.arange(len(positions)), ids[0, positions]] = 1.0
+    logits = inner.lm_head(hidden[positions - 1 - start]).float()
+    slot_rows = {position - example.answer_start for position, _, _ in example.slots}
+    slot_losses = []
     for position, tokens, probs in example.slots:
-        row = position - example.answer_start
-        target[row].zero_()
-        target[row, list(tokens)] = torch.tensor(probs, dtype=target.dtype)
-    return -(target * logp).sum(dim=-1).mean()
+        logp = torch.log_softmax(logits[position - example.answer_start, list(tokens)], dim=-1)
+        slot_losses.append(-(torch.tensor(probs, dtype=logp.dtype) * logp).sum())
+    skipped = slot_rows | {position - example.answer_start for position in example.unscored}
+    others = [i for i in range(len(positions)) if i not in skipped]
+    hard = torch.nn.functional.cross_entropy(logits[others], ids[0, positions[others]]) if others else logits.sum() * 0
+    slot = torch.stack(slot_losses).mean() if slot_losses else logits.sum() * 0
+    return slot + hard
 
 
 @dataclass
@@ -250,10 +286,12 @@ def distill(
     clock: Callable[[], float] = time.monotonic,
     seed: int = 0,
     share_prefix: bool = True,
+    lessons: int = 0,
 ) -> DistillFit:
     """Train ``model`` (a peft model; only its adapter trains) on ``examples``; resumes from ``checkpoint_dir``.
 
-    The example order is a seeded shuffle, so a resumed run continues with the examples the
+    The first ``lessons`` examples (reading lessons, :func:`lesson_example`) come first, in their
+    order; the rest follow in a seeded shuffle, so a resumed run continues with the examples the
     interrupted one had not reached. Stops after ``budget_s`` seconds (at a step boundary,
     checkpoint saved) with fewer steps than planned.
     """
@@ -261,8 +299,12 @@ def distill(
 
     report = progress or (lambda stage, done, total: None)
     planned = max_steps or max(1, int(len(examples) * epochs / accumulation))
-    order = [i for _ in range(math.ceil(planned * accumulation / max(1, len(examples)))) for i in range(len(examples))]
-    random.Random(seed).shuffle(order)
+    if not examples:
+        raise ValueError("no examples to distil")
+    main, shuffler = list(range(lessons, len(examples))), random.Random(seed)
+    order = list(range(lessons))
+    while len(order) < planned * accumulation:  # one shuffled pass over the cases per epoch
+        order += shuffler.sample(main, len(main)) if main else list(range(lessons))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     scheduler = _schedule(optimizer, planned)

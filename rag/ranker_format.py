@@ -13,7 +13,7 @@ Example:
     >>> shirt = Product("15970", "Turtle Men Navy Blue Shirt", ("Apparel", "Topwear", "Shirts"),
     ...                 {"base_colour": "Navy Blue", "usage": "Casual"}, None)
     >>> candidate_line("A", shirt)
-    'A: shirts | navy blue | casual | men'
+    'shirts | navy blue | casual | men [A]'
     >>> resolve_ids(["a", "Q"], ["15970"])
     ['15970', 'Q']
 """
@@ -89,9 +89,14 @@ def product_line(product: Product) -> str:
 
 # The ranker's facets are lower-cased like the request's key terms: "shirts" in the request and in a
 # candidate line are then the same token, which is what a small model can match (" Shirts" is another).
+# The id comes last: attention is causal, so an id written before its line cannot see the line, and the
+# answer must find the matching line, then step back to the id. Written after, the id's own state has read
+# the line (and the request above it), and the answer copies it in one step. Measured on the 135M base, a
+# LoRA taught "submit the line that matches the request" went from loss 3.0 (chance of 20) to 0.3 in 20
+# steps with the id last, and stayed at 3.0 with it first.
 def candidate_line(handle: str, product: Product) -> str:
-    """A candidate as the ranker sees it: its candidate id and the facets buyers choose by, lower-cased."""
-    return f"{handle}: {_facets(product, lower=True)}"
+    """A candidate as the ranker sees it: the facets buyers choose by, lower-cased, then its candidate id."""
+    return f"{_facets(product, lower=True)} [{handle}]"
 
 
 def history_line(product: Product) -> str:

@@ -178,10 +178,10 @@ def test_shuffled_answers_follow_the_teacher_and_carry_no_position_prior(catalog
         assert case is not None
         example = sft_conversation(case, catalogue, codes, rng=rng, lookup_share=0.0, shuffle=True)
         user = example["messages"][1]["content"]
-        shown = dict(line.split(": ", 1) for line in user.split("Candidates:\n")[1].splitlines())
+        shown = {line[-2]: line[: -len(" [A]")] for line in user.split("Candidates:\n")[1].splitlines()}
         final = example["messages"][-1]["tool_calls"][0]["function"]["arguments"]["ids"]
         wanted = [catalogue.get(pid) for pid in teacher_ranking(case, codes, catalogue)[:10]]
-        assert [shown[h] for h in final] == [candidate_line("A", p).split(": ", 1)[1] for p in wanted]  # type: ignore[arg-type]
+        assert [shown[h] for h in final] == [candidate_line("A", p).removesuffix(" [A]") for p in wanted]  # type: ignore[arg-type]
         firsts[final[0]] += 1
     assert firsts["A"] / 200 < 0.15  # uniform would be 0.05; position tie-breaks gave ~0.4
 

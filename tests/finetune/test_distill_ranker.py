@@ -9,16 +9,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+import finetune.distill_ranker as distill_module
 from finetune.buyers import BuyerConfig, CatalogueCodes, generate_buyers
 from finetune.distill_ranker import (
     DistillExample,
     _loss,
     distill,
     distill_example,
+    lesson_example,
     prefix_cache,
     shared_prefix,
     slot_targets,
 )
+from finetune.ranker_warmup import reading_lesson, reading_types
 from finetune.ranking_data import RankingCase, make_case, target_posterior, teacher_ranking
 from finetune.tiny_lm import build_tiny_chat_model
 from rag.ranker_format import handles
@@ -126,7 +129,8 @@ def test_the_shared_prefix_pass_gives_the_plain_forward_loss(tiny: Path, example
 
 
 def _slot_kl(model: Any, examples: list[DistillExample], *, shifted: bool = False) -> float:
-    """Mean KL(target || model) at the first slot, over the target's candidate-id tokens.
+    """Mean KL(target || model) at the first slot, the model's softmax taken over the target's candidate-id
+    tokens only (what guided decoding chooses between).
 
     ``shifted``: against the same probabilities moved one candidate on, a target of the same
     shape that the teacher did not give.
@@ -137,7 +141,7 @@ def _slot_kl(model: Any, examples: list[DistillExample], *, shifted: bool = Fals
         for e in examples:
             position, tokens, probs = e.slots[0]
             logits = inner(input_ids=torch.tensor([e.input_ids[:position]])).logits[0, -1]
-            logp = torch.log_softmax(logits, -1)[list(tokens)].numpy()
+            logp = torch.log_softmax(logits[list(tokens)], -1).numpy()
             q = np.roll(np.array(probs), 1) if shifted else np.array(probs)
             total += float(np.sum(q * (np.log(np.maximum(q, 1e-12)) - logp)))
     return total / len(examples)
@@ -177,3 +181,52 @@ def test_a_budget_stop_resumes_to_the_same_adapter(tiny: Path, examples: list[Di
     want, got = get_peft_model_state_dict(straight), get_peft_model_state_dict(resumed)
     for name, tensor in want.items():
         torch.testing.assert_close(got[name], tensor)
+
+
+def test_a_reading_lesson_teaches_the_matching_line_first_and_no_order_after(
+    catalogue: Catalogue, tokenizer: Any
+) -> None:
+    rng = random.Random(0)
+    types = reading_types(catalogue, min_products=10)
+    id_token = {int(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(h))[0]): h for h in handles(20)}
+    for _ in range(5):
+        lesson = reading_lesson(catalogue, rng, by_type=types)
+        example = lesson_example(lesson, tokenizer, top_n=5, rng=rng)
+        text = tokenizer.decode(list(example.input_ids[: example.answer_start]))
+        answer_id = handles(20)[lesson.answer]
+        line = next(line for line in text.splitlines() if line.endswith(f"[{answer_id}]"))
+        product = lesson.candidates[lesson.answer]
+        kind, colour = product.category[-1].lower(), product.attributes["base_colour"].lower()
+        assert lesson.request == f"{colour} {kind}"
+        assert line.startswith(f"{kind} | {colour} | ")  # the line the request describes ends with the taught id
+        ((position, tokens, probs),) = example.slots  # only the first id is scored
+        assert id_token[example.input_ids[position]] == answer_id
+        assert sorted(tokens) == sorted(id_token)  # chosen among all 20 ids
+        assert dict(zip(tokens, probs, strict=True))[example.input_ids[position]] == 1.0
+        # The ids after it are in no loss, the format tokens between them are.
+        later = [i for i in range(example.answer_start, len(example.input_ids)) if example.input_ids[i] in id_token
+                 and i > position]  # fmt: skip
+        assert sorted(example.unscored) == later[:4]
+
+
+def test_lessons_come_first_then_the_cases_shuffled(
+    tiny: Path, catalogue: Catalogue, tokenizer: Any, examples: list[DistillExample], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(2)
+    types = reading_types(catalogue, min_products=10)
+    lessons = [lesson_example(reading_lesson(catalogue, rng, by_type=types), tokenizer, top_n=5, rng=rng)
+               for _ in range(4)]  # fmt: skip
+    seen: list[int] = []
+    real_loss = distill_module._loss
+
+    def spy(model: Any, example: DistillExample, prefix: Any = None) -> Any:
+        seen.append(id(example))
+        return real_loss(model, example, prefix)
+
+    monkeypatch.setattr(distill_module, "_loss", spy)
+    data = [*lessons, *examples]
+    fit = distill(_peft(tiny), data, learning_rate=1e-3, accumulation=2, lessons=len(lessons))
+    assert fit.planned_steps == len(data) // 2
+    assert seen[:4] == [id(e) for e in lessons]
+    assert sorted(seen[4:]) == sorted(id(e) for e in examples)  # each case once, in the one epoch
+    assert seen[4:] != [id(e) for e in examples]  # shuffled

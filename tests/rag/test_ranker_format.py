@@ -25,8 +25,8 @@ def test_resolve_ids_maps_candidate_ids_and_keeps_unknown_ones() -> None:
 def test_candidate_line_shows_the_facets_buyers_choose_by() -> None:
     shirt = _product("1", "Turtle Men Navy Blue Shirt", "Shirts", "Navy Blue", "Formal")
     scarf = _product("2", "Plain Stole", "Stoles", "Red", "")
-    assert candidate_line("A", shirt) == "A: shirts | navy blue | formal | men"  # as the request's terms are
-    assert candidate_line("B", scarf) == "B: stoles | red | - | unisex"  # no gender word, no usage
+    assert candidate_line("A", shirt) == "shirts | navy blue | formal | men [A]"  # as the request's terms are
+    assert candidate_line("B", scarf) == "stoles | red | - | unisex [B]"  # no gender word, no usage
 
 
 def test_product_gender_reads_the_title_word_not_a_substring() -> None:

@@ -167,7 +167,7 @@ def run_train_ranker(
     minutes: float | None = None,
     force: bool = False,
     out_dir: Path | None = None,
-    objective: str = "sft",
+    objective: str = "distill",
 ) -> Path:
     """LoRA-finetune the ranker on SYNTHETIC train buyers over the base model (TANDEM_LLM__BASE unless ``base``).
 
@@ -256,8 +256,12 @@ def train_ranker_cmd(
     ] = None,
     objective: Annotated[
         Objective,
-        typer.Option("--objective", help="sft: TRL SFT on the teacher's order; distill: its posterior per id slot."),
-    ] = Objective.sft,
+        typer.Option(
+            "--objective",
+            help="distill: reading lessons, then the teacher's posterior per id slot (the"
+            " shipped adapter); sft: TRL SFT on the teacher's order.",
+        ),
+    ] = Objective.distill,
 ) -> None:
     """LoRA-finetune the domain ranker (TRL SFT + peft) on ranking conversations of SYNTHETIC buyers."""
     run_train_ranker(get_settings(), base=base, tiny=tiny, buyers=buyers, train_buyers=train_buyers,

@@ -7,9 +7,9 @@ posterior over the candidates not yet listed (Plackett–Luce), on the very toke
 decoding chooses between; the tool call's other tokens keep their hard SFT target. One
 teacher-forced pass scores all slots, as LlamaRec's verbalizer scores its index letters, and a
 model that copies the format but ignores the lines pays for every misplaced unit of mass, not
-only for the top pick. Measured on CPU this is also where the compute goes: the vocabulary
-projection is taken at the answer's ~60 positions only, not the prompt's ~950, and with the
-LoRA on the upper layers only, backward stops there.
+only for the top pick. The vocabulary projection is taken at the answer's ~60 positions only,
+not the prompt's ~950. A run starts with reading lessons (:func:`lesson_example`,
+:mod:`finetune.ranker_warmup`): without them a small base never starts reading the lines.
 
 TRL's ``SFTTrainer`` has no soft-target loss and its ``GKDTrainer`` distils from a teacher
 *model*; the teacher here is a distribution per slot, so this is a small loop of its own, with

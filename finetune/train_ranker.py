@@ -5,9 +5,10 @@ The base (Tandem's small base model by default, or any hub id / folder such as
 ranking conversations of SYNTHETIC train buyers (:mod:`finetune.ranking_data`): the buyer's
 profile, recent orders, request and retrieval's candidates in; optionally a ``get_products``
 look-up; then one ``submit_ranking`` call with candidate ids, best first. Two objectives:
-``sft`` (the default), where TRL's ``SFTTrainer`` does the work (prompt-completion format, so
-only the answer is in the loss), and ``distill`` (:mod:`finetune.distill_ranker`), where every
-id slot learns the teacher's posterior over the candidates left.
+``distill`` (the CLI's default and the shipped adapter's, :mod:`finetune.distill_ranker`), where
+reading lessons come first and then every id slot learns the teacher's posterior over the
+candidates left, and ``sft``, where TRL's ``SFTTrainer`` does the work (prompt-completion
+format, so only the answer is in the loss) on the teacher's one order.
 
 Beside the adapter: ``tandem_ranker.json`` (the training config, round-trippable, plus
 timings and losses) and ``SERVE.md`` with the vLLM and ollama command lines.
@@ -52,9 +53,9 @@ class RankerTrainConfig:
 
     base: str = ""  # the base model folder the adapter was trained on
     adapter_name: str = "tandem-ranker"
-    # "sft": TRL's SFTTrainer on the teacher's one ranking, look-up conversations included (the shipped adapter);
-    # "distill": every id slot learns the teacher's posterior over the candidates left (finetune.distill_ranker),
-    # see distilled() for the settings it was tried with.
+    # "sft": TRL's SFTTrainer on the teacher's one ranking, look-up conversations included;
+    # "distill": reading lessons, then every id slot learns the teacher's posterior over the candidates left
+    # (finetune.distill_ranker); distilled() holds the settings of the shipped adapter.
     objective: str = "sft"
     # Attention only, as LlamaRec: ranking is reading the request and the buyer's orders against the candidate
     # lines, and a r16 adapter on q/k/v/o of a 135M base is 1.8M parameters (7 MB), small enough to ship.

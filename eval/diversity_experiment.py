@@ -17,7 +17,9 @@ For each setting: NDCG@10 against the buyer's graded relevance (3 = the wanted p
 of both across seeds (the standard deviation of the per-seed means), and beside them the
 category-tree ILD@10, novelty@10 and the coverage of the pooled products and categories. A
 uniformly random order of each pool is measured too: what a ranker that ignored its candidates
-would reach on these pools. Headline figures:
+would reach on these pools; each setting's NDCG@10 is set against a partial shuffle at the same
+ILD@10 (:func:`gap_to_shuffle`), and the share of its top 10 taken from the explored tail is
+reported. Headline figures:
 ``ild_range_ratio`` (highest over lowest mean ILD@10 the sampling knobs reach) and
 ``ndcg_gap_vs_mmr_at_equal_ild`` (the best sampling setting's NDCG@10 minus MMR's,
 interpolated at the same ILD; ≥ 0 means the ranker's knobs are at least as good as MMR).
@@ -53,7 +55,16 @@ from rag.validation import validate_ranking
 from retrieval.catalogue import Catalogue
 from retrieval.hierarchical import EXPLORE_PER_CATEGORY
 
-__all__ = ["ListScore", "Request", "Setting", "gap_at_equal_ild", "gap_at_most_diverse", "run_experiment", "summarise"]
+__all__ = [
+    "ListScore",
+    "Request",
+    "Setting",
+    "gap_at_equal_ild",
+    "gap_at_most_diverse",
+    "gap_to_shuffle",
+    "run_experiment",
+    "summarise",
+]
 
 K = 10
 SAMPLING: list[tuple[str, float, dict[str, Any]]] = [
@@ -62,6 +73,7 @@ SAMPLING: list[tuple[str, float, dict[str, Any]]] = [
     *[("top_k", float(k), {"temperature": 1.0, "top_k": k}) for k in (2, 5, 10, 40)],
 ]
 MMR_LAMBDAS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
+RANDOM_SHUFFLES = 20  # runs of the random-order baseline (each shuffles every pool)
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,12 @@ class Request:
     kind: str  # "words" (with the photo when the buyer sent one) or "photo"
     pool: tuple[str, ...]
     scores: tuple[float, ...]
+    explored: int = 0  # the pool's last ``explored`` products come from categories level 1 left out
+
+    @property
+    def tail(self) -> frozenset[str]:
+        """The explored products: what a list takes from nearby categories rather than the precise hits."""
+        return frozenset(self.pool[len(self.pool) - self.explored :]) if self.explored else frozenset()
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,7 @@ class ListScore:
     ild: float  # image embeddings
     ild_category: float = 0.0  # category-tree distance
     novelty: float = 0.0  # mean -log2 purchase popularity
+    explored: float = 0.0  # share of the list from the pool's explored tail
 
 
 @dataclass(frozen=True)
@@ -97,12 +116,14 @@ class Setting:
     novelty: float = 0.0
     product_coverage: float = 0.0  # share of the pooled products that some top-K list shows
     category_coverage: float = 0.0  # share of the pooled categories that some top-K list shows
+    explored: float = 0.0  # share of the top-K lists taken from the pools' explored tails
 
     def metrics(self) -> dict[str, float]:
         """The setting's measurements under the report's JSON keys."""
         return {"ndcg@10": self.ndcg, "ild@10": self.ild, "ild_std": self.ild_std,
                 "ild_category@10": self.ild_category, "novelty@10": self.novelty,
-                "product_coverage": self.product_coverage, "category_coverage": self.category_coverage}  # fmt: skip
+                "product_coverage": self.product_coverage, "category_coverage": self.category_coverage,
+                "explored@10": self.explored}  # fmt: skip
 
 
 Progress = Callable[[str, int, int], None]
@@ -127,19 +148,26 @@ class _Scorer:
     ) -> None:
         self.vectors = vectors
         self.popularity = popularity
+        self.relevance = [_relevance(r, catalogue) for r in requests]
+        self.tails = [r.tail for r in requests]
         pooled = {pid for r in requests for pid in r.pool}
         self.paths = {pid: tuple(p.category) if (p := catalogue.get(pid)) is not None else () for pid in pooled}
         self.n_products = len(pooled)
         self.n_categories = len(set(self.paths.values()))
 
-    def score(self, ranking: Sequence[str], relevance: dict[str, int]) -> ListScore:
+    def score(self, ranking: Sequence[str], relevance: dict[str, int], tail: frozenset[str] = frozenset()) -> ListScore:
         top = list(ranking[:K])
         return ListScore(
             ndcg_at_k(top, relevance, K),
             ild(np.vstack([self.vectors[p] for p in top])),
             category_ild([self.paths[p] for p in top]),
             novelty(top, self.popularity) if self.popularity is not None else 0.0,
+            sum(p in tail for p in top) / len(top),
         )
+
+    def score_all(self, orders: Sequence[Sequence[str]]) -> list[ListScore]:
+        """One order per request, in the requests' order."""
+        return [self.score(o, rel, tail) for o, rel, tail in zip(orders, self.relevance, self.tails, strict=True)]
 
     def coverage(self, rankings: Sequence[Sequence[str]]) -> tuple[float, float]:
         tracker = CoverageTracker(max(1, self.n_products), max(1, self.n_categories))
@@ -174,6 +202,7 @@ def summarise(
         novelty=_mean([s.novelty for rows in per_seed for s in rows]),
         product_coverage=_mean([c[0] for c in coverage]),
         category_coverage=_mean([c[1] for c in coverage]),
+        explored=_mean([s.explored for rows in per_seed for s in rows]),
     )
 
 
@@ -209,6 +238,21 @@ def gap_at_most_diverse(sampling: Sequence[Setting], mmr: Sequence[Setting]) -> 
     return round(max(gaps, key=lambda pair: pair[0].ild)[1], 4) if gaps else None
 
 
+def gap_to_shuffle(setting: Setting, retrieval: Setting, random_order: Setting) -> float | None:
+    """NDCG@10 above a partial shuffle at the same ILD@10; None outside the two orders' ILD range.
+
+    The partial shuffle shows each request its pool in random order with probability α and in retrieval order
+    otherwise: its expected NDCG and ILD are both linear in α, so it is the straight line between the two
+    points. A ranker whose sampling only forgot its candidates would sit on that line; one that reads them
+    stays above it.
+    """
+    low, high = retrieval.ild, random_order.ild
+    if high <= low or not low <= setting.ild <= high:
+        return None
+    alpha = (setting.ild - low) / (high - low)
+    return round(setting.ndcg - (retrieval.ndcg + alpha * (random_order.ndcg - retrieval.ndcg)), 4)
+
+
 def _gaps(sampling: Sequence[Setting], mmr: Sequence[Setting]) -> list[tuple[Setting, float]]:
     curve = sorted(mmr, key=lambda s: s.ild)
     xs = [s.ild for s in curve]
@@ -219,7 +263,6 @@ def _gaps(sampling: Sequence[Setting], mmr: Sequence[Setting]) -> list[tuple[Set
 def _sampling_settings(
     rank: Callable[[dict[str, Any], int], list[list[str]]],
     scorer: _Scorer,
-    relevance: Sequence[dict[str, int]],
     seeds: int,
     report_progress: Progress,
 ) -> list[Setting]:
@@ -232,7 +275,7 @@ def _sampling_settings(
         # Greedy decoding ignores the seed: one run stands for all.
         for seed in range(1 if sampling["temperature"] == 0.0 else seeds):
             orders = rank(sampling, seed)
-            per_seed.append([scorer.score(o, rel) for o, rel in zip(orders, relevance, strict=True)])
+            per_seed.append(scorer.score_all(orders))
             coverage.append(scorer.coverage(orders))
             done += 1
             report_progress("ranker sampling sweep", done, total)
@@ -240,34 +283,30 @@ def _sampling_settings(
     return settings
 
 
-def _mmr_settings(
-    requests: Sequence[Request], vectors: dict[str, np.ndarray], scorer: _Scorer, relevance: Sequence[dict[str, int]]
-) -> list[Setting]:
+def _mmr_settings(requests: Sequence[Request], vectors: dict[str, np.ndarray], scorer: _Scorer) -> list[Setting]:
     settings: list[Setting] = []
     for lam in MMR_LAMBDAS:
         orders = []
         for request in requests:
             order = mmr_order(request.scores, np.vstack([vectors[p] for p in request.pool]), lam=lam, k=K)
             orders.append([request.pool[i] for i in order])
-        rows = [scorer.score(o, rel) for o, rel in zip(orders, relevance, strict=True)]
-        settings.append(summarise("mmr_lambda", lam, [rows], [scorer.coverage(orders)]))
+        settings.append(summarise("mmr_lambda", lam, [scorer.score_all(orders)], [scorer.coverage(orders)]))
     return settings
 
 
-def _baselines(
-    requests: Sequence[Request], scorer: _Scorer, relevance: Sequence[dict[str, int]], seeds: int
-) -> tuple[Setting, Setting]:
-    """The pools in retrieval order, and in a uniformly random order (one shuffle per seed)."""
+def _baselines(requests: Sequence[Request], scorer: _Scorer, shuffles: int) -> tuple[Setting, Setting]:
+    """The pools in retrieval order, and in a uniformly random order (``shuffles`` runs, each shuffling every pool)."""
     pools = [list(r.pool) for r in requests]
-    retrieval = summarise("retrieval", 0.0, [[scorer.score(o, rel) for o, rel in zip(pools, relevance, strict=True)]],
-                          [scorer.coverage(pools)])  # fmt: skip
+    retrieval = summarise("retrieval", 0.0, [scorer.score_all(pools)], [scorer.coverage(pools)])
     # A uniformly random order of the same pool, for scale: a ranker that ignored its candidates. (Not a ceiling: a
-    # hot ranker that favours the explored tail goes beyond it.)
-    shuffled_runs = [[random.Random(seed).sample(pool, len(pool)) for pool in pools] for seed in range(max(1, seeds))]
+    # hot ranker that favours the explored tail goes beyond it.) One generator per run, drawn on for every pool: a
+    # generator per pool with the run's seed would give all same-sized pools the same permutation.
+    runs = [random.Random(seed) for seed in range(max(1, shuffles))]
+    shuffled_runs = [[rng.sample(pool, len(pool)) for pool in pools] for rng in runs]
     random_order = summarise(
         "random",
         0.0,
-        [[scorer.score(o, rel) for o, rel in zip(run, relevance, strict=True)] for run in shuffled_runs],
+        [scorer.score_all(run) for run in shuffled_runs],
         [scorer.coverage(run) for run in shuffled_runs],
     )
     return retrieval, random_order
@@ -286,15 +325,30 @@ def _experiment_report(
     mmr = [s for s in settings if s.knob == "mmr_lambda"]
     lowest = min(s.ild for s in sampled)
     temps = [s.ild for s in settings if s.knob == "temperature"]
+    shuffle_gaps = [g for s in sampled if (g := gap_to_shuffle(s, retrieval, random_order)) is not None]
     return {
         "settings": [
-            {"knob": s.knob, "value": s.value, **s.metrics(), "ndcg_std": s.ndcg_std, "seeds": s.seeds}
+            {
+                "knob": s.knob,
+                "value": s.value,
+                **s.metrics(),
+                "ndcg_std": s.ndcg_std,
+                "seeds": s.seeds,
+                "ndcg_gap_vs_shuffle": gap_to_shuffle(s, retrieval, random_order),
+            }
             for s in settings
         ],
         "ild_range_ratio": round(max(s.ild for s in sampled) / lowest, 4) if lowest > 0 else math.inf,
         "ndcg_gap_vs_mmr_at_equal_ild": gap_at_equal_ild(sampled, mmr),
         "ndcg_gap_vs_mmr_at_most_diverse_sampling": gap_at_most_diverse(sampled, mmr),
         "temperature_monotone": all(b >= a for a, b in itertools.pairwise(temps)),
+        # The sampling settings against a partial shuffle of the same pools at the same ILD (gap_to_shuffle).
+        "ndcg_gap_vs_shuffle": {
+            "min": min(shuffle_gaps) if shuffle_gaps else None,
+            "mean": _mean(shuffle_gaps) if shuffle_gaps else None,
+            "settings_compared": len(shuffle_gaps),
+            "settings_sampled": len(sampled),
+        },
         "retrieval_order": retrieval.metrics(),
         "random_order": random_order.metrics(),
         # The random order's ILD@10 over the lowest sampling setting's: how broad these pools are.
@@ -332,11 +386,12 @@ def run_experiment(
     ``pool`` says how the pools were made (precise hits, nearby categories explored) for the report.
     """
     report_progress = progress or (lambda stage, done, total: None)
-    relevance = [_relevance(r, catalogue) for r in requests]
     scorer = _Scorer(requests, catalogue, vectors, popularity)
-    settings = _sampling_settings(rank, scorer, relevance, seeds, report_progress)
-    settings += _mmr_settings(requests, vectors, scorer, relevance)
-    baselines = _baselines(requests, scorer, relevance, seeds)
+    settings = _sampling_settings(rank, scorer, seeds, report_progress)
+    settings += _mmr_settings(requests, vectors, scorer)
+    # The random order costs no LLM call, so it gets more runs than the ranker's seeds: it is one end of the
+    # partial-shuffle line every sampling setting is measured against.
+    baselines = _baselines(requests, scorer, max(seeds, RANDOM_SHUFFLES))
     return _experiment_report(requests, settings, baselines, seeds, pool)
 
 
@@ -365,6 +420,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         rnd = report["random_order"]
         ax.scatter([rnd["ild@10"]], [rnd["ndcg@10"]], marker="X", s=110, color="grey", zorder=5,
                    label="random order of the pool (for scale)")  # fmt: skip
+        ax.plot([base["ild@10"], rnd["ild@10"]], [base["ndcg@10"], rnd["ndcg@10"]], linestyle="--", color="grey",
+                linewidth=1, label="partial shuffle (retrieval or random order per request)")  # fmt: skip
     ax.set_xlabel("ILD@10 (image embeddings, mean pairwise 1 − cos)")
     ax.set_ylabel("NDCG@10 (graded relevance, SYNTHETIC buyers)")
     ax.set_title("Relevance against diversity, per knob (error bars: spread across seeds)")
@@ -379,6 +436,7 @@ def _markdown(report: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     """``diversity.md`` as lines: what was measured, the table, the targets and the reading."""
     base = report["retrieval_order"]
     ratio, gap = report["ild_range_ratio"], report["ndcg_gap_vs_mmr_at_equal_ild"]
+    shuffle = report.get("ndcg_gap_vs_shuffle") or {"min": None, "mean": None, "settings_compared": 0}
     return [
         "# Diversity you can dial: the relevance–diversity trade-off per knob",
         "",
@@ -390,13 +448,17 @@ def _markdown(report: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         f"{machine.get('gpu') or 'none'}. Requests: {report['requests']}; seeds per sampling setting:"
         f" {report['seeds']}; {_pool_words(report)}, K = 10.",
         "",
-        "ILD@10 is on image embeddings (the headline figure); beside it the category-tree ILD@10, novelty@10 (mean"
-        " −log2 of a product's share of the SYNTHETIC train buyers' purchases, add-one smoothed) and coverage (the"
-        " share of all pooled products / categories that some top-10 list shows, across the requests).",
+        "ILD@10 is on image embeddings (the headline figure). *vs shuffle* is NDCG@10 above a partial shuffle at the"
+        " same ILD@10 (each request shown its pool in retrieval order or in random order, mixed to reach that ILD:"
+        " the dashed line in the plot), what a ranker whose sampling ignored its candidates would reach;"
+        " *explored@10* is the share of the top 10 taken from the explored categories' products. Beside them the"
+        " category-tree ILD@10, novelty@10 (mean −log2 of a product's share of the SYNTHETIC train buyers'"
+        " purchases, add-one smoothed) and coverage (the share of all pooled products / categories that some top-10"
+        " list shows, across the requests).",
         "",
-        "| knob | value | NDCG@10 | ± | ILD@10 | ± | category ILD@10 | novelty@10 | product coverage |"
-        " category coverage |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| knob | value | NDCG@10 | ± | ILD@10 | ± | vs shuffle | explored@10 | category ILD@10 | novelty@10 |"
+        " product coverage | category coverage |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *[
             _row(s["knob"], f"{s['value']:g}", s, f"{s['ndcg_std']:.4f}", f"{s['ild_std']:.4f}")
             for s in report["settings"]
@@ -415,6 +477,8 @@ def _markdown(report: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         f" {verdict(bool(report['temperature_monotone']), bold=False)} |",
         f"| NDCG@10 at equal ILD ≥ MMR's | {gap if gap is not None else 'no overlap'} |"
         f" {verdict(gap is not None and gap >= 0, bold=False)} |",
+        f"| every sampling setting above a partial shuffle at equal ILD (it reads its candidates) |"
+        f" {_shuffle_words(shuffle)} | {verdict(shuffle['min'] is not None and shuffle['min'] > 0, bold=False)} |",
         "",
         "![trade-off](diversity.png)",
         "",
@@ -441,8 +505,19 @@ def _pool_words(report: Mapping[str, Any]) -> str:
     return words
 
 
+def _shuffle_words(shuffle: Mapping[str, Any]) -> str:
+    if shuffle["min"] is None:
+        return "no setting inside the two orders' ILD range"
+    return (
+        f"min {shuffle['min']:+.3f}, mean {shuffle['mean']:+.3f} NDCG@10 ({shuffle['settings_compared']} of"
+        f" {shuffle.get('settings_sampled', '?')} settings inside the range)"
+    )
+
+
 def _row(knob: str, value: str, s: Mapping[str, Any], ndcg_std: str, ild_std: str) -> str:
+    shuffle = s.get("ndcg_gap_vs_shuffle")
     return (f"| {knob} | {value} | {s['ndcg@10']:.4f} | {ndcg_std} | {s['ild@10']:.4f} | {ild_std} |"
+            f" {'–' if shuffle is None else f'{shuffle:+.3f}'} | {s.get('explored@10', 0.0):.2f} |"
             f" {s.get('ild_category@10', 0.0):.4f} | {s.get('novelty@10', 0.0):.2f} |"
             f" {s.get('product_coverage', 0.0):.3f} | {s.get('category_coverage', 0.0):.3f} |")  # fmt: skip
 
@@ -490,8 +565,25 @@ def _reading(report: dict[str, Any]) -> list[str]:
             f" ILD@10 {rnd['ild@10']:.3f}, {report['random_order_ild_ratio']:.2f}× the lowest sampling setting's,"
             f" at NDCG@10 {rnd['ndcg@10']:.3f}."
         )
+    shuffle = report.get("ndcg_gap_vs_shuffle") or {}
+    if shuffle.get("min") is not None:
+        above = shuffle["min"] > 0
+        best = max(s["ndcg_gap_vs_shuffle"] for s in report["settings"]
+                   if s["knob"] != "mmr_lambda" and s.get("ndcg_gap_vs_shuffle") is not None)  # fmt: skip
+        lines.append(
+            f"- Against a partial shuffle of the same pools at the same ILD@10 the sampling settings are"
+            f" {shuffle['min']:+.3f} to {best:+.3f} NDCG@10 (mean {shuffle['mean']:+.3f}): "
+            + ("the diversity the ranker's sampling buys costs less relevance than forgetting the order would, so"
+               " its sampling follows what it read." if above else
+               "some settings are no better than forgetting the order: there the sampling does not follow what the"
+               " ranker read.")
+        )  # fmt: skip
     greedy = by.get(("temperature", 0.0))
     if greedy:
-        lines.append(f"- Greedy ranker: NDCG@10 {greedy['ndcg@10']:.3f} vs retrieval order"
-                     f" {report['retrieval_order']['ndcg@10']:.3f}.")  # fmt: skip
+        base = report["retrieval_order"]
+        lines.append(f"- Greedy ranker: NDCG@10 {greedy['ndcg@10']:.3f} vs retrieval order {base['ndcg@10']:.3f},"
+                     f" ILD@10 {greedy['ild@10']:.3f} vs {base['ild@10']:.3f}; {greedy.get('explored@10', 0.0):.0%}"
+                     f" of its top 10 come from the explored categories (retrieval order:"
+                     f" {base.get('explored@10', 0.0):.0%}), which the graded relevance (the wanted product's"
+                     " category) counts as misses.")  # fmt: skip
     return lines

@@ -126,10 +126,11 @@ def _candidate_pools(
                 if image is not None:
                     queries.append(("photo", SearchQuery(image=image)))
                 for kind, query in queries:
-                    hits = retriever.search(query, k=pool, explore=explore).hits
+                    result = retriever.search(query, k=pool, explore=explore)
+                    hits = result.hits
                     if len(hits) >= size and len(requests) < wanted:
                         requests.append(Request(buyer, kind, tuple(h.product_id for h in hits),
-                                                tuple(h.score for h in hits)))  # fmt: skip
+                                                tuple(h.score for h in hits), explored=result.explored))  # fmt: skip
                 progress("candidate pools", len(requests), wanted)
                 if len(requests) >= wanted:
                     break

@@ -38,13 +38,19 @@ _REF = re.compile(r"#(\d+)")
 
 
 def product_facts(product: Product) -> str:
-    """The facts line a small model copies from: colour, article type, gender, usage, brand (lower-cased words)."""
+    """The facts line a small model copies from: colour, article type, gender, usage, brand (lower-cased words).
+
+    The catalogue has no gender column: a title without a gender word gives no gender, rather than a "for
+    unisex" the model would copy onto a dress.
+    """
     colour = product.attributes.get("base_colour", "").lower()
-    gender = (product_gender(product.title) or "Unisex").lower()
+    gender = product_gender(product.title)
     usage = product.attributes.get("usage", "").lower()
     brand = product_brand(product.title) or "?"
     kind = " ".join(x for x in (colour, product.category[-1].lower()) if x)
-    return ", ".join(x for x in (f"{kind} for {gender}", f"{usage} wear" if usage else "", f"brand {brand}") if x)
+    if gender:
+        kind += f" for {gender.lower()}"
+    return ", ".join(x for x in (kind, f"{usage} wear" if usage else "", f"brand {brand}") if x)
 
 
 def sentence_start(rank: int) -> str:

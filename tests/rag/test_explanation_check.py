@@ -147,3 +147,16 @@ def test_claims_go_to_the_product_the_words_follow() -> None:
     swapped = checker.check("#1 is a brown casual shoe for men and #2 a navy kurta for women.", ranked)
     assert {rank for rank, _ in swapped.false_claims} == {1, 2}
     assert "#1: colour 'brown' (record: Navy Blue)" in swapped.reasons()
+
+
+def test_record_sentences_state_only_what_the_record_holds_and_pass_the_check() -> None:
+    from rag.explainer_prompt import product_facts, record_sentence
+
+    dress = Product("11", "Mineral Blue Dress", ("Apparel", "Dress", "Dresses"),
+                    {"base_colour": "Blue", "usage": "Casual"}, None)  # fmt: skip  # no gender word in the title
+    assert product_facts(dress) == "blue dresses, casual wear, brand Mineral"  # no invented "for unisex"
+    assert product_facts(KURTA) == "navy blue kurtas for women, ethnic wear, brand Biba"
+    checker = ExplanationChecker([KURTA, SHOES, BLACK, dress])
+    for rank, product in enumerate([KURTA, SHOES, BLACK, dress], 1):
+        sentence = record_sentence(product, rank)
+        assert checker.check(sentence, [KURTA, SHOES, BLACK, dress]).ok, sentence

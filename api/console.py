@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -16,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["CliError", "err", "out", "progress_bar", "report_issues", "staged_progress"]
+__all__ = ["CliError", "err", "out", "progress_bar", "report_issues", "shown_path", "staged_progress"]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -57,3 +58,16 @@ def staged_progress() -> Iterator[Callable[[str, int, int], None]]:
             bar.update(tasks[stage], completed=completed, total=total)
 
         yield update
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as a report shows it: relative to the working directory when inside it, so no machine path leaks.
+
+    Example:
+        >>> shown_path(Path.cwd() / "artifacts" / "tandem-ranker")
+        'artifacts/tandem-ranker'
+    """
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

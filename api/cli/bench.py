@@ -14,7 +14,7 @@ import typer
 
 from api.cli.fairness import fairness
 from api.cli.fuzz import fuzz as bench_fuzz
-from api.console import CliError, out, progress_bar, staged_progress
+from api.console import CliError, out, progress_bar, shown_path, staged_progress
 from api.settings import Settings, get_settings
 
 
@@ -191,7 +191,7 @@ def bench_chat(
     settings = get_settings()
     cat = load_catalogue(settings.catalogue.path, settings.catalogue.columns, check_images=False)
     buyers = ensure_buyers(cat, settings.buyers_dir, BuyerConfig())["test"]
-    models = {"base": settings.llm.base, "ranker": str(settings.ranker_adapter_dir())}
+    models = {"base": settings.llm.base, "ranker": shown_path(settings.ranker_adapter_dir())}
     runs = [*(_chat_baselines(settings) if baseline else []), ("as configured", "", settings)]
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
     per_round = max(2, -(-turns // rounds))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from api.console import CliError, out, progress_bar, report_issues
+from api.console import CliError, out, progress_bar, report_issues, shown_path
 from api.settings import Settings, get_settings
 from retrieval.catalogue import Catalogue, Product
 
@@ -372,7 +372,7 @@ def eval_explainer(
     out.print(f"{results['turns']} turns: false claims before the check {e['false_claim_before_check']:.1%}, shown "
               f"{e['false_claim_shown']:.1%}; the model's own words {e['model_words']:.1%} of explanations "
               f"({results['sentences']['model_words']:.1%} of sentences)")  # fmt: skip
-    model = {"base": settings.llm.base, "ranker": str(adapter_dir)}
+    model = {"base": settings.llm.base, "ranker": shown_path(adapter_dir)}
     out.print(f"report: {write_explainer_report(results, report_dir, model)}")
 
 

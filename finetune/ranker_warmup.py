@@ -10,9 +10,9 @@ not read the lines at all has no gradient that points at reading them.
 So training starts with a short lesson that has one right answer: the request names an article
 type and a colour, one candidate has both, the others differ in type (or, in half of the
 lessons, five share the type but not the colour). The first id slot's target is that
-candidate; every later slot's is uniform over the rest, so the lesson teaches reading the
-lines and no order among the others. These requests are **SYNTHETIC**, drawn from the real
-catalogue; the buyer is a fixed placeholder without orders.
+candidate; the later slots are in no loss (:func:`finetune.distill_ranker.lesson_example`), so
+the lesson teaches reading the lines and no order among the others. These requests are
+**SYNTHETIC**, drawn from the real catalogue; the buyer is a fixed placeholder without orders.
 
 Example:
     >>> lesson = reading_lesson(catalogue, random.Random(0))  # doctest: +SKIP
